@@ -1,0 +1,61 @@
+# The two commands of the README: `make run` (a dev CA on SoftHSM + SQLite) and `make test`.
+# Both work on a fresh Debian machine: as root they install the system packages they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HSMCA_PATH ?= $(HOME)/.hsmca
+export HSMCA_PATH
+APT_PACKAGES := softhsm2 opensc openssl
+PYTEST_ARGS ?=
+
+.PHONY: run test bench lint deps venv clean
+
+## Install the system packages (root only; others must have them already).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (run make as root, or install them)"; exit 1; fi; \
+	  echo "installing$$missing"; \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
+	fi
+
+$(BIN)/hsmca: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/hsmca
+
+## A dev CA on its embedded defaults (SoftHSM token + SQLite) under $(HSMCA_PATH), served on :9000.
+run: deps venv
+	@if [ ! -f "$(HSMCA_PATH)/config/ca.json" ]; then \
+	  mkdir -p "$(HSMCA_PATH)/secrets" && chmod 700 "$(HSMCA_PATH)/secrets"; \
+	  pw="$(HSMCA_PATH)/secrets/provisioner_password"; \
+	  [ -f "$$pw" ] || (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$$pw"); \
+	  $(BIN)/hsmca init --name "hsmca dev CA" --provisioner admin --password-file "$$pw"; \
+	  echo "provisioner 'admin' password: $$pw"; \
+	fi
+	@if [ "$$(id -u)" = 0 ] && { [ ! -e /usr/local/bin/hsmca ] || [ -L /usr/local/bin/hsmca ]; }; then \
+	  ln -sfn "$(CURDIR)/$(BIN)/hsmca" /usr/local/bin/hsmca; fi
+	$(BIN)/hsmca serve
+
+## The whole test suite: real SoftHSM, real databases where reachable, real server processes.
+test: deps venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Benchmarks (never part of `make test`).
+bench: deps venv
+	$(BIN)/python bench/issue.py $(BENCH_ARGS)
+
+lint: venv
+	$(BIN)/python -m pip install -q ruff mypy
+	$(BIN)/ruff check appliance kms policy ceremony softhsm tests bench
+	$(BIN)/mypy appliance kms policy softhsm
+
+clean:
+	rm -rf $(VENV) build *.egg-info

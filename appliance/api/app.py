@@ -1,0 +1,46 @@
+"""The Falcon applications: the HTTPS API and the plain-HTTP listener for relying parties."""
+
+from __future__ import annotations
+
+import falcon
+
+from appliance.api import ca, errors, sign
+from appliance.api.middleware import BodyLimit, RequestContext
+from appliance.authority import Authority
+
+PREFIXES = ("", "/1.0")  # every step route answers at / and at /1.0
+
+
+def _new_app(max_body: int) -> falcon.App:
+    app = falcon.App(middleware=[RequestContext(), BodyLimit(max_body)])
+    app.req_options.strip_url_path_trailing_slash = True
+    errors.install(app)
+    return app
+
+
+def create_app(authority: Authority) -> falcon.App:
+    app = _new_app(authority.config.server.maxRequestBytes)
+    for p in PREFIXES:
+        app.add_route(f"{p}/health", ca.Health(authority))
+        app.add_route(f"{p}/version", ca.Version())
+        app.add_route(f"{p}/root/{{sha}}", ca.Root(authority))
+        app.add_route(f"{p}/roots", ca.CertList(authority, "roots"))
+        app.add_route(f"{p}/federation", ca.CertList(authority, "roots"))
+        app.add_route(f"{p}/intermediates", ca.CertList(authority, "intermediates"))
+        app.add_route(f"{p}/roots.pem", ca.CertFile(authority, "roots"))
+        app.add_route(f"{p}/intermediates.pem", ca.CertFile(authority, "intermediates"))
+        app.add_route(f"{p}/provisioners", ca.ProvisionerList(authority))
+        app.add_route(f"{p}/provisioners/{{kid}}/encrypted-key", ca.ProvisionerKey(authority))
+        app.add_route(f"{p}/sign", sign.Sign(authority))
+    return app
+
+
+def create_http_app(authority: Authority) -> falcon.App:
+    """Plain HTTP: what relying parties fetch without TLS (CA certificates; OCSP/CRL later)."""
+    app = _new_app(64 * 1024)
+    app.add_route("/health", ca.Health(authority))
+    app.add_route("/roots.pem", ca.CertFile(authority, "roots"))
+    app.add_route("/root.crt", ca.CertFile(authority, "roots", der=True))
+    app.add_route("/intermediates.pem", ca.CertFile(authority, "intermediates"))
+    app.add_route("/intermediate.crt", ca.CertFile(authority, "intermediates", der=True))
+    return app

@@ -1,0 +1,68 @@
+"""`POST /sign`: step-ca's request and response shapes around `Authority.sign`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+from cryptography import x509
+
+from appliance.api.middleware import read_body, remote_addr
+from appliance.authority import Authority, RequestContext
+from appliance.certutil import pem
+from appliance.errors import BadRequest, CAError
+
+MAX_OTT_LENGTH = 16 * 1024
+
+
+def _field(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest(f"field {name!r} must be a string")
+
+
+def parse_csr(text: str) -> x509.CertificateSigningRequest:
+    if "-----BEGIN CERTIFICATE REQUEST-----" not in text and "-----BEGIN NEW CERTIFICATE REQUEST-----" not in text:
+        raise BadRequest("invalid csr: expected a PEM 'CERTIFICATE REQUEST' block")
+    try:
+        return x509.load_pem_x509_csr(text.encode())
+    except ValueError as exc:
+        raise BadRequest(f"invalid csr: {exc}") from None
+
+
+class Sign:
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = RequestContext(request_id=req.context.request_id, remote_addr=remote_addr(req))
+        try:
+            csr, ott, not_before, not_after = self._parse(req)
+        except CAError as exc:
+            self.authority.reject("x509.sign", ctx, exc)
+            raise
+        result = self.authority.sign(csr, ott, not_before, not_after, ctx)
+        chain = [pem(c) for c in result.chain]
+        resp.status = 201
+        resp.media = {"crt": chain[0], "ca": chain[1] if len(chain) > 1 else "",
+                      "certChain": chain, "tlsOptions": self.authority.tls_options.model_dump()}
+
+    def _parse(self, req: falcon.Request) -> tuple[x509.CertificateSigningRequest, str, str | None, str | None]:
+        raw = read_body(req)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"error reading request body: malformed JSON ({exc})") from None
+        if not isinstance(body, dict):
+            raise BadRequest("error reading request body: expected a JSON object")
+        csr_text, ott = _field(body, "csr"), _field(body, "ott")
+        if not csr_text:
+            raise BadRequest("missing csr")
+        csr = parse_csr(csr_text)
+        if not ott:
+            raise BadRequest("missing ott")
+        if len(ott) > MAX_OTT_LENGTH:
+            raise BadRequest(f"ott is longer than {MAX_OTT_LENGTH} characters")
+        return csr, ott, _field(body, "notBefore"), _field(body, "notAfter")

@@ -1,0 +1,200 @@
+"""The registration authority: authenticate → check the CSR → policy → issue → store → audit.
+
+Every sign request passes through `Authority.sign`, and every outcome, allowed or refused, leaves
+one audit record with the reasons. The web layer only parses; the rules live here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from cryptography import x509
+
+from appliance.certutil import fingerprint, load_certificates
+from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
+from appliance.config import CAConfig, TLSOptions
+from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
+from appliance.issuer import Issuer, LeafProfile
+from appliance.names import RequestedNames, split_sans
+from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
+from appliance.provisioners.base import sign_audiences
+from appliance.store import Store, StoreError
+from appliance.validity import parse_time_or_duration
+from kms import open_key
+from kms.errors import KMSError
+from policy import Policy, Request, key_info
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str | None = None
+    remote_addr: str | None = None
+
+
+@dataclass(frozen=True)
+class SignResult:
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # leaf first, then the intermediate(s)
+
+
+class Authority:
+    def __init__(self, config: CAConfig, store: Store, audit: AuditLog, *,
+                 issuer: Issuer | None = None):
+        self.config = config
+        self.store = store
+        self.audit = audit
+        self.roots = load_certificates(config.resolve(config.root))
+        self.intermediates = load_certificates(config.resolve(config.crt))
+        self.provisioners = Provisioners.from_config(config.authority.provisioners)
+        self.audiences = sign_audiences(config.dnsNames)
+        self._policies = {p.name: self._policy_for(p) for p in self.provisioners}
+        self._issuer = issuer
+
+    @classmethod
+    def from_config(cls, config: CAConfig) -> Authority:
+        """Build everything but the KMS key, which opens on first use (after the fork)."""
+        store = Store.from_config(config.db.model_dump(), config.resolve("."))
+        audit = JsonLinesAudit(config.resolve(config.audit.path))
+        return cls(config, store, audit)
+
+    def _policy_for(self, p: Provisioner) -> Policy:
+        auth = self.config.authority
+        return Policy.from_config(
+            authority_policy=_dump(auth.policy), authority_claims=_dump(auth.claims),
+            provisioner_name=p.name, provisioner_policy=_dump(p.policy),
+            provisioner_claims=_dump(p.claims))
+
+    @property
+    def issuer(self) -> Issuer:
+        if self._issuer is None:
+            self.config.apply_kms_environment()
+            try:
+                key = open_key(self.config.key_uri())
+            except KMSError as exc:
+                raise ServiceUnavailable(f"signing backend unavailable: {exc}") from None
+            self._issuer = Issuer(key, self.intermediates[0], self.store)
+        return self._issuer
+
+    @property
+    def tls_options(self) -> TLSOptions:
+        return self.config.tls
+
+    def root_by_fingerprint(self, sha256_hex: str) -> x509.Certificate | None:
+        want = sha256_hex.replace("-", "").replace(":", "").lower()
+        return next((r for r in self.roots if fingerprint(r) == want), None)
+
+    # --- signing -------------------------------------------------------------------------
+
+    def sign(self, csr: x509.CertificateSigningRequest, ott: str, not_before: str | None,
+             not_after: str | None, ctx: RequestContext) -> SignResult:
+        auth: SignAuthorization | None = None
+        names: RequestedNames | None = None
+        try:
+            now = datetime.now(timezone.utc)
+            if not csr.is_signature_valid:
+                raise BadRequest("invalid csr: its signature does not verify")
+            provisioner = self.provisioners.for_token(ott)
+            auth = provisioner.authorize_sign(ott, self.audiences, now)
+            self._use_token(auth)
+            names = self._check_csr(csr, auth)
+            nb = parse_time_or_duration(not_before, now, "notBefore")
+            na = parse_time_or_duration(not_after, now, "notAfter")
+            decision = self._policies[provisioner.name].evaluate(Request(
+                dns_names=names.dns, ip_addresses=names.ips, emails=names.emails, uris=names.uris,
+                key=key_info(csr.public_key()), not_before=nb, not_after=na, now=now))
+            if not decision.allowed:
+                raise PolicyDenied("; ".join(decision.reasons), reasons=decision.reasons)
+            profile = LeafProfile(
+                common_name=auth.subject, public_key=csr.public_key(),
+                not_before=decision.not_before, not_after=decision.not_after,
+                dns_names=names.dns, ip_addresses=names.ips, emails=names.emails, uris=names.uris)
+            cert = self.issuer.issue(profile, provisioner=auth.provisioner, request_id=ctx.request_id)
+        except CAError as exc:
+            self._audit("x509.sign", "denied" if exc.status < 500 else "error", ctx, auth, names,
+                        reasons=exc.reasons, status=exc.status)
+            raise
+        self._audit("x509.sign", "allowed", ctx, auth, names, serial=str(cert.serial_number),
+                    status=201)
+        return SignResult(cert, (cert, *self.intermediates))
+
+    def reject(self, action: str, ctx: RequestContext, error: CAError) -> None:
+        """Audit a request the web layer refused before it reached the rules (bad JSON, size)."""
+        self._audit(action, "denied", ctx, None, None, reasons=error.reasons, status=error.status)
+
+    def _use_token(self, auth: SignAuthorization) -> None:
+        try:
+            first = self.store.use_token(auth.token_id, auth.provisioner, auth.token_expires_at)
+        except StoreError as exc:
+            raise ServiceUnavailable(f"token database unavailable: {exc}") from None
+        if not first:
+            raise Unauthorized("token already used (one-time tokens cannot be replayed)")
+
+    def _check_csr(self, csr: x509.CertificateSigningRequest, auth: SignAuthorization) -> RequestedNames:
+        """The CSR may only ask for what the token grants (step-ca's CN and SAN validators)."""
+        cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if cns and cns[0].value != auth.subject:
+            raise Forbidden(f"certificate request common name {cns[0].value!r} differs from the "
+                            f"token subject {auth.subject!r}")
+        granted = split_sans(auth.sans)
+        try:
+            ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            ext = None
+        except ValueError as exc:
+            raise BadRequest(f"invalid csr extensions: {exc}") from None
+        if ext is not None:
+            asked = RequestedNames.from_general_names(ext)
+            mismatch = granted.mismatch(asked)
+            if mismatch:
+                raise Forbidden(f"certificate request names differ from the token's: {mismatch}")
+        return granted.with_common_name(auth.subject)
+
+    def _audit(self, action: str, decision: Any, ctx: RequestContext, auth: SignAuthorization | None,
+               names: RequestedNames | None, *, reasons: tuple[str, ...] = (),
+               serial: str | None = None, status: int | None = None) -> None:
+        try:
+            self.audit.record(AuditEvent(
+                action=action, decision=decision, request_id=ctx.request_id,
+                remote_addr=ctx.remote_addr, provisioner=auth.provisioner if auth else None,
+                subject=auth.subject if auth else None,
+                sans=tuple(names.as_strings()) if names else (), serial=serial,
+                reasons=reasons, status=status))
+        except OSError as exc:  # the audit trail must not silently vanish
+            log.error("cannot write the audit record: %s", exc)
+            raise ServiceUnavailable(f"audit trail unavailable: {exc}") from None
+
+    # --- the CA's own certificates ---------------------------------------------------------
+
+    def issue_server_certificate(self, dns_names: list[str], public_key: Any,
+                                 lifetime: timedelta) -> SignResult:
+        """The HTTPS listener's certificate: issued by the intermediate, recorded, audited."""
+        names = split_sans(dns_names)
+        now = datetime.now(timezone.utc)
+        profile = LeafProfile(common_name=dns_names[0], public_key=public_key,
+                              not_before=now - timedelta(minutes=1), not_after=now + lifetime,
+                              dns_names=names.dns, ip_addresses=names.ips, client_auth=False)
+        ctx = RequestContext(request_id="server-tls")
+        cert = self.issuer.issue(profile, provisioner="hsmca:server", request_id=ctx.request_id)
+        self._audit("x509.sign.server", "allowed", ctx, None, names, serial=str(cert.serial_number),
+                    status=201)
+        return SignResult(cert, (cert, *self.intermediates))
+
+    def health(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"db": "ok"}
+        try:
+            self.store.ping()
+        except StoreError as exc:
+            detail["db"] = f"unavailable: {exc}"
+        return detail
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _dump(model: Any) -> dict[str, Any] | None:
+    return None if model is None else model.model_dump(exclude_none=True)

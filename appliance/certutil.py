@@ -1,0 +1,31 @@
+"""Small certificate helpers shared by the server, `init` and the client commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+
+class CertificateFileError(Exception):
+    """A certificate file is missing or holds no PEM certificate."""
+
+
+def load_certificates(path: Path) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except OSError as exc:
+        raise CertificateFileError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CertificateFileError(f"{path} holds no valid PEM certificate: {exc}") from None
+    return certs
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """Lower-case hex SHA-256 of the DER, as step prints and `/root/{sha256}` expects."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()

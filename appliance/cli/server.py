@@ -1,0 +1,135 @@
+"""Commands that run on the CA: `init`, `serve`, `db migrate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.cli.common import fail, password_from, read_secret_file
+from appliance.config import ConfigError, default_config_path, hsmca_path, load_config
+
+CONFIG_HELP = "Path to ca.json [default: $HSMCA_PATH/config/ca.json]."
+
+
+@click.command()
+@click.option("--name", default="hsmca", show_default=True,
+              help="Name of the PKI: the root is '<name> Root CA', the intermediate '<name> Intermediate CA'.")
+@click.option("--dns", "dns_names", multiple=True,
+              help="DNS name or IP of the CA (repeatable); tokens are accepted for these. [default: localhost]")
+@click.option("--address", default=":9000", show_default=True, help="HTTPS listen address, HOST:PORT.")
+@click.option("--http-address", default=":9080", show_default=True,
+              help="Plain-HTTP listen address for CA certificates (and later OCSP/CRL).")
+@click.option("--provisioner", default="admin", show_default=True, help="Name of the first JWK provisioner.")
+@click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File with the provisioner's password (prompted for when absent).")
+@click.option("--kty", type=click.Choice(["EC", "RSA"], case_sensitive=False), default="EC", show_default=True,
+              help="Key type of the CA keys (generated inside the SoftHSM token).")
+@click.option("--crv", default=None, help="Curve for --kty EC: P-256 (default) or P-384.")
+@click.option("--size", type=int, default=None, help="Size for --kty RSA: 2048 (default), 3072 or 4096.")
+@click.option("--token-label", default="hsmca", show_default=True, help="Label of the SoftHSM token to create.")
+@click.option("--module", default=None, help="PKCS#11 module [default: SoftHSM2's libsofthsm2.so].")
+@click.option("--pin-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File with the token's user PIN [default: a random PIN in $HSMCA_PATH/secrets/pin].")
+@click.option("--so-pin-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File with the token's SO PIN [default: random, in $HSMCA_PATH/secrets/so-pin].")
+@click.option("--force", is_flag=True, help="Replace an existing CA (its token, keys and database).")
+def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str, provisioner: str,
+         password_file: Path | None, kty: str, crv: str | None, size: int | None, token_label: str,
+         module: str | None, pin_file: Path | None, so_pin_file: Path | None, force: bool) -> None:
+    """Create a development CA: a SoftHSM token with the root and intermediate keys inside it.
+
+    Writes certs/root_ca.crt, certs/intermediate_ca.crt and config/ca.json under $HSMCA_PATH
+    (default ~/.hsmca). SoftHSM's configuration and tokens go there too unless SOFTHSM2_CONF
+    is set. A production root comes from `hsmca ceremony` instead (offline, quorum-gated).
+    """
+    from appliance.devca import InitError, InitOptions, init_ca
+    from kms import key_spec_for
+    from kms.errors import KMSError
+
+    try:
+        spec = key_spec_for(kty.upper(), crv, size)
+    except (KMSError, ValueError) as exc:
+        fail(f"invalid CA key options: {exc}")
+    password = password_from(password_file, "provisioner password", confirm=True)
+    opts = InitOptions(
+        base=hsmca_path(), password=password, name=name, dns_names=list(dns_names) or ["localhost"],
+        address=address, http_address=http_address, provisioner=provisioner, key_spec=spec,
+        token_label=token_label, module=module or "", force=force,
+        pin=read_secret_file(pin_file, "PIN").decode() if pin_file else None,
+        so_pin=read_secret_file(so_pin_file, "SO PIN").decode() if so_pin_file else None)
+    try:
+        result = init_ca(opts)
+    except (InitError, KMSError, OSError) as exc:
+        fail(str(exc))
+    except Exception as exc:  # softhsm errors and the like: say what, not a traceback
+        fail(f"{type(exc).__name__}: {exc}")
+    click.echo(f"Root certificate:         {result.root_path}")
+    click.echo(f"Root fingerprint:         {result.root_fingerprint}")
+    click.echo(f"Intermediate certificate: {result.intermediate_path}")
+    click.echo(f"Root key:                 {result.root_key_uri}")
+    click.echo(f"Intermediate key:         {result.intermediate_key_uri}")
+    click.echo(f"Provisioner:              {result.provisioner} (JWK)")
+    click.echo(f"Configuration:            {result.config_path}")
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP)
+@click.option("--address", help="HTTPS listen address HOST:PORT [default: ca.json 'address', :9000].")
+@click.option("--http-address", help="Plain-HTTP listen address [default: ca.json 'httpAddress', :9080].")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="HTTPS worker processes [default: ca.json server.workers, 2].")
+def serve(config_path: Path | None, address: str | None, http_address: str | None,
+          workers: int | None) -> None:
+    """Run the CA: the step-compatible HTTPS API and the plain-HTTP listener.
+
+    Migrates the database, resolves reservations left by a crash, issues the server's own TLS
+    certificate through the intermediate, then supervises gunicorn (HTTPS, N workers),
+    waitress (plain HTTP) and a housekeeping process. SIGTERM stops gracefully; SIGHUP reloads
+    ca.json in new workers.
+    """
+    from appliance.config import split_address
+    from appliance.serving import logs
+    from appliance.serving.supervisor import ServeOptions, serve as run
+
+    logs.setup()
+    path = config_path or default_config_path()
+    try:
+        config = load_config(path)
+        for a in (address, http_address):
+            if a:
+                split_address(a)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    opts = ServeOptions(config_path=path.resolve(), address=address or config.address,
+                        http_address=http_address or config.httpAddress,
+                        workers=workers or config.server.workers)
+    try:
+        code = run(config, opts)
+    except Exception as exc:  # start-up failures: a clear line, the details in the log
+        import logging
+
+        logging.getLogger("hsmca.serve").debug("start-up failed", exc_info=True)
+        fail(f"cannot start: {exc}")
+    raise SystemExit(code)
+
+
+@click.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help=CONFIG_HELP)
+def migrate(config_path: Path | None) -> None:
+    """Bring the database schema to the current version (Alembic)."""
+    from appliance.store import Store, StoreError
+
+    try:
+        config = load_config(config_path)
+        store = Store.from_config(config.db.model_dump(), config.resolve("."))
+        store.migrate()
+        store.close()
+    except (ConfigError, StoreError) as exc:
+        fail(str(exc))
+    click.echo("database schema is current")

@@ -1,0 +1,252 @@
+"""`ca.json`: step-ca 0.19's shape where step-ca has the field, hsmca's additions beside it.
+
+Validated with pydantic so that a typo or a bad value stops the CA at start-up with the path
+of the offending field, instead of surfacing later as a wrong certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kms.errors import InvalidKeyURI
+from kms.uri import KeyURI, parse_key_uri
+from policy import ClaimsConfig, PolicyConfig, parse_duration
+
+DEFAULT_PATH = "~/.hsmca"
+
+
+def hsmca_path() -> Path:
+    """The CA's home: `$HSMCA_PATH`, else `~/.hsmca` (step's `$STEPPATH` plays this role)."""
+    return Path(os.environ.get("HSMCA_PATH") or DEFAULT_PATH).expanduser()
+
+
+def default_config_path() -> Path:
+    return hsmca_path() / "config" / "ca.json"
+
+
+class ConfigError(Exception):
+    """`ca.json` is missing, unreadable or invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# step-ca's Go cipher-suite names (IANA names) → OpenSSL's names, for Python's ssl module.
+# TLS 1.3 suites are not configurable in Python's ssl and always use OpenSSL's defaults.
+CIPHER_SUITES: dict[str, str] = {
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256": "ECDHE-ECDSA-AES128-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256": "ECDHE-RSA-AES128-SHA256",
+}
+
+
+class TLSOptions(_Strict):
+    """step-ca's `tls` block; also returned to clients as `tlsOptions` in sign responses."""
+
+    cipherSuites: list[str] = Field(
+        default_factory=lambda: [
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ]
+    )
+    minVersion: float = 1.2
+    maxVersion: float = 1.3
+    renegotiation: bool = False
+
+    @field_validator("cipherSuites")
+    @classmethod
+    def _known_suites(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in CIPHER_SUITES]
+        if unknown:
+            raise ValueError(f"unknown cipher suites {unknown}; known: {sorted(CIPHER_SUITES)}")
+        return v
+
+    @field_validator("minVersion", "maxVersion")
+    @classmethod
+    def _version(cls, v: float) -> float:
+        if v not in (1.2, 1.3):
+            raise ValueError("TLS version must be 1.2 or 1.3")
+        return v
+
+
+class DBConfig(_Strict):
+    type: Literal["sqlite", "postgresql", "mysql"] = "sqlite"
+    dataSource: str
+
+
+class KMSConfig(_Strict):
+    """step-ca's `kms` block: `uri` carries what all keys share (module, token, PIN source).
+
+    `environment` (hsmca) is set before the backend loads, e.g. SOFTHSM2_CONF for SoftHSM.
+    """
+
+    type: Literal["pkcs11"] = "pkcs11"
+    uri: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+
+
+class ProvisionerConfig(_Strict):
+    """A step-ca JWK provisioner, plus its own `policy` (names, keys) on top of the authority's."""
+
+    type: Literal["JWK"]
+    name: str = Field(min_length=1, max_length=128)
+    key: dict[str, Any]
+    encryptedKey: str | None = None
+    claims: ClaimsConfig | None = None
+    policy: PolicyConfig | None = None
+
+
+class AuthorityConfig(_Strict):
+    provisioners: list[ProvisionerConfig] = Field(default_factory=list)
+    claims: ClaimsConfig | None = None
+    policy: PolicyConfig | None = None
+    # hsmca: hardened deployments switch this off; clients then need the provisioner key file.
+    publishEncryptedKeys: bool = True
+
+    @field_validator("provisioners")
+    @classmethod
+    def _unique_names(cls, v: list[ProvisionerConfig]) -> list[ProvisionerConfig]:
+        names = [p.name for p in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"provisioner names must be unique: {dupes}")
+        return v
+
+
+class ServerConfig(_Strict):
+    """hsmca: how `hsmca serve` runs (gunicorn workers for HTTPS, waitress for plain HTTP)."""
+
+    workers: int = Field(2, ge=1, le=64)
+    threads: int = Field(4, ge=1, le=64)
+    requestTimeout: int = Field(30, ge=1, le=600)
+    gracefulTimeout: int = Field(20, ge=1, le=600)
+    keepAlive: int = Field(5, ge=0, le=300)
+    maxRequestBytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # A reservation older than this, still not signed, was left by a killed worker.
+    reservationTimeout: str = "2m"
+    tlsCertificateLifetime: str = "720h"
+
+    @field_validator("reservationTimeout", "tlsCertificateLifetime")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class AuditConfig(_Strict):
+    path: str = "audit/audit.jsonl"
+
+
+class CAConfig(_Strict):
+    root: str
+    crt: str
+    key: str
+    address: str = ":9000"
+    dnsNames: list[str] = Field(min_length=1)
+    db: DBConfig
+    authority: AuthorityConfig = Field(default_factory=AuthorityConfig)
+    tls: TLSOptions = Field(default_factory=TLSOptions)
+    kms: KMSConfig = Field(default_factory=KMSConfig)
+    # step-ca fields hsmca accepts and does not use yet.
+    federatedRoots: list[str] | None = None
+    logger: dict[str, Any] | None = None
+    # hsmca additions
+    httpAddress: str = ":9080"
+    publicURL: str | None = None
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @field_validator("address", "httpAddress")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        split_address(v)
+        return v
+
+    def resolve(self, path: str) -> Path:
+        """Relative paths in ca.json are relative to $HSMCA_PATH."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else hsmca_path() / p
+
+    def key_uri(self, key: str | None = None) -> str:
+        """The full URI of a CA key: `kms.uri` supplies what the key's own URI leaves out."""
+        return merge_key_uri(self.kms.uri, key or self.key)
+
+    def apply_kms_environment(self) -> None:
+        """Set the backend's environment before any module loads (SoftHSM reads it once)."""
+        for name, value in self.kms.environment.items():
+            os.environ[name] = str(self.resolve(value)) if name.endswith("_CONF") else value
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`:9000`, `127.0.0.1:9000`, `[::1]:9000` → (host, port); an empty host means all interfaces."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address {address!r} must be HOST:PORT with a port between 1 and 65535")
+    host = host.strip("[]")
+    return host, int(port)
+
+
+def merge_key_uri(base: str | None, key: str) -> str:
+    """Merge step-ca style: path and query attributes of `key` win over those of `base`."""
+    try:
+        k = parse_key_uri(key)
+        if not base:
+            return str(k)
+        b = parse_key_uri(base)
+    except InvalidKeyURI as exc:
+        raise ConfigError(f"invalid key URI: {exc}") from exc
+    if b.scheme != k.scheme:
+        return str(k)
+    return str(KeyURI(scheme=k.scheme, path={**b.path, **k.path}, query={**b.query, **k.query}))
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None = None) -> CAConfig:
+    path = path or default_config_path()
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (run `hsmca init` to create a CA)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read JSON: {exc}") from None
+    try:
+        return CAConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(Path(path), exc)) from None
+
+
+def save_config(config: CAConfig, path: Path) -> None:
+    """Write atomically (temp file + rename), so a crash never leaves half a ca.json."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ca.json.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,159 @@
+"""`hsmca init`: a developer CA in one step (the production root comes from the ceremony).
+
+A SoftHSM token of its own under $HSMCA_PATH, root and intermediate keys generated inside it,
+the self-signed root and the intermediate certificate signed through the token, one JWK
+provisioner whose private key is stored encrypted under a password (as step-ca does), the
+database, and `ca.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+import softhsm
+from appliance import jose
+from appliance.certutil import fingerprint
+from appliance.config import (CAConfig, DBConfig, KMSConfig, ProvisionerConfig, AuthorityConfig,
+                              save_config, split_address)
+from appliance.store import Store
+from kms import KeySpec, create_key
+from kms.cacerts import intermediate_certificate, root_certificate
+from kms.uri import KeyURI
+
+
+class InitError(Exception):
+    """`hsmca init` cannot proceed; the message says what to do."""
+
+
+@dataclass
+class InitOptions:
+    base: Path
+    password: bytes
+    name: str = "hsmca"
+    dns_names: list[str] = field(default_factory=lambda: ["localhost"])
+    address: str = ":9000"
+    http_address: str = ":9080"
+    provisioner: str = "admin"
+    key_spec: KeySpec = KeySpec.EC_P256
+    token_label: str = "hsmca"
+    module: str = ""
+    pin: str | None = None
+    so_pin: str | None = None
+    force: bool = False
+    root_lifetime: timedelta = timedelta(days=3650)
+    intermediate_lifetime: timedelta = timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config_path: Path
+    root_path: Path
+    intermediate_path: Path
+    root_fingerprint: str
+    provisioner: str
+    root_key_uri: str
+    intermediate_key_uri: str
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+
+
+def _softhsm_conf(base: Path) -> Path:
+    """Tests and CAs never share a token: each $HSMCA_PATH has its own unless SOFTHSM2_CONF is set."""
+    given = os.environ.get("SOFTHSM2_CONF")
+    if given:
+        return Path(given)
+    conf = softhsm.write_config(base / "softhsm")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    return conf
+
+
+def init_ca(opts: InitOptions) -> InitResult:
+    base = opts.base
+    config_path = base / "config" / "ca.json"
+    if config_path.exists() and not opts.force:
+        raise InitError(f"a CA already exists at {config_path}; use --force to replace it "
+                        "(this destroys its keys and database)")
+    if not opts.dns_names:
+        raise InitError("at least one --dns name is needed")
+    try:
+        split_address(opts.address)
+        split_address(opts.http_address)
+    except ValueError as exc:
+        raise InitError(str(exc)) from None
+
+    conf = _softhsm_conf(base)
+    module = opts.module or softhsm.DEFAULT_MODULE
+    if softhsm.token_exists(opts.token_label, conf=conf):
+        if not opts.force:
+            raise InitError(f"SoftHSM token {opts.token_label!r} already exists ({conf}); "
+                            "use --force to replace it or --token-label for another")
+        softhsm.delete_token(opts.token_label, conf=conf)
+    if opts.force:
+        shutil.rmtree(base / "db", ignore_errors=True)
+
+    pin = opts.pin or secrets.token_urlsafe(18)
+    so_pin = opts.so_pin or secrets.token_urlsafe(18)
+    secrets_dir = base / "secrets"
+    _write_secret(secrets_dir / "pin", pin)
+    _write_secret(secrets_dir / "so-pin", so_pin)
+    softhsm.init_token(opts.token_label, so_pin, pin, conf=conf)
+
+    kms_uri = KeyURI("pkcs11", {"token": opts.token_label},
+                     {"module-path": module, "pin-source": f"file:{secrets_dir / 'pin'}"})
+    root_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "root_ca"}, kms_uri.query)
+    int_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "intermediate_ca"}, kms_uri.query)
+    root_key = create_key(str(root_uri), opts.key_spec)
+    int_key = create_key(str(int_uri), opts.key_spec)
+
+    now = datetime.now(timezone.utc)
+    root = root_certificate(
+        root_key, x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, opts.name),
+                             x509.NameAttribute(NameOID.COMMON_NAME, f"{opts.name} Root CA")]),
+        now - timedelta(minutes=1), now + opts.root_lifetime, path_length=1)
+    intermediate = intermediate_certificate(
+        root_key, root, int_key.public_key(),
+        x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, opts.name),
+                   x509.NameAttribute(NameOID.COMMON_NAME, f"{opts.name} Intermediate CA")]),
+        now - timedelta(minutes=1), min(now + opts.intermediate_lifetime, root.not_valid_after_utc),
+        path_length=0)
+
+    certs = base / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    root_path, int_path = certs / "root_ca.crt", certs / "intermediate_ca.crt"
+    root_path.write_bytes(root.public_bytes(Encoding.PEM))
+    int_path.write_bytes(intermediate.public_bytes(Encoding.PEM))
+
+    prov_key = jose.generate_provisioner_key()
+    provisioner = ProvisionerConfig(type="JWK", name=opts.provisioner, key=jose.public_jwk(prov_key),
+                                    encryptedKey=jose.encrypt_jwk(prov_key, opts.password))
+
+    db_dir = base / "db"
+    db_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = CAConfig(
+        root=str(root_path), crt=str(int_path), key="pkcs11:object=intermediate_ca",
+        address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names),
+        db=DBConfig(type="sqlite", dataSource=str(db_dir / "hsmca.sqlite")),
+        kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment={"SOFTHSM2_CONF": str(conf)}),
+        authority=AuthorityConfig(provisioners=[provisioner]))
+    store = Store.from_config(config.db.model_dump(), base)
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    save_config(config, config_path)
+    return InitResult(config_path, root_path, int_path, fingerprint(root), opts.provisioner,
+                      str(root_uri.redacted()), str(int_uri.redacted()))

@@ -1,0 +1,58 @@
+"""The interface every provisioner implements, and what a successful authorization yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from policy import ClaimsConfig, PolicyConfig
+
+
+@dataclass(frozen=True)
+class SignAuthorization:
+    """A verified one-time token: who may get which names, and the token id to burn."""
+
+    provisioner: str
+    subject: str
+    sans: tuple[str, ...]
+    token_id: str
+    token_expires_at: datetime
+
+
+class Provisioner(Protocol):
+    name: str
+    type: str
+    claims: ClaimsConfig | None
+    policy: PolicyConfig | None
+
+    @property
+    def key_id(self) -> str: ...
+
+    def authorize_sign(self, token: str, audiences: frozenset[str], now: datetime) -> SignAuthorization:
+        """Verify a sign token; raise `appliance.errors.Unauthorized` saying why not."""
+
+    def describe(self, *, with_encrypted_key: bool) -> dict[str, Any]:
+        """The provisioner as `GET /provisioners` lists it (public data only)."""
+
+
+def strip_port(url: str) -> str:
+    """Audiences compare without the port, as step-ca does (clients reach the CA many ways)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return url
+    if ":" in host:
+        host = f"[{host}]"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def sign_audiences(dns_names: list[str]) -> frozenset[str]:
+    """The `aud` values a sign token may carry for this CA (port stripped)."""
+    out: set[str] = set()
+    for name in dns_names:
+        host = f"[{name}]" if ":" in name else name
+        out.update({f"https://{host}/1.0/sign", f"https://{host}/sign"})
+    return frozenset(out)

@@ -1,0 +1,103 @@
+"""The JWK provisioner: a one-time JWT signed by the provisioner's key, checked as step-ca does."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from appliance import jose
+from appliance.errors import Unauthorized
+from appliance.provisioners.base import SignAuthorization, strip_port
+from policy import ClaimsConfig, PolicyConfig
+
+LEEWAY = timedelta(minutes=1)
+MAX_JTI_LENGTH = 256
+
+
+def _numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> datetime | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise Unauthorized(f"token has no '{name}' claim")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Unauthorized(f"token claim '{name}' must be a NumericDate (seconds since the epoch)")
+    try:
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise Unauthorized(f"token claim '{name}' is out of range") from None
+
+
+def _audiences(claims: dict[str, Any]) -> list[str]:
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        return aud
+    raise Unauthorized("token has no valid 'aud' claim")
+
+
+class JWKProvisioner:
+    """A provisioner that holds a public JWK; the private half is the client's (or encrypted)."""
+
+    type = "JWK"
+
+    def __init__(self, name: str, key: dict[str, Any], encrypted_key: str | None = None,
+                 claims: ClaimsConfig | None = None, policy: PolicyConfig | None = None):
+        self.name = name
+        self.key_dict = key
+        self.key = jose.import_jwk(key)
+        if self.key.is_private:
+            raise jose.JOSEError(f"provisioner {name!r}: ca.json must hold the public key only")
+        self._kid = str(key.get("kid") or self.key.thumbprint())
+        self.encrypted_key = encrypted_key
+        self.claims = claims
+        self.policy = policy
+
+    @property
+    def key_id(self) -> str:
+        return self._kid
+
+    def authorize_sign(self, token: str, audiences: frozenset[str], now: datetime) -> SignAuthorization:
+        try:
+            _, claims = jose.verify_token(token, self.key)
+        except jose.JOSEError as exc:
+            raise Unauthorized(f"provisioner {self.name!r}: {exc}") from None
+
+        if claims.get("iss") != self.name:
+            raise Unauthorized(f"token issuer (iss) must be the provisioner name {self.name!r}")
+        expires = _numeric_date(claims, "exp", required=True)
+        assert expires is not None
+        not_before = _numeric_date(claims, "nbf", required=False)
+        issued_at = _numeric_date(claims, "iat", required=False)
+        if now > expires + LEEWAY:
+            raise Unauthorized(f"token expired at {expires.isoformat()}")
+        if not_before is not None and now < not_before - LEEWAY:
+            raise Unauthorized(f"token is not valid before {not_before.isoformat()}")
+        if issued_at is not None and issued_at > now + LEEWAY:
+            raise Unauthorized("token was issued in the future (iat); check the client's clock")
+
+        got = _audiences(claims)
+        if not any(strip_port(a) in audiences for a in got):
+            raise Unauthorized(f"token audience {got} is not this CA's sign endpoint "
+                               f"(expected one of {sorted(audiences)})")
+
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthorized("token subject (sub) cannot be empty")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
+            raise Unauthorized(f"token must carry a one-time id (jti) of 1 to {MAX_JTI_LENGTH} characters")
+        sans = claims.get("sans") or [subject]
+        if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans):
+            raise Unauthorized("token claim 'sans' must be a list of names")
+        return SignAuthorization(provisioner=self.name, subject=subject, sans=tuple(sans),
+                                 token_id=jti, token_expires_at=expires + LEEWAY)
+
+    def describe(self, *, with_encrypted_key: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "name": self.name, "key": self.key_dict}
+        if with_encrypted_key and self.encrypted_key:
+            out["encryptedKey"] = self.encrypted_key
+        if self.claims is not None:
+            out["claims"] = self.claims.model_dump(exclude_none=True)
+        return out

@@ -1,0 +1,1 @@
+"""`hsmca serve`: a supervisor over gunicorn (HTTPS), waitress (plain HTTP) and housekeeping."""

@@ -1,0 +1,140 @@
+"""`hsmca serve`: prepare (schema, stale reservations, TLS certificate), then supervise children.
+
+Children are separate interpreters (fork + exec), so nothing PKCS#11 opened here is inherited:
+- https: gunicorn master + N workers (the step API)
+- http: waitress (CA certificates for relying parties)
+- housekeeping: periodic sweeps
+SIGTERM/SIGINT stop everything gracefully; SIGHUP makes gunicorn reload ca.json in new workers.
+A child that dies is restarted with backoff; one that keeps dying stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.authority import Authority
+from appliance.config import CAConfig, hsmca_path
+from appliance.serving.housekeeping import sweep
+from appliance.serving.tls import issue_server_certificate
+from policy import parse_duration
+
+log = logging.getLogger("hsmca.serve")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv)
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config_path: Path
+    address: str
+    http_address: str
+    workers: int
+
+
+def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
+    """Everything that must hold before a request is served."""
+    config.apply_kms_environment()
+    authority = Authority.from_config(config)
+    try:
+        authority.store.migrate()
+        stale = sweep(authority.store, config.server.reservationTimeout)
+        if stale:
+            log.warning("resolved %d reservation(s) left by an interrupted issuance", len(stale))
+        run_dir = hsmca_path() / "run" / "tls"
+        return issue_server_certificate(authority, run_dir,
+                                        parse_duration(config.server.tlsCertificateLifetime))
+    finally:
+        authority.close()
+
+
+class Supervisor:
+    def __init__(self, config: CAConfig, opts: ServeOptions, cert: Path, key: Path):
+        py = sys.executable
+        cfg = str(opts.config_path)
+        self.graceful = config.server.gracefulTimeout
+        self.children = [
+            Child("https", [py, "-m", "appliance.serving.https", "--config", cfg, "--address",
+                            opts.address, "--workers", str(opts.workers), "--cert", str(cert),
+                            "--key", str(key)]),
+            Child("http", [py, "-m", "appliance.serving.http", "--config", cfg, "--address",
+                           opts.http_address]),
+            Child("housekeeping", [py, "-m", "appliance.serving.housekeeping", "--config", cfg]),
+        ]
+        self.stopping = False
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        for c in self.children:
+            if c.name == "https" and c.proc and c.proc.poll() is None:
+                log.info("SIGHUP: gunicorn reloads ca.json in new workers")
+                c.proc.send_signal(signal.SIGHUP)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        for c in self.children:
+            c.start()
+        code = 0
+        while not self.stopping:
+            time.sleep(0.2)
+            for c in self.children:
+                if c.proc is None or c.proc.poll() is None or self.stopping:
+                    continue
+                log.error("%s exited with status %s", c.name, c.proc.returncode)
+                now = time.monotonic()
+                c.restarts = [t for t in c.restarts if now - t < RESTART_WINDOW] + [now]
+                if len(c.restarts) > MAX_RESTARTS:
+                    log.error("%s keeps dying; stopping the server", c.name)
+                    self.stopping, code = True, 1
+                    break
+                time.sleep(min(2 ** len(c.restarts) / 4, 10))
+                c.start()
+        self.shutdown()
+        return code
+
+    def shutdown(self) -> None:
+        for c in self.children:
+            if c.proc and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.graceful + 5
+        for c in self.children:
+            if c.proc is None:
+                continue
+            try:
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", c.name)
+                c.proc.kill()
+                c.proc.wait()
+        log.info("stopped")
+
+
+def serve(config: CAConfig, opts: ServeOptions) -> int:
+    cert, key = prepare(config, opts)
+    log.info("HTTPS on %s (%d workers), plain HTTP on %s; pid %d", opts.address, opts.workers,
+             opts.http_address, os.getpid())
+    return Supervisor(config, opts, cert, key).run()

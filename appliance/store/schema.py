@@ -1,0 +1,110 @@
+"""The tables as SQLAlchemy Core sees them; the migrations create exactly this (a test compares)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.engine import Dialect
+
+from .records import (
+    MAX_BLOB_LENGTH,
+    MAX_ISSUER_LENGTH,
+    MAX_JTI_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_REQUEST_ID_LENGTH,
+)
+
+# 20 octets hold a serial below 2**159, which has 48 decimal digits.
+SERIAL_LENGTH = 48
+STATUS_LENGTH = 16
+
+# Explicit names so that later migrations can address constraints on every backend.
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# InnoDB with a binary collation: a jti or serial must match byte for byte, not case-insensitively.
+MYSQL_TABLE_ARGS: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Stores UTC on every backend and hands back aware UTC datetimes.
+
+    PostgreSQL keeps `timestamptz`; MySQL and SQLite have no zone, so the value is stored as naive
+    UTC (MySQL with microseconds, which its plain DATETIME would drop).
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetimes are not stored; pass an aware datetime")
+        value = value.astimezone(UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# MySQL's plain BLOB stops at 64 KiB; MEDIUMBLOB holds MAX_BLOB_LENGTH (16 MiB).
+BLOB = sa.LargeBinary(MAX_BLOB_LENGTH).with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("serial", sa.String(SERIAL_LENGTH), primary_key=True),
+    sa.Column("issuer", sa.String(MAX_ISSUER_LENGTH), nullable=False),
+    sa.Column("subject", sa.Text(), nullable=False),
+    sa.Column("sans", sa.JSON(), nullable=False),
+    sa.Column("not_before", UTCDateTime(), nullable=False),
+    sa.Column("not_after", UTCDateTime(), nullable=False),
+    sa.Column("provisioner", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("tbs", BLOB, nullable=False),
+    sa.Column("der", BLOB, nullable=True),
+    sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),
+    sa.Column("reserved_at", UTCDateTime(), nullable=False),
+    sa.Column("issued_at", UTCDateTime(), nullable=True),
+    sa.Column("status_reason", sa.Text(), nullable=True),
+    sa.Column("request_id", sa.String(MAX_REQUEST_ID_LENGTH), nullable=True),
+    sa.CheckConstraint(
+        "status IN ('reserved', 'issued', 'abandoned')", name="ck_certificates_status"
+    ),
+    sa.Index("ix_certificates_status_reserved_at", "status", "reserved_at"),
+    **MYSQL_TABLE_ARGS,
+)
+
+used_tokens = sa.Table(
+    "used_tokens",
+    metadata,
+    sa.Column("jti", sa.String(MAX_JTI_LENGTH), primary_key=True),
+    sa.Column("provisioner", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("used_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_used_tokens_expires_at", "expires_at"),
+    **MYSQL_TABLE_ARGS,
+)

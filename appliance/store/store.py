@@ -1,0 +1,345 @@
+"""The storage authority: each method is one short transaction over the certificate and token tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Self
+
+import sqlalchemy as sa
+from cryptography import x509
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from . import migrate as _migrate
+from .engine import DEFAULT_TIMEOUT, WRITE, create_engine, database_errors
+from .errors import (
+    CertificateNotFound,
+    InvalidTransition,
+    SerialCollision,
+    StoreError,
+)
+from .records import (
+    MAX_JTI_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_REASON_LENGTH,
+    MAX_SERIAL,
+    CertificateRecord,
+    CertificateStatus,
+    Reservation,
+    check_reservation,
+    check_serial,
+    check_text,
+    utc,
+)
+from .schema import certificates, used_tokens
+from .urls import backend_of, normalise_url, url_from_config
+
+STALE_REASON = "reservation left by an interrupted issuance (worker crash?)"
+MAX_LIST_LIMIT = 10_000
+_CHUNK = 500  # serials per UPDATE ... IN (...), well inside every backend's parameter limit
+
+RESERVED = CertificateStatus.RESERVED.value
+ISSUED = CertificateStatus.ISSUED.value
+ABANDONED = CertificateStatus.ABANDONED.value
+
+
+class Store:
+    """Certificates and used tokens in SQLite, PostgreSQL or MySQL/MariaDB.
+
+    Safe to share between threads; a forked worker drops the inherited pool by itself.
+    """
+
+    def __init__(self, url: str | sa.URL, *, echo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._url = normalise_url(url)
+        self._timeout = timeout
+        self._engine = create_engine(self._url, timeout=timeout, statement_timeout=timeout, echo=echo)
+
+    @classmethod
+    def from_config(
+        cls, db: Mapping[str, Any], base_dir: Path, *, echo: bool = False, timeout: float = DEFAULT_TIMEOUT
+    ) -> Store:
+        """Open the database named by ca.json's `db` block (relative sqlite paths from `base_dir`)."""
+        return cls(url_from_config(db, base_dir), echo=echo, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked, fit for logs and /health."""
+        return self._url.render_as_string(hide_password=True)
+
+    @property
+    def backend(self) -> str:
+        """`sqlite`, `postgresql` or `mysql` (MariaDB included)."""
+        return backend_of(self._url)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Upgrade the schema to this release's head; run by `hsmca db migrate`, safe to repeat."""
+        # Its own engine without the statement limit: a migration may rewrite a large table.
+        engine = create_engine(self._url, timeout=self._timeout, statement_timeout=None, pooled=False)
+        try:
+            with database_errors("migrating the schema", self._url):
+                _migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+
+    def schema_revision(self) -> str | None:
+        """The revision the database is at (None when it was never migrated)."""
+        with self._read("reading the schema revision") as conn:
+            return _migrate.current_revision(conn)
+
+    def check_schema(self) -> None:
+        """Raise StoreError unless the database is at the head revision this code expects."""
+        with self._read("checking the schema revision") as conn:
+            _migrate.check(conn)
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the database does not answer (for /health)."""
+        with self._read("checking the database") as conn:
+            conn.execute(sa.text("SELECT 1")).scalar_one()
+
+    def close(self) -> None:
+        """Close pooled connections; the Store can still be used and reconnects on demand."""
+        self._engine.dispose()
+
+    # -- certificates -----------------------------------------------------------------------
+
+    def reserve(self, rec: Reservation) -> None:
+        """Record a serial and its TBS before signing, so no signed certificate goes unrecorded."""
+        check_reservation(rec)
+        row = {
+            "serial": str(rec.serial),
+            "issuer": rec.issuer,
+            "subject": rec.subject,
+            "sans": list(rec.sans),
+            "not_before": rec.not_before,
+            "not_after": rec.not_after,
+            "provisioner": rec.provisioner,
+            "tbs": rec.tbs,
+            "der": None,
+            "status": RESERVED,
+            "reserved_at": _now(),
+            "issued_at": None,
+            "status_reason": None,
+            "request_id": rec.request_id,
+        }
+        try:
+            with self._write("reserving a serial") as conn:
+                conn.execute(certificates.insert().values(**row))
+        except StoreError as exc:
+            # The primary key is the only constraint valid input can break; confirm it is that.
+            if isinstance(exc.__cause__, IntegrityError) and self._serial_exists(rec.serial):
+                raise SerialCollision(f"serial {rec.serial} is already recorded") from None
+            raise
+
+    def mark_issued(self, serial: int, der: bytes) -> None:
+        """Attach the signed certificate; its TBS must be the one reserved (and only from reserved).
+
+        Repeating the call with the same certificate is a no-op, so a retry after a lost commit
+        acknowledgement is harmless.
+        """
+        check_serial(serial)
+        try:
+            tbs = x509.load_der_x509_certificate(der).tbs_certificate_bytes
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"certificate for serial {serial} is not valid DER: {exc}") from None
+        with self._write("recording an issued certificate") as conn:
+            done = conn.execute(
+                certificates.update()
+                .where(
+                    certificates.c.serial == str(serial),
+                    certificates.c.status == RESERVED,
+                    certificates.c.tbs == tbs,
+                )
+                .values(status=ISSUED, der=der, issued_at=_now())
+            ).rowcount
+            if done == 1:
+                return
+            found = conn.execute(
+                sa.select(certificates.c.status, certificates.c.tbs, certificates.c.der).where(
+                    certificates.c.serial == str(serial)
+                )
+            ).one_or_none()
+        if found is None:
+            raise CertificateNotFound(f"no reservation for serial {serial}")
+        if found.status == ISSUED and found.der == der:
+            return
+        if found.status != RESERVED:
+            raise InvalidTransition(f"certificate {serial} is {found.status}, not reserved")
+        raise StoreError(
+            f"certificate for serial {serial} was not signed over the reserved TBS; refused"
+        )
+
+    def mark_abandoned(self, serial: int, reason: str) -> None:
+        """Close a reservation whose signature was refused or failed; the serial is never reused."""
+        check_serial(serial)
+        check_text(reason, "reason", MAX_REASON_LENGTH)
+        with self._write("abandoning a reservation") as conn:
+            done = conn.execute(
+                certificates.update()
+                .where(certificates.c.serial == str(serial), certificates.c.status == RESERVED)
+                .values(status=ABANDONED, status_reason=reason)
+            ).rowcount
+            if done == 1:
+                return
+            status = conn.execute(
+                sa.select(certificates.c.status).where(certificates.c.serial == str(serial))
+            ).scalar_one_or_none()
+        if status is None:
+            raise CertificateNotFound(f"no reservation for serial {serial}")
+        raise InvalidTransition(f"certificate {serial} is {status}, not reserved")
+
+    def resolve_stale_reservations(
+        self, older_than: timedelta, now: datetime | None = None
+    ) -> list[int]:
+        """Abandon reservations older than the cut-off (left by a crash) and return their serials.
+
+        `older_than` must exceed the longest a signature may take, or a slow issuance would
+        find its reservation abandoned and (rightly) fail.
+        """
+        if older_than <= timedelta(0):
+            raise ValueError("older_than must be positive")
+        cutoff = (utc(now, "now") if now is not None else _now()) - older_than
+        stale = sa.and_(certificates.c.status == RESERVED, certificates.c.reserved_at < cutoff)
+        with self._write("resolving stale reservations") as conn:
+            # Locked rows (PostgreSQL, MySQL; SQLite holds the write lock already), so two
+            # housekeepers never both claim the same serial.
+            serials = [
+                s for (s,) in conn.execute(
+                    sa.select(certificates.c.serial).where(stale).with_for_update()
+                )
+            ]
+            for start in range(0, len(serials), _CHUNK):
+                conn.execute(
+                    certificates.update()
+                    .where(stale, certificates.c.serial.in_(serials[start:start + _CHUNK]))
+                    .values(status=ABANDONED, status_reason=STALE_REASON)
+                )
+        return sorted(int(s) for s in serials)
+
+    def get_certificate(self, serial: int) -> CertificateRecord | None:
+        """The record for `serial`, or None (also for serials no certificate can carry)."""
+        if isinstance(serial, bool) or not isinstance(serial, int):
+            raise TypeError(f"serial must be an int, not {type(serial).__name__}")
+        if not 0 < serial <= MAX_SERIAL:
+            return None
+        with self._read("reading a certificate") as conn:
+            row = conn.execute(
+                sa.select(certificates).where(certificates.c.serial == str(serial))
+            ).one_or_none()
+        return None if row is None else _record(row)
+
+    def list_certificates(self, status: str | None = None, limit: int = 100) -> list[CertificateRecord]:
+        """Most recently reserved first."""
+        query = sa.select(certificates)
+        if status is not None:
+            query = query.where(certificates.c.status == CertificateStatus(status).value)
+        if not 0 < limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        query = query.order_by(certificates.c.reserved_at.desc(), certificates.c.serial).limit(limit)
+        with self._read("listing certificates") as conn:
+            rows = conn.execute(query).all()
+        return [_record(row) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        """Every status with its count (zeros included), for metrics and health."""
+        with self._read("counting certificates") as conn:
+            rows = conn.execute(
+                sa.select(certificates.c.status, sa.func.count()).group_by(certificates.c.status)
+            ).all()
+        counts = {s.value: 0 for s in CertificateStatus}
+        counts.update({status: int(n) for status, n in rows})
+        return counts
+
+    # -- one-time tokens --------------------------------------------------------------------
+
+    def use_token(self, jti: str, provisioner: str, expires_at: datetime) -> bool:
+        """True the first time a token id is presented, False ever after (across all replicas).
+
+        Race-free because it is a bare INSERT on the primary key. Keep the row until the token
+        can no longer be accepted: pass the expiry plus any clock-skew leeway as `expires_at`.
+        """
+        check_text(jti, "jti", MAX_JTI_LENGTH)
+        check_text(provisioner, "provisioner", MAX_NAME_LENGTH)
+        expires_at = utc(expires_at, "expires_at")
+        try:
+            with self._write("recording a one-time token") as conn:
+                conn.execute(
+                    used_tokens.insert().values(
+                        jti=jti, provisioner=provisioner, expires_at=expires_at, used_at=_now()
+                    )
+                )
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError) and self._token_exists(jti):
+                return False
+            raise
+        return True
+
+    def purge_expired_tokens(self, now: datetime | None = None) -> int:
+        """Forget tokens whose `expires_at` is before `now`; returns how many."""
+        moment = utc(now, "now") if now is not None else _now()
+        with self._write("purging expired tokens") as conn:
+            return int(
+                conn.execute(used_tokens.delete().where(used_tokens.c.expires_at < moment)).rowcount
+            )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _serial_exists(self, serial: int) -> bool:
+        with self._read("reading a certificate") as conn:
+            return conn.execute(
+                sa.select(certificates.c.serial).where(certificates.c.serial == str(serial))
+            ).first() is not None
+
+    def _token_exists(self, jti: str) -> bool:
+        with self._read("reading a one-time token") as conn:
+            return conn.execute(
+                sa.select(used_tokens.c.jti).where(used_tokens.c.jti == jti)
+            ).first() is not None
+
+    @contextmanager
+    def _read(self, what: str) -> Iterator[Connection]:
+        with database_errors(what, self._url), self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[Connection]:
+        with database_errors(what, self._url), self._engine.connect() as conn:
+            conn.execution_options(**{WRITE: True})
+            with conn.begin():
+                yield conn
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _record(row: Row[Any]) -> CertificateRecord:
+    return CertificateRecord(
+        serial=int(row.serial),
+        issuer=row.issuer,
+        subject=row.subject,
+        sans=tuple(row.sans),
+        not_before=row.not_before,
+        not_after=row.not_after,
+        provisioner=row.provisioner,
+        tbs=bytes(row.tbs),
+        der=None if row.der is None else bytes(row.der),
+        status=CertificateStatus(row.status),
+        reserved_at=row.reserved_at,
+        issued_at=row.issued_at,
+        status_reason=row.status_reason,
+        request_id=row.request_id,
+    )

@@ -1,0 +1,151 @@
+"""Get a certificate's to-be-signed bytes before the HSM signs, and sign only those bytes.
+
+cryptography's builders offer no "TBS only" call: they hand the TBS to the key's `.sign()`. So a
+first pass runs the builder with a proxy key that captures the bytes and aborts (no HSM call), the
+CA records them, and the second pass runs with a proxy that forwards to the real key only if the
+bytes are exactly the recorded ones. The builder is deterministic for fixed inputs, so both passes
+produce the same TBS; the guard turns any drift into a refusal instead of an unrecorded signature.
+(Hand-written: no library offers this.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from kms.signer import CAKey
+
+SignFn = Callable[[bytes, Callable[[], bytes]], bytes]
+
+
+class _Captured(Exception):
+    def __init__(self, data: bytes):
+        super().__init__("captured")
+        self.data = data
+
+
+class TBSMismatch(Exception):
+    """The builder produced bytes other than those recorded: nothing was signed."""
+
+
+class _ECProxy(ec.EllipticCurvePrivateKey):
+    def __init__(self, key: ec.EllipticCurvePrivateKey, on_sign: SignFn):
+        self._key, self._on_sign = key, on_sign
+
+    def sign(self, data: Any, signature_algorithm: Any) -> bytes:
+        return self._on_sign(bytes(data), lambda: self._key.sign(data, signature_algorithm))
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._key.public_key()
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._key.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._key.key_size
+
+    def exchange(self, algorithm: Any, peer_public_key: Any) -> bytes:
+        raise NotImplementedError
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        raise NotImplementedError
+
+    def private_bytes(self, *args: Any) -> bytes:
+        raise NotImplementedError
+
+    def __copy__(self) -> _ECProxy:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> _ECProxy:
+        return self
+
+
+class _RSAProxy(rsa.RSAPrivateKey):
+    def __init__(self, key: rsa.RSAPrivateKey, on_sign: SignFn):
+        self._key, self._on_sign = key, on_sign
+
+    def sign(self, data: Any, padding: Any, algorithm: Any) -> bytes:
+        return self._on_sign(bytes(data), lambda: self._key.sign(data, padding, algorithm))
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._key.public_key()
+
+    @property
+    def key_size(self) -> int:
+        return self._key.key_size
+
+    def decrypt(self, ciphertext: bytes, padding: Any) -> bytes:
+        raise NotImplementedError
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        raise NotImplementedError
+
+    def private_bytes(self, *args: Any) -> bytes:
+        raise NotImplementedError
+
+    def __copy__(self) -> _RSAProxy:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> _RSAProxy:
+        return self
+
+
+class _Ed25519Proxy(ed25519.Ed25519PrivateKey):
+    def __init__(self, key: ed25519.Ed25519PrivateKey, on_sign: SignFn):
+        self._key, self._on_sign = key, on_sign
+
+    def sign(self, data: Any) -> bytes:
+        return self._on_sign(bytes(data), lambda: self._key.sign(data))
+
+    def public_key(self) -> ed25519.Ed25519PublicKey:
+        return self._key.public_key()
+
+    def private_bytes(self, *args: Any) -> bytes:
+        raise NotImplementedError
+
+    def private_bytes_raw(self) -> bytes:
+        raise NotImplementedError
+
+    def __copy__(self) -> _Ed25519Proxy:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> _Ed25519Proxy:
+        return self
+
+
+def _proxy(key: CAKey, on_sign: SignFn) -> CAKey:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return _ECProxy(key, on_sign)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return _RSAProxy(key, on_sign)
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return _Ed25519Proxy(key, on_sign)
+    raise TypeError(f"unsupported CA key type {type(key).__name__}")
+
+
+def capture(key: CAKey, build: Callable[[CAKey], object]) -> bytes:
+    """Run `build(proxy)`; return the bytes it asked to sign. The real key is not used."""
+
+    def on_sign(data: bytes, _real: Callable[[], bytes]) -> bytes:
+        raise _Captured(data)
+
+    try:
+        build(_proxy(key, on_sign))
+    except _Captured as got:
+        return got.data
+    raise RuntimeError("the builder finished without asking for a signature")
+
+
+def guarded(key: CAKey, expected: bytes) -> CAKey:
+    """A key that signs `expected` through the real key, and refuses anything else."""
+
+    def on_sign(data: bytes, real: Callable[[], bytes]) -> bytes:
+        if data != expected:
+            raise TBSMismatch("the to-be-signed bytes differ from those recorded; not signing")
+        return real()
+
+    return _proxy(key, on_sign)

@@ -1,0 +1,1 @@
+"""The offline root-key ceremony (issue 3). Imports kms/ only, never the online service."""
