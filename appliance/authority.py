@@ -58,7 +58,7 @@ class Authority:
     @classmethod
     def from_config(cls, config: CAConfig) -> Authority:
         """Build everything but the KMS key, which opens on first use (after the fork)."""
-        store = Store.from_config(config.db.model_dump(), config.resolve("."))
+        store = Store.from_config(config.db.model_dump(), config.base_dir)
         audit = JsonLinesAudit(config.resolve(config.audit.path))
         return cls(config, store, audit)
 
@@ -109,8 +109,9 @@ class Authority:
                 key=key_info(csr.public_key()), not_before=nb, not_after=na, now=now))
             if not decision.allowed:
                 raise PolicyDenied("; ".join(decision.reasons), reasons=decision.reasons)
+            names = names.canonical()
             profile = LeafProfile(
-                common_name=auth.subject, public_key=csr.public_key(),
+                common_name=names.canonical_common_name(auth.subject), public_key=csr.public_key(),
                 not_before=decision.not_before, not_after=decision.not_after,
                 dns_names=names.dns, ip_addresses=names.ips, emails=names.emails, uris=names.uris)
             cert = self.issuer.issue(profile, provisioner=auth.provisioner, request_id=ctx.request_id)

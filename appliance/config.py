@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from kms.errors import InvalidKeyURI
 from kms.uri import KeyURI, parse_key_uri
@@ -136,9 +136,10 @@ class ServerConfig(_Strict):
     maxRequestBytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # A reservation older than this, still not signed, was left by a killed worker.
     reservationTimeout: str = "2m"
+    housekeepingInterval: str = "30s"
     tlsCertificateLifetime: str = "720h"
 
-    @field_validator("reservationTimeout", "tlsCertificateLifetime")
+    @field_validator("reservationTimeout", "housekeepingInterval", "tlsCertificateLifetime")
     @classmethod
     def _duration(cls, v: str) -> str:
         parse_duration(v)
@@ -167,6 +168,7 @@ class CAConfig(_Strict):
     publicURL: str | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    _base_dir: Path | None = PrivateAttr(default=None)
 
     @field_validator("address", "httpAddress")
     @classmethod
@@ -174,10 +176,15 @@ class CAConfig(_Strict):
         split_address(v)
         return v
 
+    @property
+    def base_dir(self) -> Path:
+        """The CA's home: the parent of the `config/` directory holding ca.json, else $HSMCA_PATH."""
+        return self._base_dir or hsmca_path()
+
     def resolve(self, path: str) -> Path:
-        """Relative paths in ca.json are relative to $HSMCA_PATH."""
+        """Relative paths in ca.json are relative to the CA's home (see `base_dir`)."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() else hsmca_path() / p
+        return p if p.is_absolute() else self.base_dir / p
 
     def key_uri(self, key: str | None = None) -> str:
         """The full URI of a CA key: `kms.uri` supplies what the key's own URI leaves out."""
@@ -229,9 +236,12 @@ def load_config(path: Path | None = None) -> CAConfig:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read JSON: {exc}") from None
     try:
-        return CAConfig.model_validate(raw)
+        config = CAConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(Path(path), exc)) from None
+    parent = Path(path).resolve().parent
+    config._base_dir = parent.parent if parent.name == "config" else parent
+    return config
 
 
 def save_config(config: CAConfig, path: Path) -> None:

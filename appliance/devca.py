@@ -22,8 +22,8 @@ from cryptography.x509.oid import NameOID
 import softhsm
 from appliance import jose
 from appliance.certutil import fingerprint
-from appliance.config import (CAConfig, DBConfig, KMSConfig, ProvisionerConfig, AuthorityConfig,
-                              save_config, split_address)
+from appliance.config import (AuditConfig, AuthorityConfig, CAConfig, DBConfig, KMSConfig,
+                              ProvisionerConfig, save_config, split_address)
 from appliance.store import Store
 from kms import KeySpec, create_key
 from kms.cacerts import intermediate_certificate, root_certificate
@@ -148,7 +148,8 @@ def init_ca(opts: InitOptions) -> InitResult:
         address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names),
         db=DBConfig(type="sqlite", dataSource=str(db_dir / "hsmca.sqlite")),
         kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment={"SOFTHSM2_CONF": str(conf)}),
-        authority=AuthorityConfig(provisioners=[provisioner]))
+        authority=AuthorityConfig(provisioners=[provisioner]),
+        audit=AuditConfig(path=str(base / "audit" / "audit.jsonl")))
     store = Store.from_config(config.db.model_dump(), base)
     try:
         store.migrate()

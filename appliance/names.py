@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from policy import normalize_dns_name
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^urn:", re.I)
 
@@ -52,9 +54,35 @@ class RequestedNames:
             dns=_merge(self.dns, extra.dns, key=str.lower), ips=_merge(self.ips, extra.ips),
             emails=_merge(self.emails, extra.emails), uris=_merge(self.uris, extra.uris))
 
+    def canonical(self) -> RequestedNames:
+        """The spelling that goes into the certificate: A-labels, lower case, IPv4 unmapped.
+
+        Only called once policy allowed the names, so every DNS name normalises."""
+        dns = tuple(dict.fromkeys(normalize_dns_name(d) for d in self.dns))
+        ips = tuple(dict.fromkeys(_unmapped(i) for i in self.ips))
+        return RequestedNames(dns, ips, self.emails, self.uris)
+
+    def canonical_common_name(self, cn: str) -> str:
+        """BR 7.1.4.3: the CN is byte for byte one of the SAN values."""
+        ip = _ip(cn)
+        if ip is not None:
+            return str(_unmapped(ip))
+        if _URI.match(cn) or "@" in cn:
+            return cn
+        try:
+            return normalize_dns_name(cn)
+        except ValueError:
+            return cn
+
     def as_strings(self) -> list[str]:
         return ([f"dns:{d}" for d in self.dns] + [f"ip:{i}" for i in self.ips]
                 + [f"email:{e}" for e in self.emails] + [f"uri:{u}" for u in self.uris])
+
+
+def _unmapped(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _merge(first: tuple, more: tuple, key=lambda v: v) -> tuple:  # type: ignore[no-untyped-def]

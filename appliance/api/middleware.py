@@ -23,23 +23,41 @@ class RequestContext:
 
 
 class BodyLimit:
-    """Refuse a declared oversize body before reading a byte of it."""
+    """Refuse a declared oversize body before reading a byte of it.
+
+    Checked once the route is known, so that a resource that audits its refusals (it has a
+    `reject(req, error)` method) records this one too.
+    """
+
+    # Up to this much of an oversize body is read and discarded before answering: a server that
+    # answers and closes while the client is still sending makes the client see a reset, not
+    # the 413. Beyond it the connection is simply closed.
+    DRAIN_LIMIT = 32 * 1024 * 1024
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         params: dict[str, Any]) -> None:
         req.context.max_body = self.max_bytes
         length = req.content_length
         if length is not None and length > self.max_bytes:
-            resp.set_header("Connection", "close")
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of "
-                                  f"{self.max_bytes} bytes")
+            if length <= self.DRAIN_LIMIT:
+                while req.bounded_stream.read(64 * 1024):
+                    pass
+            else:
+                resp.set_header("Connection", "close")
+            error = PayloadTooLarge(f"request body of {length} bytes exceeds the limit of "
+                                    f"{self.max_bytes} bytes")
+            reject = getattr(resource, "reject", None)
+            if reject is not None:
+                reject(req, error)
+            raise error
 
 
 def read_body(req: falcon.Request) -> bytes:
     """Read at most the limit (+1 to detect more), also when the body is chunked."""
-    limit: int = req.context.max_body
+    limit: int = req.context.get("max_body", 64 * 1024)
     data = req.bounded_stream.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")

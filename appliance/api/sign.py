@@ -36,12 +36,17 @@ class Sign:
     def __init__(self, authority: Authority):
         self.authority = authority
 
+    def reject(self, req: falcon.Request, error: CAError) -> None:
+        """Audit a request refused before it reached the authority's rules."""
+        ctx = RequestContext(request_id=req.context.request_id, remote_addr=remote_addr(req))
+        self.authority.reject("x509.sign", ctx, error)
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         ctx = RequestContext(request_id=req.context.request_id, remote_addr=remote_addr(req))
         try:
             csr, ott, not_before, not_after = self._parse(req)
         except CAError as exc:
-            self.authority.reject("x509.sign", ctx, exc)
+            self.reject(req, exc)
             raise
         result = self.authority.sign(csr, ott, not_before, not_after, ctx)
         chain = [pem(c) for c in result.chain]

@@ -25,3 +25,7 @@ def main() -> None:
 for command in (server.init, server.serve, server.db, client.certificate, client.token,
                 client.bootstrap, client.inspect):
     main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()

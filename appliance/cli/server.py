@@ -127,7 +127,7 @@ def migrate(config_path: Path | None) -> None:
 
     try:
         config = load_config(config_path)
-        store = Store.from_config(config.db.model_dump(), config.resolve("."))
+        store = Store.from_config(config.db.model_dump(), config.base_dir)
         store.migrate()
         store.close()
     except (ConfigError, StoreError) as exc:

@@ -32,12 +32,12 @@ def sweep(store: Store, reservation_timeout: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="hsmca housekeeping (started by `hsmca serve`)")
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--interval", type=float, default=30.0)
     args = parser.parse_args()
     logs.setup()
     config = load_config(args.config)
-    store = Store.from_config(config.db.model_dump(), config.resolve("."))
+    store = Store.from_config(config.db.model_dump(), config.base_dir)
     stop = threading.Event()
+    interval = parse_duration(config.server.housekeepingInterval).total_seconds()
 
     def _stop(signum: int, frame: Any) -> None:
         stop.set()
@@ -50,7 +50,7 @@ def main() -> None:
             sweep(store, config.server.reservationTimeout)
         except StoreError as exc:
             log.error("housekeeping sweep failed: %s", exc)
-        stop.wait(args.interval)
+        stop.wait(interval)
     store.close()
 
 

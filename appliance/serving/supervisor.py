@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.authority import Authority
-from appliance.config import CAConfig, hsmca_path
+from appliance.config import CAConfig
 from appliance.serving.housekeeping import sweep
 from appliance.serving.tls import issue_server_certificate
 from policy import parse_duration
@@ -61,7 +61,7 @@ def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
         stale = sweep(authority.store, config.server.reservationTimeout)
         if stale:
             log.warning("resolved %d reservation(s) left by an interrupted issuance", len(stale))
-        run_dir = hsmca_path() / "run" / "tls"
+        run_dir = config.base_dir / "run" / "tls"
         return issue_server_certificate(authority, run_dir,
                                         parse_duration(config.server.tlsCertificateLifetime))
     finally:

@@ -1,0 +1,187 @@
+"""A real dev CA (SoftHSM token, SQLite) per test module, and a running `hsmca serve` on demand."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from appliance import jose
+from appliance.certutil import fingerprint, load_certificates
+from appliance.config import CAConfig, load_config
+from appliance.devca import InitOptions, init_ca
+from kms import KeySpec
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD = b"integration-test-password"
+
+
+@dataclass
+class DevCA:
+    base: Path
+    config_path: Path
+    password_file: Path
+    token_label: str
+
+    @property
+    def config(self) -> CAConfig:
+        return load_config(self.config_path)
+
+    @property
+    def root(self) -> Path:
+        return self.base / "certs" / "root_ca.crt"
+
+    @property
+    def intermediate(self) -> Path:
+        return self.base / "certs" / "intermediate_ca.crt"
+
+    @property
+    def root_fingerprint(self) -> str:
+        return fingerprint(load_certificates(self.root)[0])
+
+    @property
+    def audit_path(self) -> Path:
+        return self.base / "audit" / "audit.jsonl"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        from appliance.audit import read_events
+
+        return read_events(self.audit_path)
+
+    def provisioner_key(self) -> jose.PublicKey:
+        prov = self.config.authority.provisioners[0]
+        assert prov.encryptedKey
+        return jose.decrypt_jwk(prov.encryptedKey, PASSWORD)
+
+    def edit_config(self, change: Callable[[dict[str, Any]], None]) -> None:
+        data = json.loads(self.config_path.read_text())
+        change(data)
+        self.config_path.write_text(json.dumps(data, indent=2))
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HSMCA_PATH": str(self.base)}
+
+
+def make_ca(base: Path, spec: KeySpec = KeySpec.EC_P256, **kw: Any) -> DevCA:
+    base.mkdir(parents=True, exist_ok=True)
+    pw = base / "password.txt"
+    pw.write_bytes(PASSWORD + b"\n")
+    label = f"ca-{secrets.token_hex(4)}"
+    result = init_ca(InitOptions(base=base, password=PASSWORD, key_spec=spec, token_label=label, **kw))
+    return DevCA(base, result.config_path, pw, label)
+
+
+@pytest.fixture(scope="module")
+def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
+    """A dev CA with an EC P-256 root and intermediate in its own SoftHSM token."""
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@dataclass
+class Server:
+    ca: DevCA
+    proc: subprocess.Popen[bytes]
+    url: str
+    http_url: str
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def gunicorn_master(self) -> int:
+        return next(p for p in children_of(self.proc.pid) if "appliance.serving.https" in cmdline(p))
+
+    def workers(self) -> list[int]:
+        return children_of(self.gunicorn_master())
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(f"{self.url}{path}", verify=str(self.ca.root), timeout=10, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return requests.post(f"{self.url}{path}", verify=str(self.ca.root), timeout=30, **kw)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_server(ca: DevCA, *, workers: int = 2, env: dict[str, str] | None = None,
+                 timeout: float = 60) -> Server:
+    port, http_port = free_port(), free_port()
+    log_path = ca.base / f"serve-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli.main", "serve", "--address", f"127.0.0.1:{port}",
+         "--http-address", f"127.0.0.1:{http_port}", "--workers", str(workers)],
+        env={**ca.env(), **(env or {})}, cwd=REPO, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
+    server = Server(ca, proc, f"https://localhost:{port}", f"http://127.0.0.1:{http_port}", log_path,
+                    env or {})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"hsmca serve exited with {proc.returncode}:\n{server.log()}")
+        try:
+            if server.get("/health").ok and requests.get(f"{server.http_url}/health", timeout=2).ok:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise AssertionError(f"hsmca serve did not become healthy:\n{server.log()}")
+
+
+@pytest.fixture(scope="module")
+def server(dev_ca: DevCA) -> Iterator[Server]:
+    s = start_server(dev_ca)
+    yield s
+    s.stop()
+
+
+def hsmca(ca: DevCA, *args: str, check: bool = True, input: str | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the `hsmca` command the way a user does (a new process, HSMCA_PATH set)."""
+    result = subprocess.run([sys.executable, "-m", "appliance.cli.main", *args], cwd=ca.base,
+                            env={**ca.env(), **(env or {})}, capture_output=True, text=True,
+                            input=input, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"hsmca {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,112 @@
+"""`hsmca init`: keys born in the token, sensitive and never extractable; a usable ca.json."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pkcs11
+import pytest
+from click.testing import CliRunner
+from cryptography import x509
+from pkcs11 import Attribute, ObjectClass
+
+from appliance.cli.main import main
+from appliance.config import load_config
+from appliance.store import Store
+from kms import KeySpec, pkcs11_module
+from tests.integration.conftest import DevCA, hsmca, make_ca
+
+import softhsm
+
+
+def _private_keys(ca: DevCA) -> dict[str, dict[str, bool]]:
+    """Read the attributes with python-pkcs11 itself, not through kms/ (which could be wrong)."""
+    lib = pkcs11.lib(softhsm.DEFAULT_MODULE)
+    token = lib.get_token(token_label=ca.token_label)
+    pin = (ca.base / "secrets" / "pin").read_text().strip()
+    with pkcs11_module.lock():
+        try:
+            session = token.open(user_pin=pin)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:  # login is per process: kms/ did it
+            session = token.open()
+        with session:
+            return {k.label: {a.name: bool(k[a]) for a in (Attribute.SENSITIVE, Attribute.ALWAYS_SENSITIVE,
+                                                       Attribute.EXTRACTABLE, Attribute.NEVER_EXTRACTABLE,
+                                                       Attribute.TOKEN, Attribute.PRIVATE)}
+                for k in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})}
+
+
+def test_init_creates_the_ca_files(dev_ca):
+    config = load_config(dev_ca.config_path)
+    assert config.dnsNames == ["localhost"] and config.address == ":9000"
+    assert config.kms.environment["SOFTHSM2_CONF"]
+    assert config.authority.provisioners[0].name == "admin"
+    root = x509.load_pem_x509_certificate(dev_ca.root.read_bytes())
+    inter = x509.load_pem_x509_certificate(dev_ca.intermediate.read_bytes())
+    inter.verify_directly_issued_by(root)
+    root.verify_directly_issued_by(root)
+    assert inter.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    for name in ("pin", "so-pin"):
+        assert (dev_ca.base / "secrets" / name).stat().st_mode & 0o777 == 0o600
+    assert dev_ca.config_path.stat().st_mode & 0o777 == 0o600
+    with Store.from_config(config.db.model_dump(), config.base_dir) as store:
+        store.check_schema()
+    out = subprocess.run(["openssl", "verify", "-CAfile", str(dev_ca.root), str(dev_ca.intermediate)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_ca_keys_are_sensitive_and_never_extractable(dev_ca):
+    keys = _private_keys(dev_ca)
+    assert set(keys) == {"root_ca", "intermediate_ca"}
+    for attrs in keys.values():
+        assert attrs == {"SENSITIVE": True, "ALWAYS_SENSITIVE": True, "EXTRACTABLE": False,
+                         "NEVER_EXTRACTABLE": True, "TOKEN": True, "PRIVATE": True}
+
+
+def test_pkcs11_tool_sees_them_that_way(dev_ca):
+    pin = (dev_ca.base / "secrets" / "pin").read_text().strip()
+    out = subprocess.run(["pkcs11-tool", "--module", softhsm.DEFAULT_MODULE, "--token-label", dev_ca.token_label,
+                          "--login", "--pin", pin, "--list-objects", "--type", "privkey"],
+                         capture_output=True, text=True, env={"SOFTHSM2_CONF": str(dev_ca.config.kms.environment["SOFTHSM2_CONF"])})
+    assert out.returncode == 0, out.stderr
+    blocks = [b for b in out.stdout.split("Private Key Object") if "label" in b]
+    assert len(blocks) == 2
+    for block in blocks:
+        assert "sensitive" in block and "never extractable" in block
+        assert "extractable" not in block.replace("never extractable", "")
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path: Path):
+    ca = make_ca(tmp_path / "ca", KeySpec.RSA_2048)
+    old = ca.root.read_bytes()
+    # As a user would: each command is a new process (PKCS#11 login is per process).
+    refused = hsmca(ca, "init", "--password-file", str(ca.password_file), "--token-label", ca.token_label,
+                    check=False)
+    assert refused.returncode == 1
+    assert "already exists" in refused.stderr and "--force" in refused.stderr
+    assert ca.root.read_bytes() == old
+    hsmca(ca, "init", "--password-file", str(ca.password_file), "--token-label", ca.token_label, "--force",
+          "--dns", "ca.internal", "--dns", "10.0.0.5")
+    assert ca.root.read_bytes() != old
+    assert load_config(ca.config_path).dnsNames == ["ca.internal", "10.0.0.5"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kty", "EC", "--size", "2048"], "invalid CA key options"),
+    (["--address", "nonsense"], "HOST:PORT"),
+])
+def test_init_rejects_bad_options_clearly(tmp_path: Path, args, message):
+    pw = tmp_path / "pw"
+    pw.write_text("secret-password\n")
+    result = CliRunner().invoke(main, ["init", "--password-file", str(pw), "--token-label", "never", *args],
+                                env={"HSMCA_PATH": str(tmp_path / "ca")})
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "ca" / "config" / "ca.json").exists()
+
+
+def test_init_without_password_file_needs_a_terminal(tmp_path: Path):
+    result = CliRunner().invoke(main, ["init"], env={"HSMCA_PATH": str(tmp_path / "ca")})
+    assert result.exit_code == 1 and "--password-file" in result.output
