@@ -255,7 +255,9 @@ class TokenSession:
         for slot in m.lib.get_slots(token_present=True):
             try:
                 tokens.append(slot.get_token())
-            except (p11e.TokenNotPresent, p11e.TokenNotRecognised):
+            except (p11e.TokenNotPresent, p11e.TokenNotRecognised, p11e.GeneralError):
+                # GeneralError: SoftHSM's answer for a token another process deleted since
+                # this one loaded the module. Another slot's trouble is not ours.
                 continue
         return tokens
 

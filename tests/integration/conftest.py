@@ -25,6 +25,8 @@ from appliance.devca import InitOptions, init_ca
 from kms import KeySpec
 
 REPO = Path(__file__).resolve().parents[2]
+# The console script, as users run it (`python -m` would put the working directory on sys.path).
+HSMCA = str(Path(sys.executable).parent / "hsmca")
 PASSWORD = b"integration-test-password"
 
 
@@ -149,7 +151,7 @@ def start_server(ca: DevCA, *, workers: int = 2, env: dict[str, str] | None = No
     port, http_port = free_port(), free_port()
     log_path = ca.base / f"serve-{port}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli.main", "serve", "--address", f"127.0.0.1:{port}",
+        [HSMCA, "serve", "--address", f"127.0.0.1:{port}",
          "--http-address", f"127.0.0.1:{http_port}", "--workers", str(workers)],
         env={**ca.env(), **(env or {})}, cwd=REPO, stdout=log_path.open("ab"), stderr=subprocess.STDOUT)
     server = Server(ca, proc, f"https://localhost:{port}", f"http://127.0.0.1:{http_port}", log_path,
@@ -178,7 +180,7 @@ def server(dev_ca: DevCA) -> Iterator[Server]:
 def hsmca(ca: DevCA, *args: str, check: bool = True, input: str | None = None,
           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the `hsmca` command the way a user does (a new process, HSMCA_PATH set)."""
-    result = subprocess.run([sys.executable, "-m", "appliance.cli.main", *args], cwd=ca.base,
+    result = subprocess.run([HSMCA, *args], cwd=ca.base,
                             env={**ca.env(), **(env or {})}, capture_output=True, text=True,
                             input=input, timeout=120)
     if check and result.returncode != 0:

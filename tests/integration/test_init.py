@@ -14,8 +14,8 @@ from pkcs11 import Attribute, ObjectClass
 from appliance.cli.main import main
 from appliance.config import load_config
 from appliance.store import Store
-from kms import KeySpec, pkcs11_module
-from tests.integration.conftest import DevCA, hsmca, make_ca
+from kms import pkcs11_module
+from tests.integration.conftest import DevCA, hsmca
 
 import softhsm
 
@@ -79,16 +79,21 @@ def test_pkcs11_tool_sees_them_that_way(dev_ca):
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path):
-    ca = make_ca(tmp_path / "ca", KeySpec.RSA_2048)
+    # As a user would: each command a new process, and SoftHSM's config under $HSMCA_PATH.
+    base = tmp_path / "ca"
+    base.mkdir()
+    ca = DevCA(base, base / "config" / "ca.json", base / "pw", "hsmca")
+    ca.password_file.write_text("a dev password\n")
+    no_conf = {"SOFTHSM2_CONF": ""}
+    hsmca(ca, "init", "--password-file", str(ca.password_file), "--kty", "RSA", "--size", "2048", env=no_conf)
+    assert (base / "softhsm" / "softhsm2.conf").exists()
     old = ca.root.read_bytes()
-    # As a user would: each command is a new process (PKCS#11 login is per process).
-    refused = hsmca(ca, "init", "--password-file", str(ca.password_file), "--token-label", ca.token_label,
-                    check=False)
+    refused = hsmca(ca, "init", "--password-file", str(ca.password_file), check=False, env=no_conf)
     assert refused.returncode == 1
     assert "already exists" in refused.stderr and "--force" in refused.stderr
     assert ca.root.read_bytes() == old
-    hsmca(ca, "init", "--password-file", str(ca.password_file), "--token-label", ca.token_label, "--force",
-          "--dns", "ca.internal", "--dns", "10.0.0.5")
+    hsmca(ca, "init", "--password-file", str(ca.password_file), "--force", "--dns", "ca.internal",
+          "--dns", "10.0.0.5", env=no_conf)
     assert ca.root.read_bytes() != old
     assert load_config(ca.config_path).dnsNames == ["ca.internal", "10.0.0.5"]
 
