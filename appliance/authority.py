@@ -21,13 +21,15 @@ from appliance.issuer import Issuer, LeafProfile
 from appliance.names import RequestedNames, split_sans
 from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
 from appliance.provisioners.base import sign_audiences
-from appliance.store import Store, StoreError
+from appliance.store import OneTimeToken, Store, StoreError
 from appliance.validity import parse_time_or_duration
 from kms import open_key
 from kms.errors import KMSError
 from policy import Policy, Request, key_info
 
 log = logging.getLogger(__name__)
+
+REPLAYED = "token already used (one-time tokens cannot be replayed)"
 
 
 @dataclass(frozen=True)
@@ -100,21 +102,15 @@ class Authority:
                 raise BadRequest("invalid csr: its signature does not verify")
             provisioner = self.provisioners.for_token(ott)
             auth = provisioner.authorize_sign(ott, self.audiences, now)
-            self._use_token(auth)
-            names = self._check_csr(csr, auth)
-            nb = parse_time_or_duration(not_before, now, "notBefore")
-            na = parse_time_or_duration(not_after, now, "notAfter")
-            decision = self._policies[provisioner.name].evaluate(Request(
-                dns_names=names.dns, ip_addresses=names.ips, emails=names.emails, uris=names.uris,
-                key=key_info(csr.public_key()), not_before=nb, not_after=na, now=now))
-            if not decision.allowed:
-                raise PolicyDenied("; ".join(decision.reasons), reasons=decision.reasons)
-            names = names.canonical()
-            profile = LeafProfile(
-                common_name=names.canonical_common_name(auth.subject), public_key=csr.public_key(),
-                not_before=decision.not_before, not_after=decision.not_after,
-                dns_names=names.dns, ip_addresses=names.ips, emails=names.emails, uris=names.uris)
-            cert = self.issuer.issue(profile, provisioner=auth.provisioner, request_id=ctx.request_id)
+            try:
+                names = self._check_csr(csr, auth)
+                profile = self._decide(provisioner, auth, names, csr, not_before, not_after, now)
+            except CAError:
+                self._burn(auth)  # a refused token is spent too: no probing the policy with it
+                raise
+            cert = self.issuer.issue(profile, provisioner=auth.provisioner, request_id=ctx.request_id,
+                                     token=OneTimeToken(auth.token_id, auth.provisioner,
+                                                        auth.token_expires_at))
         except CAError as exc:
             self._audit("x509.sign", "denied" if exc.status < 500 else "error", ctx, auth, names,
                         reasons=exc.reasons, status=exc.status)
@@ -127,13 +123,31 @@ class Authority:
         """Audit a request the web layer refused before it reached the rules (bad JSON, size)."""
         self._audit(action, "denied", ctx, None, None, reasons=error.reasons, status=error.status)
 
-    def _use_token(self, auth: SignAuthorization) -> None:
+    def _decide(self, provisioner: Provisioner, auth: SignAuthorization, names: RequestedNames,
+                csr: x509.CertificateSigningRequest, not_before: str | None, not_after: str | None,
+                now: datetime) -> LeafProfile:
+        """What the certificate will hold, once policy agrees to the names the token granted."""
+        nb = parse_time_or_duration(not_before, now, "notBefore")
+        na = parse_time_or_duration(not_after, now, "notAfter")
+        decision = self._policies[provisioner.name].evaluate(Request(
+            dns_names=names.dns, ip_addresses=names.ips, emails=names.emails, uris=names.uris,
+            key=key_info(csr.public_key()), not_before=nb, not_after=na, now=now))
+        if not decision.allowed:
+            raise PolicyDenied("; ".join(decision.reasons), reasons=decision.reasons)
+        names = names.canonical()
+        return LeafProfile(
+            common_name=names.canonical_common_name(auth.subject), public_key=csr.public_key(),
+            not_before=decision.not_before, not_after=decision.not_after,
+            dns_names=names.dns, ip_addresses=names.ips, emails=names.emails, uris=names.uris)
+
+    def _burn(self, auth: SignAuthorization) -> None:
+        """Spend the token of a refused request; a replay is reported as such."""
         try:
             first = self.store.use_token(auth.token_id, auth.provisioner, auth.token_expires_at)
         except StoreError as exc:
             raise ServiceUnavailable(f"token database unavailable: {exc}") from None
         if not first:
-            raise Unauthorized("token already used (one-time tokens cannot be replayed)")
+            raise Unauthorized(REPLAYED) from None
 
     def _check_csr(self, csr: x509.CertificateSigningRequest, auth: SignAuthorization) -> RequestedNames:
         """The CSR may only ask for what the token grants (step-ca's CN and SAN validators)."""

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from appliance import tbs
-from appliance.errors import CAError, ServiceUnavailable
+from appliance.errors import CAError, ServiceUnavailable, Unauthorized
 from appliance.failpoints import failpoint
-from appliance.store import Reservation, Store, StoreError
+from appliance.store import OneTimeToken, Reservation, Store, StoreError, TokenReplayed
 from kms import default_hash
 from kms.errors import BackendUnavailable, KMSError
 from kms.signer import CAKey
@@ -115,7 +115,9 @@ class Issuer:
             b = b.add_extension(ext.value, critical=ext.critical)
         return b
 
-    def issue(self, p: LeafProfile, *, provisioner: str, request_id: str | None) -> x509.Certificate:
+    def issue(self, p: LeafProfile, *, provisioner: str, request_id: str | None,
+              token: OneTimeToken | None = None) -> x509.Certificate:
+        """Reserve (burning `token` in the same transaction), sign through the KMS, record."""
         serial = new_serial()
         builder = self._builder(p, serial)
         to_be_signed = tbs.capture(self.key, lambda k: builder.sign(k, self.hash))  # type: ignore[arg-type]
@@ -123,7 +125,9 @@ class Issuer:
             self.store.reserve(Reservation(
                 serial=serial, issuer=self.id, subject=builder_subject(p), sans=p.san_strings(),
                 not_before=p.not_before, not_after=p.not_after, provisioner=provisioner,
-                tbs=to_be_signed, request_id=request_id))
+                tbs=to_be_signed, request_id=request_id), token)
+        except TokenReplayed:
+            raise Unauthorized("token already used (one-time tokens cannot be replayed)") from None
         except StoreError as exc:
             raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
 

@@ -6,8 +6,9 @@ from .errors import (
     SerialCollision,
     StoreError,
     StoreUnavailable,
+    TokenReplayed,
 )
-from .records import CertificateRecord, CertificateStatus, Reservation
+from .records import CertificateRecord, CertificateStatus, OneTimeToken, Reservation
 from .store import STALE_REASON, Store
 
 __all__ = [
@@ -16,9 +17,11 @@ __all__ = [
     "CertificateRecord",
     "CertificateStatus",
     "InvalidTransition",
+    "OneTimeToken",
     "Reservation",
     "SerialCollision",
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TokenReplayed",
 ]

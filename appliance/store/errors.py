@@ -29,3 +29,7 @@ class CertificateNotFound(StoreError):
 
 class InvalidTransition(StoreError):
     """The certificate is not in the state the requested change starts from."""
+
+
+class TokenReplayed(StoreError):
+    """The one-time token offered with a reservation was already used; nothing was recorded."""

@@ -45,6 +45,15 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class OneTimeToken:
+    """A token id to burn in the same transaction as a reservation (used iff reserved)."""
+
+    jti: str
+    provisioner: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class CertificateRecord:
     """A recorded serial with everything known about it; datetimes are aware UTC."""
 

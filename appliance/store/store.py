@@ -20,6 +20,7 @@ from .errors import (
     InvalidTransition,
     SerialCollision,
     StoreError,
+    TokenReplayed,
 )
 from .records import (
     MAX_JTI_LENGTH,
@@ -28,6 +29,7 @@ from .records import (
     MAX_SERIAL,
     CertificateRecord,
     CertificateStatus,
+    OneTimeToken,
     Reservation,
     check_reservation,
     check_serial,
@@ -116,9 +118,15 @@ class Store:
 
     # -- certificates -----------------------------------------------------------------------
 
-    def reserve(self, rec: Reservation) -> None:
-        """Record a serial and its TBS before signing, so no signed certificate goes unrecorded."""
+    def reserve(self, rec: Reservation, token: OneTimeToken | None = None) -> None:
+        """Record a serial and its TBS before signing, so no signed certificate goes unrecorded.
+
+        With `token`, its id is burned in the same transaction: a token is used if and only if
+        its certificate was reserved (and one commit is saved on the issuance path). A token
+        already used raises TokenReplayed and records nothing.
+        """
         check_reservation(rec)
+        token_row = self._token_row(token) if token is not None else None
         row = {
             "serial": str(rec.serial),
             "issuer": rec.issuer,
@@ -137,11 +145,17 @@ class Store:
         }
         try:
             with self._write("reserving a serial") as conn:
-                conn.execute(certificates.insert().values(**row))
+                # Parameters passed apart from the statement: SQLAlchemy compiles it once.
+                if token_row is not None:
+                    conn.execute(_INSERT_TOKEN, token_row)
+                conn.execute(_INSERT_CERTIFICATE, row)
         except StoreError as exc:
-            # The primary key is the only constraint valid input can break; confirm it is that.
-            if isinstance(exc.__cause__, IntegrityError) and self._serial_exists(rec.serial):
-                raise SerialCollision(f"serial {rec.serial} is already recorded") from None
+            # The primary keys are the only constraints valid input can break; confirm which.
+            if isinstance(exc.__cause__, IntegrityError):
+                if token is not None and self._token_exists(token.jti):
+                    raise TokenReplayed(f"token {token.jti[:8]}… was already used") from None
+                if self._serial_exists(rec.serial):
+                    raise SerialCollision(f"serial {rec.serial} is already recorded") from None
             raise
 
     def mark_issued(self, serial: int, der: bytes) -> None:
@@ -271,16 +285,10 @@ class Store:
         Race-free because it is a bare INSERT on the primary key. Keep the row until the token
         can no longer be accepted: pass the expiry plus any clock-skew leeway as `expires_at`.
         """
-        check_text(jti, "jti", MAX_JTI_LENGTH)
-        check_text(provisioner, "provisioner", MAX_NAME_LENGTH)
-        expires_at = utc(expires_at, "expires_at")
+        row = self._token_row(OneTimeToken(jti, provisioner, expires_at))
         try:
             with self._write("recording a one-time token") as conn:
-                conn.execute(
-                    used_tokens.insert().values(
-                        jti=jti, provisioner=provisioner, expires_at=expires_at, used_at=_now()
-                    )
-                )
+                conn.execute(_INSERT_TOKEN, row)
         except StoreError as exc:
             if isinstance(exc.__cause__, IntegrityError) and self._token_exists(jti):
                 return False
@@ -296,6 +304,13 @@ class Store:
             )
 
     # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _token_row(token: OneTimeToken) -> dict[str, Any]:
+        check_text(token.jti, "jti", MAX_JTI_LENGTH)
+        check_text(token.provisioner, "provisioner", MAX_NAME_LENGTH)
+        return {"jti": token.jti, "provisioner": token.provisioner,
+                "expires_at": utc(token.expires_at, "expires_at"), "used_at": _now()}
 
     def _serial_exists(self, serial: int) -> bool:
         with self._read("reading a certificate") as conn:
@@ -320,6 +335,10 @@ class Store:
             conn.execution_options(**{WRITE: True})
             with conn.begin():
                 yield conn
+
+
+_INSERT_CERTIFICATE = certificates.insert()
+_INSERT_TOKEN = used_tokens.insert()
 
 
 def _now() -> datetime:

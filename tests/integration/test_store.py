@@ -35,11 +35,13 @@ from appliance.store import (
     CertificateNotFound,
     CertificateStatus,
     InvalidTransition,
+    OneTimeToken,
     Reservation,
     SerialCollision,
     Store,
     StoreError,
     StoreUnavailable,
+    TokenReplayed,
 )
 from appliance.store.migrate import head_revision
 from appliance.store.schema import metadata
@@ -376,6 +378,24 @@ def test_token_is_single_use(store: Store) -> None:
     assert store.use_token("x" * 256, "admin", expires) in (True, False)
     with pytest.raises(ValueError):
         store.use_token("x" * 257, "admin", expires)
+
+
+def test_reserve_burns_its_token_in_the_same_transaction(store: Store) -> None:
+    jti = secrets.token_urlsafe(16)
+    token = OneTimeToken(jti, "admin", datetime.now(UTC) + timedelta(minutes=5))
+    first = next(_serials)
+    store.reserve(reservation(first, certificate(first)[0]), token)
+    assert store.get_certificate(first) is not None
+    assert store.use_token(jti, "admin", token.expires_at) is False  # burned with the reservation
+    second = next(_serials)
+    with pytest.raises(TokenReplayed):
+        store.reserve(reservation(second, certificate(second)[0]), token)
+    assert store.get_certificate(second) is None  # a replay records nothing
+    # A serial collision rolls the token back too: the token stays usable.
+    fresh = OneTimeToken(secrets.token_urlsafe(16), "admin", token.expires_at)
+    with pytest.raises(SerialCollision):
+        store.reserve(reservation(first, certificate(first)[0]), fresh)
+    assert store.use_token(fresh.jti, "admin", fresh.expires_at) is True
 
 
 def test_purge_expired_tokens(server: Server) -> None:
