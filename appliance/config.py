@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from kms.errors import InvalidKeyURI
 from kms.uri import KeyURI, parse_key_uri
-from policy import ClaimsConfig, PolicyConfig, parse_duration
+from policy import Claims, PolicyConfig, parse_duration
 
 DEFAULT_PATH = "~/.hsmca"
 
@@ -104,13 +104,13 @@ class ProvisionerConfig(_Strict):
     name: str = Field(min_length=1, max_length=128)
     key: dict[str, Any]
     encryptedKey: str | None = None
-    claims: ClaimsConfig | None = None
+    claims: Claims | None = None
     policy: PolicyConfig | None = None
 
 
 class AuthorityConfig(_Strict):
     provisioners: list[ProvisionerConfig] = Field(default_factory=list)
-    claims: ClaimsConfig | None = None
+    claims: Claims | None = None
     policy: PolicyConfig | None = None
     # hsmca: hardened deployments switch this off; clients then need the provisioner key file.
     publishEncryptedKeys: bool = True

@@ -25,12 +25,8 @@ from policy.engine import Decision, Policy, PolicyConfigError, Request
 from policy.keys import KeyInfo, key_info
 from policy.names import normalize_dns_name
 
-# The name appliance/config.py imports; one of the two should go once the callers agree.
-ClaimsConfig = Claims
-
 __all__ = [
     "Claims",
-    "ClaimsConfig",
     "Decision",
     "KeyInfo",
     "KeyPolicy",

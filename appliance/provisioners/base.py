@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from policy import ClaimsConfig, PolicyConfig
+from policy import Claims, PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class SignAuthorization:
 class Provisioner(Protocol):
     name: str
     type: str
-    claims: ClaimsConfig | None
+    claims: Claims | None
     policy: PolicyConfig | None
 
     @property

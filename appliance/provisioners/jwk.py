@@ -8,7 +8,7 @@ from typing import Any
 from appliance import jose
 from appliance.errors import Unauthorized
 from appliance.provisioners.base import SignAuthorization, strip_port
-from policy import ClaimsConfig, PolicyConfig
+from policy import Claims, PolicyConfig
 
 LEEWAY = timedelta(minutes=1)
 MAX_JTI_LENGTH = 256
@@ -43,7 +43,7 @@ class JWKProvisioner:
     type = "JWK"
 
     def __init__(self, name: str, key: dict[str, Any], encrypted_key: str | None = None,
-                 claims: ClaimsConfig | None = None, policy: PolicyConfig | None = None):
+                 claims: Claims | None = None, policy: PolicyConfig | None = None):
         self.name = name
         self.key_dict = key
         self.key = jose.import_jwk(key)
