@@ -13,8 +13,8 @@ from typing import Any
 
 from cryptography import x509
 
-from appliance.certutil import fingerprint, load_certificates
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
+from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
 from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
 from appliance.issuer import Issuer, LeafProfile

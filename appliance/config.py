@@ -128,12 +128,12 @@ class AuthorityConfig(_Strict):
 class ServerConfig(_Strict):
     """hsmca: how `hsmca serve` runs (gunicorn workers for HTTPS, waitress for plain HTTP)."""
 
-    workers: int = Field(2, ge=1, le=64)
-    threads: int = Field(4, ge=1, le=64)
-    requestTimeout: int = Field(30, ge=1, le=600)
-    gracefulTimeout: int = Field(20, ge=1, le=600)
-    keepAlive: int = Field(5, ge=0, le=300)
-    maxRequestBytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    workers: int = Field(default=2, ge=1, le=64)
+    threads: int = Field(default=4, ge=1, le=64)
+    requestTimeout: int = Field(default=30, ge=1, le=600)
+    gracefulTimeout: int = Field(default=20, ge=1, le=600)
+    keepAlive: int = Field(default=5, ge=0, le=300)
+    maxRequestBytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # A reservation older than this, still not signed, was left by a killed worker.
     reservationTimeout: str = "2m"
     housekeepingInterval: str = "30s"

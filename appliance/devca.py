@@ -22,8 +22,16 @@ from cryptography.x509.oid import NameOID
 import softhsm
 from appliance import jose
 from appliance.certutil import fingerprint
-from appliance.config import (AuditConfig, AuthorityConfig, CAConfig, DBConfig, KMSConfig,
-                              ProvisionerConfig, save_config, split_address)
+from appliance.config import (
+    AuditConfig,
+    AuthorityConfig,
+    CAConfig,
+    DBConfig,
+    KMSConfig,
+    ProvisionerConfig,
+    save_config,
+    split_address,
+)
 from appliance.store import Store
 from kms import KeySpec, create_key
 from kms.cacerts import intermediate_certificate, root_certificate

@@ -16,6 +16,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -37,7 +38,7 @@ class LeafProfile:
     """What policy decided the certificate holds; the issuer adds nothing a client chose."""
 
     common_name: str
-    public_key: object
+    public_key: CertificatePublicKeyTypes
     not_before: datetime
     not_after: datetime
     dns_names: tuple[str, ...] = ()
@@ -97,13 +98,13 @@ class Issuer:
         b = (x509.CertificateBuilder()
              .subject_name(subject)
              .issuer_name(self.certificate.subject)
-             .public_key(p.public_key)  # type: ignore[arg-type]
+             .public_key(p.public_key)
              .serial_number(serial)
              .not_valid_before(p.not_before)
              .not_valid_after(p.not_after)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(_key_usage(p.public_key), critical=True)
-             .add_extension(x509.SubjectKeyIdentifier.from_public_key(p.public_key), critical=False)  # type: ignore[arg-type]
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(p.public_key), critical=False)
              .add_extension(self._aki, critical=False))
         if ekus:
             b = b.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
@@ -120,7 +121,7 @@ class Issuer:
         """Reserve (burning `token` in the same transaction), sign through the KMS, record."""
         serial = new_serial()
         builder = self._builder(p, serial)
-        to_be_signed = tbs.capture(self.key, lambda k: builder.sign(k, self.hash))  # type: ignore[arg-type]
+        to_be_signed = tbs.capture(self.key, lambda k: builder.sign(k, self.hash))
         try:
             self.store.reserve(Reservation(
                 serial=serial, issuer=self.id, subject=builder_subject(p), sans=p.san_strings(),
@@ -133,7 +134,7 @@ class Issuer:
 
         failpoint("issuer.before-sign")
         try:
-            cert = builder.sign(tbs.guarded(self.key, to_be_signed), self.hash)  # type: ignore[arg-type]
+            cert = builder.sign(tbs.guarded(self.key, to_be_signed), self.hash)
             self._check_signature(cert)
         except BackendUnavailable as exc:
             self._abandon(serial, f"signing backend unavailable: {exc}")
@@ -153,13 +154,14 @@ class Issuer:
     def _check_signature(self, cert: x509.Certificate) -> None:
         """Verify what the HSM returned before anyone sees it (a faulty signer is caught here)."""
         pub = self.key.public_key()
-        data, sig = cert.tbs_certificate_bytes, cert.signature
+        data, sig, alg = cert.tbs_certificate_bytes, cert.signature, cert.signature_hash_algorithm
         if isinstance(pub, ec.EllipticCurvePublicKey):
-            pub.verify(sig, data, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type]
+            assert alg is not None
+            pub.verify(sig, data, ec.ECDSA(alg))
         elif isinstance(pub, rsa.RSAPublicKey):
             pad = cert.signature_algorithm_parameters
-            pub.verify(sig, data, pad if isinstance(pad, padding.PSS) else padding.PKCS1v15(),
-                       cert.signature_hash_algorithm)  # type: ignore[arg-type]
+            assert alg is not None
+            pub.verify(sig, data, pad if isinstance(pad, padding.PSS) else padding.PKCS1v15(), alg)
         elif isinstance(pub, ed25519.Ed25519PublicKey):
             pub.verify(sig, data)
 

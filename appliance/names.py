@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 
@@ -85,7 +87,8 @@ def _unmapped(ip: IPAddress) -> IPAddress:
     return ip
 
 
-def _merge(first: tuple, more: tuple, key=lambda v: v) -> tuple:  # type: ignore[no-untyped-def]
+def _merge(first: tuple[Any, ...], more: tuple[Any, ...],
+           key: Callable[[Any], Any] = lambda v: v) -> tuple[Any, ...]:
     seen = {key(v) for v in first}
     return first + tuple(v for v in more if key(v) not in seen)
 

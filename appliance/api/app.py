@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from appliance.api import ca, errors, sign
@@ -12,7 +14,8 @@ PREFIXES = ("", "/1.0")  # every step route answers at / and at /1.0
 
 
 def _new_app(max_body: int) -> falcon.App:
-    app = falcon.App(middleware=[RequestContext(), BodyLimit(max_body)])
+    middleware: list[Any] = [RequestContext(), BodyLimit(max_body)]
+    app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
     return app

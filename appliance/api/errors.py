@@ -44,7 +44,9 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
     elif ex.status_code == 405:
         message = f"method {req.method} is not allowed on {req.path}"
     _render(resp, ex.status_code, error_body(ex.status_code, message, req, "http"))
-    for name, value in (ex.headers or {}).items():
+    headers = ex.headers or {}
+    pairs = list(headers.items()) if isinstance(headers, dict) else list(headers)
+    for name, value in pairs:
         resp.set_header(name, value)
 
 

@@ -57,7 +57,7 @@ class BodyLimit:
 
 def read_body(req: falcon.Request) -> bytes:
     """Read at most the limit (+1 to detect more), also when the body is chunked."""
-    limit: int = req.context.get("max_body", 64 * 1024)
+    limit: int = getattr(req.context, "max_body", 64 * 1024)
     data = req.bounded_stream.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")

@@ -29,8 +29,10 @@ class CAOptions:
 def ca_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that talks to the CA shares."""
     opts = [
-        click.option("--ca-url", help="The CA's URL, e.g. https://ca.internal:9000 [default: from `hsmca bootstrap`]."),
-        click.option("--root", type=PathType, help="The root certificate to trust [default: $HSMCA_PATH/certs/root_ca.crt]."),
+        click.option("--ca-url",
+                     help="The CA's URL, e.g. https://ca.internal:9000 [default: from `hsmca bootstrap`]."),
+        click.option("--root", type=PathType,
+                     help="The root certificate to trust [default: $HSMCA_PATH/certs/root_ca.crt]."),
         click.option("--provisioner", "-p", default="admin", show_default=True, help="JWK provisioner name."),
         click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="File with the provisioner password (prompted for when absent)."),

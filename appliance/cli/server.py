@@ -90,7 +90,8 @@ def serve(config_path: Path | None, address: str | None, http_address: str | Non
     """
     from appliance.config import split_address
     from appliance.serving import logs
-    from appliance.serving.supervisor import ServeOptions, serve as run
+    from appliance.serving.supervisor import ServeOptions
+    from appliance.serving.supervisor import serve as run
 
     logs.setup()
     path = config_path or default_config_path()

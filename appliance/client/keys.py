@@ -14,7 +14,8 @@ from cryptography.x509.oid import NameOID
 from appliance.names import split_sans
 
 LeafKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1,
+                                             "P-521": ec.SECP521R1}
 
 
 class KeyOptionError(ValueError):

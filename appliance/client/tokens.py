@@ -6,6 +6,7 @@ import json
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 from appliance import jose
 from appliance.client.http import CAClient, ClientError
@@ -13,7 +14,7 @@ from appliance.client.http import CAClient, ClientError
 TOKEN_LIFETIME = 300  # seconds, as the step CLI
 
 
-def find_provisioner(client: CAClient, name: str) -> dict:  # type: ignore[type-arg]
+def find_provisioner(client: CAClient, name: str) -> dict[str, Any]:
     cursor = ""
     while True:
         page = client.get_json(f"/provisioners?limit=100&cursor={cursor}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from appliance import jose
@@ -29,7 +30,7 @@ class Provisioners:
     def from_config(cls, configs: list[ProvisionerConfig]) -> Provisioners:
         return cls([build(c) for c in configs])
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Provisioner]:
         return iter(self._list)
 
     def __len__(self) -> int:

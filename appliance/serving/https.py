@@ -32,7 +32,7 @@ def bind_address(address: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class HTTPSApplication(BaseApplication):  # type: ignore[misc]
+class HTTPSApplication(BaseApplication):
     def __init__(self, config_path: Path, options: dict[str, Any]):
         self.config_path = config_path
         self.options = options
@@ -47,7 +47,7 @@ class HTTPSApplication(BaseApplication):  # type: ignore[misc]
         config = load_config(self.config_path)
         authority = Authority.from_config(config)
         try:
-            authority.issuer  # open the KMS key now, in the worker: first request is not slower
+            _ = authority.issuer  # open the KMS key now, in the worker: the first request is not slower
         except CAError as exc:
             log.error("worker started without its signing key: %s", exc.message)
         return create_app(authority)

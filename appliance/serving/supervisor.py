@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.authority import Authority
-from appliance.config import CAConfig
+from appliance.config import CAConfig, split_address
 from appliance.serving.housekeeping import sweep
 from appliance.serving.tls import issue_server_certificate
 from policy import parse_duration
@@ -52,8 +53,26 @@ class ServeOptions:
     workers: int
 
 
+class StartupError(Exception):
+    """The server cannot start; the message says why (in one line)."""
+
+
+def check_bindable(address: str, what: str) -> None:
+    """Fail fast and clearly on a port in use, instead of gunicorn's retries and tracebacks."""
+    host, port = split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {address} ({what}): {exc.strerror}") from None
+
+
 def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
     """Everything that must hold before a request is served."""
+    check_bindable(opts.address, "HTTPS")
+    check_bindable(opts.http_address, "plain HTTP")
     config.apply_kms_environment()
     authority = Authority.from_config(config)
     try:

@@ -11,13 +11,12 @@ from click.testing import CliRunner
 from cryptography import x509
 from pkcs11 import Attribute, ObjectClass
 
+import softhsm
 from appliance.cli.main import main
 from appliance.config import load_config
 from appliance.store import Store
 from kms import pkcs11_module
 from tests.integration.conftest import DevCA, hsmca
-
-import softhsm
 
 
 def _private_keys(ca: DevCA) -> dict[str, dict[str, bool]]:
@@ -67,9 +66,10 @@ def test_ca_keys_are_sensitive_and_never_extractable(dev_ca):
 
 def test_pkcs11_tool_sees_them_that_way(dev_ca):
     pin = (dev_ca.base / "secrets" / "pin").read_text().strip()
+    conf = dev_ca.config.kms.environment["SOFTHSM2_CONF"]
     out = subprocess.run(["pkcs11-tool", "--module", softhsm.DEFAULT_MODULE, "--token-label", dev_ca.token_label,
                           "--login", "--pin", pin, "--list-objects", "--type", "privkey"],
-                         capture_output=True, text=True, env={"SOFTHSM2_CONF": str(dev_ca.config.kms.environment["SOFTHSM2_CONF"])})
+                         capture_output=True, text=True, env={"SOFTHSM2_CONF": conf})
     assert out.returncode == 0, out.stderr
     blocks = [b for b in out.stdout.split("Private Key Object") if "label" in b]
     assert len(blocks) == 2

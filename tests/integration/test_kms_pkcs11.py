@@ -111,7 +111,7 @@ RSA_SPECS = [s for s in kms.KeySpec if s.kty == "RSA"]
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=str)
-def test_created_key_has_the_spec_and_the_token_public_key(spec: kms.KeySpec, keys: Keys, spec_token: SoftHSMToken) -> None:
+def test_created_key_has_the_spec_and_the_token_public_key(spec: kms.KeySpec, keys: Keys, spec_token: SoftHSMToken) -> None:  # noqa: E501
     key = keys[spec]
     meta = cast(kms.KMSKey, key)
     assert isinstance(meta, kms.KMSKey) and meta.spec is spec and meta.backend == "pkcs11"

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from falcon import testing
@@ -29,7 +29,6 @@ from appliance.api import create_app
 from appliance.authority import Authority
 from appliance.client.keys import build_csr
 from appliance.store import CertificateStatus
-
 from tests.integration.conftest import DevCA
 
 

@@ -62,7 +62,7 @@ def test_server_urls_get_the_supported_driver(db: dict[str, str], expected: str)
         ({"dataSource": "x.db"}, "db.type None is not supported"),
         ({"type": "sqlite"}, "db.dataSource must be a non-empty string"),
         ({"type": "mysql", "dataSource": "user:pw@tcp(127.0.0.1:3306)/"}, "Go-style DSNs are not accepted"),
-        ({"type": "mysql", "dataSource": "postgresql://u@h/db"}, 'db.type is "mysql" but db.dataSource is a postgresql URL'),
+        ({"type": "mysql", "dataSource": "postgresql://u@h/db"}, 'db.type is "mysql" but db.dataSource is a postgresql URL'),  # noqa: E501
         ({"type": "postgresql", "dataSource": "postgresql+asyncpg://u@h/db"}, "driver 'asyncpg' is not supported"),
         ({"type": "postgresql", "dataSource": "postgresql://u@h/"}, "names no database"),
         ({"type": "postgresql", "dataSource": "postgresql://u@h/a", "database": "b"}, "contradicts"),

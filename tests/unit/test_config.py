@@ -35,8 +35,7 @@ def test_defaults_and_relative_paths(tmp_path):
     ({"unknownField": 1}, "unknownField"),
     ({"server": {"workers": 0}}, "server.workers"),
     ({"tls": {"minVersion": 1.0}}, "tls.minVersion"),
-    ({"authority": {"provisioners": [{"type": "JWK", "name": "a", "key": {}}, {"type": "JWK", "name": "a", "key": {}}]}},
-     "unique"),
+    ({"authority": {"provisioners": [{"type": "JWK", "name": "a", "key": {}}] * 2}}, "unique"),
     ({"authority": {"claims": {"maxTLSCertDuration": "forever"}}}, "authority.claims"),
 ])
 def test_invalid_fields_are_named(tmp_path, change, where):

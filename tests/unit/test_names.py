@@ -1,13 +1,12 @@
 import ipaddress
-
-from cryptography import x509
-
-from appliance.names import RequestedNames, split_sans
-from appliance.validity import parse_time_or_duration
-from appliance.errors import BadRequest
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from datetime import datetime, timedelta, timezone
+from cryptography import x509
+
+from appliance.errors import BadRequest
+from appliance.names import RequestedNames, split_sans
+from appliance.validity import parse_time_or_duration
 
 
 def test_split_sans_like_step():

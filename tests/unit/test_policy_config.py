@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from policy import Claims, Claims, Policy, PolicyConfig, PolicyConfigError
+from policy import Claims, Policy, PolicyConfig, PolicyConfigError
 
 EXAMPLE_POLICY: dict[str, Any] = {
     "x509": {
@@ -58,7 +58,6 @@ def test_step_ca_claims_fields_load() -> None:
         }
     )
     assert claims.enableSSHCA is True
-    assert Claims is Claims
 
 
 @pytest.mark.parametrize(

@@ -212,7 +212,7 @@ class TestWildcardRequests:
         # ...but one with an x509 section decides for itself.
         decision = evaluate(authority, x509(deny={"dns": ["bad.corp"]}), dns=("*.foo.corp",))
         assert decision.reasons == (
-            'provisioner "admin" policy: wildcard DNS name "*.foo.corp" is not allowed (x509.allowWildcardNames is false)',
+            'provisioner "admin" policy: wildcard DNS name "*.foo.corp" is not allowed (x509.allowWildcardNames is false)',  # noqa: E501
         )
 
 
@@ -230,7 +230,7 @@ class TestAllowListSemantics:
     def test_a_type_without_allow_rules_is_denied_once_any_allow_rule_exists(self) -> None:
         decision = evaluate(x509(allow={"dns": ["*.corp"]}), dns=("a.corp",), ips=("10.0.0.1",), emails=("a@corp.com",))
         assert decision.reasons == (
-            'authority policy: IP address "10.0.0.1" is not allowed: x509.allow has rules, none of them in x509.allow.ips',
+            'authority policy: IP address "10.0.0.1" is not allowed: x509.allow has rules, none of them in x509.allow.ips',  # noqa: E501
             (
                 'authority policy: email address "a@corp.com" is not allowed: x509.allow has rules, '
                 "none of them in x509.allow.emails"
