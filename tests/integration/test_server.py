@@ -109,10 +109,17 @@ def test_oversize_body_is_refused_over_the_wire(server: Server):
     assert server.get("/health").status_code == 200
 
 
-def test_graceful_shutdown_on_sigterm(dev_ca):
+def test_sighup_reloads_and_sigterm_stops_gracefully(dev_ca):
     from tests.integration.conftest import start_server
 
     s = start_server(dev_ca, workers=1)
+    old_workers = s.workers()
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not s.workers() or set(s.workers()) & set(old_workers)):
+        time.sleep(0.2)
+    assert s.workers() and not set(s.workers()) & set(old_workers), "gunicorn did not start new workers"
+    assert s.get("/health").status_code == 200
     t0 = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(timeout=60) == 0

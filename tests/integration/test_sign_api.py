@@ -332,3 +332,27 @@ def test_encrypted_keys_can_be_withheld(dev_ca, authority):
     assert "encryptedKey" not in p
     resp = app.simulate_get(f"/provisioners/{p['key']['kid']}/encrypted-key")
     assert resp.status_code == 404 and "does not publish" in resp.json["message"]
+
+
+def test_provisioner_policy_and_claims_apply_on_top_of_the_authority(authority, prov_key):
+    cfg = authority.config.model_copy(deep=True)
+    prov = cfg.authority.provisioners[0].model_dump(exclude_none=True)
+    prov["policy"] = {"x509": {"allow": {"dns": ["*.team.corp"]}}}
+    prov["claims"] = {"maxTLSCertDuration": "2h", "defaultTLSCertDuration": "1h"}
+    data = cfg.model_dump(exclude_none=True)
+    data["authority"]["provisioners"] = [prov]
+    team = testing.TestClient(create_app(Authority(type(cfg).model_validate(data), authority.store, authority.audit)))
+
+    ok = post_sign(team, {"csr": csr_pem("api.team.corp", []), "ott": token(prov_key, "api.team.corp")})
+    assert ok.status_code == 201, ok.text
+    cert = x509.load_pem_x509_certificate(ok.json["crt"].encode())
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(hours=1, minutes=1)
+
+    outside = post_sign(team, {"csr": csr_pem("api.other.corp", []), "ott": token(prov_key, "api.other.corp")})
+    assert outside.status_code == 403 and 'provisioner "admin"' in outside.json["message"]
+    # the authority's deny rule still applies under the provisioner's allow rule
+    denied = post_sign(team, {"csr": csr_pem("x.forbidden.corp", []), "ott": token(prov_key, "x.forbidden.corp")})
+    assert denied.status_code == 403 and "*.forbidden.corp" in denied.json["message"]
+    too_long = post_sign(team, {"csr": csr_pem("b.team.corp", []), "ott": token(prov_key, "b.team.corp"),
+                                "notAfter": "3h"})
+    assert too_long.status_code == 403 and "maxTLSCertDuration" in too_long.json["message"]
