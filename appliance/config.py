@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from kms.errors import InvalidKeyURI
 from kms.uri import KeyURI, parse_key_uri
@@ -144,6 +144,15 @@ class ServerConfig(_Strict):
     def _duration(cls, v: str) -> str:
         parse_duration(v)
         return v
+
+    @model_validator(mode="after")
+    def _reservations_outlive_requests(self) -> ServerConfig:
+        # A reservation swept while its request still runs is refused at "issued" (safe, but a
+        # needless 503), so keep the cut-off well above the slowest signature; zero would sweep all.
+        for name in ("reservationTimeout", "housekeepingInterval", "tlsCertificateLifetime"):
+            if parse_duration(getattr(self, name)).total_seconds() <= 0:
+                raise ValueError(f"{name} must be positive")
+        return self
 
 
 class AuditConfig(_Strict):
