@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import os
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
@@ -58,6 +60,19 @@ class Store:
         self._url = normalise_url(url)
         self._timeout = timeout
         self._engine = create_engine(self._url, timeout=timeout, statement_timeout=timeout, echo=echo)
+        # SQLite has one writer at a time, and its busy handler sleeps in growing steps (up to
+        # 100 ms) while it waits: queueing this process's writers on a lock first leaves only the
+        # other processes to contend with. Server databases lock rows themselves.
+        self._serialise_writes = self.backend == "sqlite"
+        self._write_lock_pid = 0
+        self._write_lock_obj: AbstractContextManager[Any] = nullcontext()
+
+    @property
+    def _write_lock(self) -> AbstractContextManager[Any]:
+        # A lock copied by fork may be held by a thread that does not exist in the child.
+        if self._serialise_writes and self._write_lock_pid != os.getpid():
+            self._write_lock_obj, self._write_lock_pid = threading.Lock(), os.getpid()
+        return self._write_lock_obj
 
     @classmethod
     def from_config(
@@ -331,7 +346,7 @@ class Store:
 
     @contextmanager
     def _write(self, what: str) -> Iterator[Connection]:
-        with database_errors(what, self._url), self._engine.connect() as conn:
+        with self._write_lock, database_errors(what, self._url), self._engine.connect() as conn:
             conn.execution_options(**{WRITE: True})
             with conn.begin():
                 yield conn
