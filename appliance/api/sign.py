@@ -7,6 +7,7 @@ from typing import Any
 
 import falcon
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from appliance.api.middleware import read_body, remote_addr
 from appliance.authority import Authority, RequestContext
@@ -27,9 +28,11 @@ def parse_csr(text: str) -> x509.CertificateSigningRequest:
     if "-----BEGIN CERTIFICATE REQUEST-----" not in text and "-----BEGIN NEW CERTIFICATE REQUEST-----" not in text:
         raise BadRequest("invalid csr: expected a PEM 'CERTIFICATE REQUEST' block")
     try:
-        return x509.load_pem_x509_csr(text.encode())
-    except ValueError as exc:
+        csr = x509.load_pem_x509_csr(text.encode())
+        csr.public_key()  # an algorithm cryptography cannot read is bad input, not a 500
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise BadRequest(f"invalid csr: {exc}") from None
+    return csr
 
 
 class Sign:

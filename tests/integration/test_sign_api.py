@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from falcon import testing
 from joserfc import jws
@@ -239,6 +239,15 @@ def _denied(key):  # type: ignore[no-untyped-def]
 @case("weak key (RSA 1024)", 403, "too weak")
 def _weak(key):  # type: ignore[no-untyped-def]
     return {"csr": csr_pem("a.internal", [], rsa.generate_private_key(65537, 1024)), "ott": token(key, "a.internal")}
+
+
+@case("DSA key", 403, "DSA")
+def _dsa(key):  # type: ignore[no-untyped-def]
+    dsa_key = dsa.generate_private_key(2048)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.internal")]))
+           .sign(dsa_key, hashes.SHA256()))
+    return {"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "ott": token(key, "a.internal")}
 
 
 @case("validity above the maximum", 403, "exceeds the maximum")
