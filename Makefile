@@ -37,7 +37,7 @@ run: deps venv
 	  mkdir -p "$(HSMCA_PATH)/secrets" && chmod 700 "$(HSMCA_PATH)/secrets"; \
 	  pw="$(HSMCA_PATH)/secrets/provisioner_password"; \
 	  [ -f "$$pw" ] || (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$$pw"); \
-	  $(BIN)/hsmca init --name "hsmca dev CA" --provisioner admin --password-file "$$pw"; \
+	  $(BIN)/hsmca init --name "hsmca dev" --provisioner admin --password-file "$$pw"; \
 	  echo "provisioner 'admin' password: $$pw"; \
 	fi
 	@if [ "$$(id -u)" = 0 ] && { [ ! -e /usr/local/bin/hsmca ] || [ -L /usr/local/bin/hsmca ]; }; then \
