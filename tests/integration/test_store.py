@@ -375,7 +375,7 @@ def test_token_is_single_use(store: Store) -> None:
     # ids compare byte for byte (no case folding on MySQL)
     assert store.use_token(jti.upper() + "A", "admin", expires) is True
     assert store.use_token(jti.lower() + "a", "admin", expires) is True
-    assert store.use_token("x" * 256, "admin", expires) in (True, False)
+    assert store.use_token("x" * 256, "admin", expires) is True  # the longest id fits
     with pytest.raises(ValueError):
         store.use_token("x" * 257, "admin", expires)
 
