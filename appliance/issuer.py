@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,8 +22,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from appliance import tbs
 from appliance.errors import CAError, ServiceUnavailable, Unauthorized
 from appliance.failpoints import failpoint
+from appliance.names import RequestedNames
 from appliance.store import OneTimeToken, Reservation, Store, StoreError, TokenReplayed
 from kms import default_hash
+from kms.cacerts import new_serial
 from kms.errors import BackendUnavailable, KMSError
 from kms.signer import CAKey
 
@@ -50,16 +51,7 @@ class LeafProfile:
     extra_extensions: tuple[x509.Extension[x509.ExtensionType], ...] = field(default=())
 
     def san_strings(self) -> list[str]:
-        return ([f"dns:{n}" for n in self.dns_names] + [f"ip:{i}" for i in self.ip_addresses]
-                + [f"email:{e}" for e in self.emails] + [f"uri:{u}" for u in self.uris])
-
-
-def new_serial() -> int:
-    """128 random bits, positive and non-zero (RFC 5280 §4.1.2.2; at least 64 bits of entropy)."""
-    while True:
-        serial = secrets.randbits(128)
-        if serial:
-            return serial
+        return RequestedNames(self.dns_names, self.ip_addresses, self.emails, self.uris).as_strings()
 
 
 def _key_usage(public_key: object) -> x509.KeyUsage:

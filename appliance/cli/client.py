@@ -46,9 +46,12 @@ def ca_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _resolve(ca_url: str | None, root: Path | None, provisioner: str, password_file: Path | None,
              provisioner_key: Path | None) -> CAOptions:
-    from appliance.client.defaults import load_defaults
+    from appliance.client.defaults import DefaultsError, load_defaults
 
-    d = load_defaults()
+    try:
+        d = load_defaults()
+    except DefaultsError as exc:
+        fail(str(exc))
     url = ca_url or d.ca_url
     root_path = root or d.root
     if not url:
@@ -111,6 +114,8 @@ def certificate(subject: str, crt_file: Path, key_file: Path, sans: tuple[str, .
     for path in (crt_file, key_file):
         if path.exists() and not force:
             fail(f"{path} exists; use --force to overwrite it")
+        if not path.absolute().parent.is_dir():
+            fail(f"{path.parent} is not a directory")
     o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
     names = list(dict.fromkeys([subject, *sans]))
     try:
@@ -123,8 +128,12 @@ def certificate(subject: str, crt_file: Path, key_file: Path, sans: tuple[str, .
     except _client_errors() as exc:
         fail(str(exc))
     chain = resp.get("certChain") or [resp["crt"], resp["ca"]]
-    crt_file.write_text("".join(c if c.endswith("\n") else c + "\n" for c in chain))
-    write_private_key(key_file, key)
+    try:
+        write_private_key(key_file, key)
+        crt_file.write_text("".join(c if c.endswith("\n") else c + "\n" for c in chain))
+    except OSError as exc:
+        fail(f"cannot write {exc.filename}: {exc.strerror} (the certificate was issued, serial "
+             f"{x509.load_pem_x509_certificate(chain[0].encode()).serial_number})")
     leaf = x509.load_pem_x509_certificate(chain[0].encode())
     click.echo(f"Your certificate has been saved in {crt_file}.", err=True)
     click.echo(f"Your private key has been saved in {key_file}.", err=True)
@@ -145,7 +154,10 @@ def token(subject: str, sans: tuple[str, ...], ca_url: str | None, root: Path | 
     except _client_errors() as exc:
         fail(str(exc))
     if output_file:
-        output_file.write_text(ott + "\n")
+        try:
+            output_file.write_text(ott + "\n")
+        except OSError as exc:
+            fail(f"cannot write {output_file}: {exc.strerror}")
     else:
         click.echo(ott)
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from appliance.config import hsmca_path
 
 
+class DefaultsError(Exception):
+    """The pinned CA file is damaged."""
+
+
 @dataclass(frozen=True)
 class ClientDefaults:
     ca_url: str | None = None
@@ -25,7 +29,12 @@ def load_defaults() -> ClientDefaults:
     root = hsmca_path() / "certs" / "root_ca.crt"
     if not path.exists():
         return ClientDefaults(root=root if root.exists() else None)
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise DefaultsError(f"{path} is unreadable ({exc}); run `hsmca bootstrap` again") from None
     return ClientDefaults(ca_url=data.get("ca-url"), root=Path(data["root"]) if data.get("root") else None,
                           fingerprint=data.get("fingerprint"))
 

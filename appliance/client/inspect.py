@@ -92,10 +92,13 @@ def load_any(path: Path) -> list[dict[str, Any]]:
         data = path.read_bytes()
     except OSError as exc:
         raise InspectError(f"cannot read {path}: {exc.strerror}") from None
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        return [describe_certificate(c) for c in x509.load_pem_x509_certificates(data)]
-    if b"CERTIFICATE REQUEST-----" in data:
-        return [describe_csr(x509.load_pem_x509_csr(data))]
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return [describe_certificate(c) for c in x509.load_pem_x509_certificates(data)]
+        if b"CERTIFICATE REQUEST-----" in data:
+            return [describe_csr(x509.load_pem_x509_csr(data))]
+    except ValueError as exc:
+        raise InspectError(f"{path} holds a malformed PEM block: {exc}") from None
     for loader in (x509.load_der_x509_certificate, x509.load_der_x509_csr):
         try:
             obj = loader(data)

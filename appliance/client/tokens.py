@@ -36,7 +36,10 @@ def provisioner_key(client: CAClient, name: str, password: bytes | None,
     if key_file is not None:
         text = key_file.read_text().strip()
         if text.startswith("{"):
-            key = jose.import_jwk(json.loads(text))
+            try:
+                key = jose.import_jwk(json.loads(text))
+            except ValueError as exc:
+                raise ClientError(f"{key_file} is not a JSON Web Key: {exc}") from None
         else:
             key = jose.decrypt_jwk(text, _need(password))
     else:
