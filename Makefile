@@ -56,7 +56,7 @@ bench: deps venv
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy
 	$(BIN)/ruff check appliance kms policy ceremony softhsm tests bench
-	$(BIN)/mypy appliance kms policy softhsm
+	$(BIN)/mypy appliance kms policy softhsm ceremony
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,14 +17,13 @@ from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
 from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
 from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
+from appliance.intermediates import ActiveIssuer
 from appliance.issuer import Issuer, LeafProfile
 from appliance.names import RequestedNames, split_sans
 from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
 from appliance.provisioners.base import sign_audiences
 from appliance.store import OneTimeToken, Store, StoreError
 from appliance.validity import parse_time_or_duration
-from kms import open_key
-from kms.errors import KMSError
 from policy import Policy, Request, key_info
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ class Authority:
         self.store = store
         self.audit = audit
         self.roots = load_certificates(config.resolve(config.root))
-        self.intermediates = load_certificates(config.resolve(config.crt))
+        self.active = ActiveIssuer(config, store)
         self.provisioners = Provisioners.from_config(config.authority.provisioners)
         self.audiences = sign_audiences(config.dnsNames)
         self._policies = {p.name: self._policy_for(p) for p in self.provisioners}
@@ -73,14 +72,13 @@ class Authority:
 
     @property
     def issuer(self) -> Issuer:
-        if self._issuer is None:
-            self.config.apply_kms_environment()
-            try:
-                key = open_key(self.config.key_uri())
-            except KMSError as exc:
-                raise ServiceUnavailable(f"signing backend unavailable: {exc}") from None
-            self._issuer = Issuer(key, self.intermediates[0], self.store)
-        return self._issuer
+        """The intermediate that signs now (the database decides, so activation reaches every worker)."""
+        return self._issuer or self.active.current()
+
+    @property
+    def intermediates(self) -> list[x509.Certificate]:
+        """The intermediates clients may need, the active one first (`/intermediates`)."""
+        return [self._issuer.certificate] if self._issuer else self.active.published()
 
     @property
     def tls_options(self) -> TLSOptions:
@@ -108,16 +106,16 @@ class Authority:
             except CAError:
                 self._burn(auth)  # a refused token is spent too: no probing the policy with it
                 raise
-            cert = self.issuer.issue(profile, provisioner=auth.provisioner, request_id=ctx.request_id,
-                                     token=OneTimeToken(auth.token_id, auth.provisioner,
-                                                        auth.token_expires_at))
+            issuer = self.issuer
+            cert = issuer.issue(profile, provisioner=auth.provisioner, request_id=ctx.request_id,
+                                token=OneTimeToken(auth.token_id, auth.provisioner, auth.token_expires_at))
         except CAError as exc:
             self._audit("x509.sign", "denied" if exc.status < 500 else "error", ctx, auth, names,
                         reasons=exc.reasons, status=exc.status)
             raise
         self._audit("x509.sign", "allowed", ctx, auth, names, serial=str(cert.serial_number),
-                    status=201)
-        return SignResult(cert, (cert, *self.intermediates))
+                    status=201, issuer=issuer.id)
+        return SignResult(cert, (cert, issuer.certificate))
 
     def reject(self, action: str, ctx: RequestContext, error: CAError) -> None:
         """Audit a request the web layer refused before it reached the rules (bad JSON, size)."""
@@ -171,14 +169,14 @@ class Authority:
 
     def _audit(self, action: str, decision: Any, ctx: RequestContext, auth: SignAuthorization | None,
                names: RequestedNames | None, *, reasons: tuple[str, ...] = (),
-               serial: str | None = None, status: int | None = None) -> None:
+               serial: str | None = None, status: int | None = None, issuer: str | None = None) -> None:
         try:
             self.audit.record(AuditEvent(
                 action=action, decision=decision, request_id=ctx.request_id,
                 remote_addr=ctx.remote_addr, provisioner=auth.provisioner if auth else None,
                 subject=auth.subject if auth else None,
                 sans=tuple(names.as_strings()) if names else (), serial=serial,
-                reasons=reasons, status=status))
+                reasons=reasons, status=status, details={"issuer": issuer} if issuer else {}))
         except OSError as exc:  # the audit trail must not silently vanish
             log.error("cannot write the audit record: %s", exc)
             raise ServiceUnavailable(f"audit trail unavailable: {exc}") from None
@@ -194,10 +192,11 @@ class Authority:
                               not_before=now - timedelta(minutes=1), not_after=now + lifetime,
                               dns_names=names.dns, ip_addresses=names.ips, client_auth=False)
         ctx = RequestContext(request_id="server-tls")
-        cert = self.issuer.issue(profile, provisioner="hsmca:server", request_id=ctx.request_id)
+        issuer = self.issuer
+        cert = issuer.issue(profile, provisioner="hsmca:server", request_id=ctx.request_id)
         self._audit("x509.sign.server", "allowed", ctx, None, names, serial=str(cert.serial_number),
-                    status=201)
-        return SignResult(cert, (cert, *self.intermediates))
+                    status=201, issuer=issuer.id)
+        return SignResult(cert, (cert, issuer.certificate))
 
     def health(self) -> dict[str, Any]:
         detail: dict[str, Any] = {"db": "ok"}

@@ -22,6 +22,13 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
     return certs
 
 
+def parse_certificates(data: bytes) -> list[x509.Certificate]:
+    """PEM (one or more) or a single DER certificate; ValueError when it is neither."""
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     """Lower-case hex SHA-256 of the DER, as step prints and `/root/{sha256}` expects."""
     return cert.fingerprint(hashes.SHA256()).hex()

@@ -161,8 +161,10 @@ class AuditConfig(_Strict):
 
 class CAConfig(_Strict):
     root: str
-    crt: str
-    key: str
+    # The first intermediate (step-ca's fields). Intermediates live in the database; these are
+    # recorded there on first start, and may be absent when the first one comes from a ceremony.
+    crt: str | None = None
+    key: str | None = None
     address: str = ":9000"
     dnsNames: list[str] = Field(min_length=1)
     db: DBConfig
@@ -197,7 +199,10 @@ class CAConfig(_Strict):
 
     def key_uri(self, key: str | None = None) -> str:
         """The full URI of a CA key: `kms.uri` supplies what the key's own URI leaves out."""
-        return merge_key_uri(self.kms.uri, key or self.key)
+        key = key or self.key
+        if not key:
+            raise ConfigError("no key URI: ca.json names no intermediate key ('key')")
+        return merge_key_uri(self.kms.uri, key)
 
     def apply_kms_environment(self) -> None:
         """Set the backend's environment before any module loads (SoftHSM reads it once)."""

@@ -16,12 +16,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 import softhsm
 from appliance import jose
-from appliance.certutil import fingerprint
+from appliance.certutil import fingerprint, parse_certificates
 from appliance.config import (
     AuditConfig,
     AuthorityConfig,
@@ -32,6 +33,7 @@ from appliance.config import (
     save_config,
     split_address,
 )
+from appliance.intermediates import bootstrap
 from appliance.store import Store
 from kms import KeySpec, create_key
 from kms.cacerts import intermediate_certificate, root_certificate
@@ -59,17 +61,21 @@ class InitOptions:
     force: bool = False
     root_lifetime: timedelta = timedelta(days=3650)
     intermediate_lifetime: timedelta = timedelta(days=3650)
+    # A root made by the offline ceremony: no root key here, and no intermediate until one is
+    # made with `hsmca intermediate csr`, signed at the ceremony and installed.
+    root_certificate: bytes | None = None
 
 
 @dataclass(frozen=True)
 class InitResult:
     config_path: Path
     root_path: Path
-    intermediate_path: Path
+    intermediate_path: Path | None
     root_fingerprint: str
     provisioner: str
-    root_key_uri: str
-    intermediate_key_uri: str
+    root_key_uri: str | None
+    intermediate_key_uri: str | None
+    kms_uri: str
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -102,6 +108,7 @@ def init_ca(opts: InitOptions) -> InitResult:
         split_address(opts.http_address)
     except ValueError as exc:
         raise InitError(str(exc)) from None
+    ceremony_root = _ceremony_root(opts.root_certificate) if opts.root_certificate is not None else None
 
     conf = _softhsm_conf(base)
     module = opts.module or softhsm.DEFAULT_MODULE
@@ -122,11 +129,66 @@ def init_ca(opts: InitOptions) -> InitResult:
 
     kms_uri = KeyURI("pkcs11", {"token": opts.token_label},
                      {"module-path": module, "pin-source": f"file:{secrets_dir / 'pin'}"})
-    root_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "root_ca"}, kms_uri.query)
-    int_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "intermediate_ca"}, kms_uri.query)
+    certs = base / "certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    root_path, int_path = certs / "root_ca.crt", certs / "intermediate_ca.crt"
+    if ceremony_root is not None:
+        root = ceremony_root
+        root_path.write_bytes(root.public_bytes(Encoding.PEM))
+        int_path.unlink(missing_ok=True)  # a previous dev CA's, if --force
+        root_uri = int_uri = None
+    else:
+        root_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "root_ca"}, kms_uri.query)
+        int_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "intermediate_ca"}, kms_uri.query)
+        root, intermediate = _dev_pki(opts, root_uri, int_uri)
+        root_path.write_bytes(root.public_bytes(Encoding.PEM))
+        int_path.write_bytes(intermediate.public_bytes(Encoding.PEM))
+
+    prov_key = jose.generate_provisioner_key()
+    provisioner = ProvisionerConfig(type="JWK", name=opts.provisioner, key=jose.public_jwk(prov_key),
+                                    encryptedKey=jose.encrypt_jwk(prov_key, opts.password))
+
+    db_dir = base / "db"
+    db_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = CAConfig(
+        root=str(root_path), crt=str(int_path) if int_uri else None,
+        key="pkcs11:object=intermediate_ca" if int_uri else None,
+        address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names),
+        db=DBConfig(type="sqlite", dataSource=str(db_dir / "hsmca.sqlite")),
+        kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment={"SOFTHSM2_CONF": str(conf)}),
+        authority=AuthorityConfig(provisioners=[provisioner]),
+        audit=AuditConfig(path=str(base / "audit" / "audit.jsonl")))
+    store = Store.from_config(config.db.model_dump(), base)
+    try:
+        store.migrate()
+        bootstrap(config, store)
+    finally:
+        store.close()
+    save_config(config, config_path)
+    return InitResult(config_path, root_path, int_path if int_uri else None, fingerprint(root), opts.provisioner,
+                      str(root_uri.redacted()) if root_uri else None, str(int_uri.redacted()) if int_uri else None,
+                      str(kms_uri.redacted()))
+
+
+def _ceremony_root(data: bytes) -> x509.Certificate:
+    try:
+        root = parse_certificates(data)[0]
+    except ValueError as exc:
+        raise InitError(f"--root is not a certificate: {exc}") from None
+    try:
+        bc = root.extensions.get_extension_for_class(x509.BasicConstraints).value
+        root.verify_directly_issued_by(root)
+    except (x509.ExtensionNotFound, ValueError, TypeError, InvalidSignature):
+        raise InitError("--root must be a self-signed CA certificate (the root ceremony's output)") from None
+    if not bc.ca:
+        raise InitError("--root is not a CA certificate")
+    return root
+
+
+def _dev_pki(opts: InitOptions, root_uri: KeyURI, int_uri: KeyURI) -> tuple[x509.Certificate, x509.Certificate]:
+    """A development root and intermediate, both keys inside the CA's own SoftHSM token."""
     root_key = create_key(str(root_uri), opts.key_spec)
     int_key = create_key(str(int_uri), opts.key_spec)
-
     now = datetime.now(timezone.utc)
     root = root_certificate(
         root_key, x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, opts.name),
@@ -138,31 +200,4 @@ def init_ca(opts: InitOptions) -> InitResult:
                    x509.NameAttribute(NameOID.COMMON_NAME, f"{opts.name} Intermediate CA")]),
         now - timedelta(minutes=1), min(now + opts.intermediate_lifetime, root.not_valid_after_utc),
         path_length=0)
-
-    certs = base / "certs"
-    certs.mkdir(parents=True, exist_ok=True)
-    root_path, int_path = certs / "root_ca.crt", certs / "intermediate_ca.crt"
-    root_path.write_bytes(root.public_bytes(Encoding.PEM))
-    int_path.write_bytes(intermediate.public_bytes(Encoding.PEM))
-
-    prov_key = jose.generate_provisioner_key()
-    provisioner = ProvisionerConfig(type="JWK", name=opts.provisioner, key=jose.public_jwk(prov_key),
-                                    encryptedKey=jose.encrypt_jwk(prov_key, opts.password))
-
-    db_dir = base / "db"
-    db_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = CAConfig(
-        root=str(root_path), crt=str(int_path), key="pkcs11:object=intermediate_ca",
-        address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names),
-        db=DBConfig(type="sqlite", dataSource=str(db_dir / "hsmca.sqlite")),
-        kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment={"SOFTHSM2_CONF": str(conf)}),
-        authority=AuthorityConfig(provisioners=[provisioner]),
-        audit=AuditConfig(path=str(base / "audit" / "audit.jsonl")))
-    store = Store.from_config(config.db.model_dump(), base)
-    try:
-        store.migrate()
-    finally:
-        store.close()
-    save_config(config, config_path)
-    return InitResult(config_path, root_path, int_path, fingerprint(root), opts.provisioner,
-                      str(root_uri.redacted()), str(int_uri.redacted()))
+    return root, intermediate

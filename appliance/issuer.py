@@ -73,14 +73,14 @@ def _general_names(p: LeafProfile) -> list[x509.GeneralName]:
 class Issuer:
     """One intermediate: its KMS key adapter, its certificate, and the store it records into."""
 
-    def __init__(self, key: CAKey, certificate: x509.Certificate, store: Store):
+    def __init__(self, key: CAKey, certificate: x509.Certificate, store: Store, *, issuer_id: str | None = None):
         self.key = key
         self.certificate = certificate
         self.store = store
         self.hash = default_hash(key)
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-        self.id = ski.digest.hex()
+        self.id = issuer_id or ski.digest.hex()
 
     def _builder(self, p: LeafProfile, serial: int) -> x509.CertificateBuilder:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, p.common_name)]) \

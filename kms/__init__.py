@@ -5,7 +5,7 @@ private key (`CAKey`) whose signatures are made inside the backend, so cryptogra
 CSR, CRL and OCSP builders sign through it unchanged. Nothing here can export a private key.
 """
 
-from kms.cacerts import intermediate_certificate, new_serial, root_certificate
+from kms.cacerts import CAProfile, intermediate_certificate, new_serial, root_certificate
 from kms.errors import (
     BackendUnavailable,
     InvalidKeyURI,
@@ -31,7 +31,8 @@ from kms.signer import CAKey, KMSKey, default_hash, spec_of
 from kms.uri import KeyURI, parse_key_uri
 
 __all__ = [
-    "Backend", "BackendFactory", "BackendUnavailable", "CAKey", "InvalidKeyURI", "KMSError", "KMSKey", "KeyExists",
+    "Backend", "BackendFactory", "BackendUnavailable", "CAKey", "CAProfile", "InvalidKeyURI", "KMSError", "KMSKey",
+    "KeyExists",
     "KeyNotFound", "KeySpec", "KeyURI", "PermissionDenied", "SigningFailed", "UnsupportedAlgorithm",
     "backends_health", "close_all", "create_key", "default_hash", "default_hash_for",
     "intermediate_certificate", "key_spec_for", "new_serial", "open_key", "parse_key_uri",

@@ -8,14 +8,48 @@ from __future__ import annotations
 
 import datetime
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import AuthorityInformationAccessOID, ObjectIdentifier
 
 from kms.signer import CAKey, default_hash
 
 CAPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+
+KEY_USAGES = ("digitalSignature", "keyCertSign", "cRLSign")
+
+
+@dataclass(frozen=True)
+class CAProfile:
+    """What a CA certificate carries beyond its key and names (RFC 5280 §4.2).
+
+    The ceremony plan fills one in; `hsmca init` uses the defaults. `digitalSignature` is in the
+    default key usages so the CA can sign OCSP responses itself; a plan may leave it out.
+    """
+
+    path_length: int | None = 0
+    key_usage: Sequence[str] = KEY_USAGES
+    name_constraints: x509.NameConstraints | None = None
+    name_constraints_critical: bool = True
+    crl_urls: Sequence[str] = ()
+    ocsp_urls: Sequence[str] = ()
+    ca_issuers_urls: Sequence[str] = ()
+    ext_key_usage: Sequence[ObjectIdentifier] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.key_usage) - set(KEY_USAGES)
+        if unknown:
+            raise ValueError(f"key usages {sorted(unknown)} do not belong on a CA certificate; "
+                             f"choose from {', '.join(KEY_USAGES)}")
+        if "keyCertSign" not in self.key_usage:
+            raise ValueError("a CA certificate needs the keyCertSign key usage")
+        if self.path_length is not None and self.path_length < 0:
+            raise ValueError("path length cannot be negative")
 
 
 def new_serial() -> int:
@@ -27,13 +61,18 @@ def new_serial() -> int:
 
 
 def root_certificate(key: CAKey, subject: x509.Name, not_before: datetime.datetime,
-                     not_after: datetime.datetime, *, path_length: int | None = 1) -> x509.Certificate:
-    """A self-signed root for `key` (signed through it, so inside the HSM)."""
+                     not_after: datetime.datetime, *, path_length: int | None = 1,
+                     profile: CAProfile | None = None) -> x509.Certificate:
+    """A self-signed root for `key` (signed through it, so inside the HSM).
+
+    `profile`, when given, decides the extensions (and its path length wins over `path_length`).
+    """
     _check_validity(not_before, not_after)
+    profile = profile or CAProfile(path_length=path_length)
     public = key.public_key()
     ski = x509.SubjectKeyIdentifier.from_public_key(public)
     aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    builder = _ca_builder(subject, subject, public, not_before, not_after, path_length, ski) \
+    builder = _ca_builder(subject, subject, public, not_before, not_after, profile, ski) \
         .add_extension(aki, critical=False)
     return builder.sign(key, default_hash(key))
 
@@ -41,7 +80,8 @@ def root_certificate(key: CAKey, subject: x509.Name, not_before: datetime.dateti
 def intermediate_certificate(issuer_key: CAKey, issuer_cert: x509.Certificate, public_key: CAPublicKey,
                              subject: x509.Name, not_before: datetime.datetime,
                              not_after: datetime.datetime, *,
-                             path_length: int | None = 0) -> x509.Certificate:
+                             path_length: int | None = 0,
+                             profile: CAProfile | None = None) -> x509.Certificate:
     """A CA certificate for `public_key`, issued by `issuer_cert` and signed through `issuer_key`.
 
     Refuses what would make a chain that validators reject: an issuer key that is not the
@@ -49,6 +89,8 @@ def intermediate_certificate(issuer_key: CAKey, issuer_cert: x509.Certificate, p
     does not cover.
     """
     _check_validity(not_before, not_after)
+    profile = profile or CAProfile(path_length=path_length)
+    path_length = profile.path_length
     if _spki(issuer_key.public_key()) != _spki(issuer_cert.public_key()):  # type: ignore[arg-type]
         raise ValueError("the issuer key does not belong to the issuer certificate")
     try:
@@ -71,7 +113,7 @@ def intermediate_certificate(issuer_key: CAKey, issuer_cert: x509.Certificate, p
         issuer_ski = x509.SubjectKeyIdentifier.from_public_key(issuer_cert.public_key())
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     builder = _ca_builder(subject, issuer_cert.subject, public_key, not_before, not_after,
-                          path_length, ski) \
+                          profile, ski) \
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
                        critical=False)
     return builder.sign(issuer_key, default_hash(issuer_key))
@@ -79,21 +121,37 @@ def intermediate_certificate(issuer_key: CAKey, issuer_cert: x509.Certificate, p
 
 def _ca_builder(subject: x509.Name, issuer: x509.Name, public_key: CAPublicKey,
                 not_before: datetime.datetime, not_after: datetime.datetime,
-                path_length: int | None, ski: x509.SubjectKeyIdentifier) -> x509.CertificateBuilder:
-    return (x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(public_key)
-            .serial_number(new_serial())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True,  # lets the CA sign OCSP responses itself
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(ski, critical=False))
+                profile: CAProfile, ski: x509.SubjectKeyIdentifier) -> x509.CertificateBuilder:
+    usages = set(profile.key_usage)
+    builder = (x509.CertificateBuilder()
+               .subject_name(subject)
+               .issuer_name(issuer)
+               .public_key(public_key)
+               .serial_number(new_serial())
+               .not_valid_before(not_before)
+               .not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=profile.path_length), critical=True)
+               .add_extension(x509.KeyUsage(
+                   digital_signature="digitalSignature" in usages,
+                   content_commitment=False, key_encipherment=False, data_encipherment=False,
+                   key_agreement=False, key_cert_sign=True, crl_sign="cRLSign" in usages,
+                   encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(ski, critical=False))
+    if profile.name_constraints is not None:
+        builder = builder.add_extension(profile.name_constraints, critical=profile.name_constraints_critical)
+    if profile.crl_urls:
+        builder = builder.add_extension(x509.CRLDistributionPoints([
+            x509.DistributionPoint([x509.UniformResourceIdentifier(u) for u in profile.crl_urls],
+                                   relative_name=None, reasons=None, crl_issuer=None)]), critical=False)
+    access = [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u))
+              for u in profile.ocsp_urls]
+    access += [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(u))
+               for u in profile.ca_issuers_urls]
+    if access:
+        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    if profile.ext_key_usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(profile.ext_key_usage)), critical=False)
+    return builder
 
 
 def _check_validity(not_before: datetime.datetime, not_after: datetime.datetime) -> None:

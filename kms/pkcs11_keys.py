@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from cryptography.utils import Buffer
-from pkcs11 import MGF, Mechanism
+from pkcs11 import MGF, Attribute, Mechanism
 
 from kms.digest import check_pss, digest, digest_info
 from kms.errors import KMSError, SigningFailed, UnsupportedAlgorithm
@@ -48,6 +48,17 @@ class Pkcs11Key(KMSKey):
         self._tokens = tokens
         self._ref = ref
         self._public = public
+
+    def protection(self) -> dict[str, bool]:
+        """The private key's protection attributes as the token reports them (for the ceremony's record)."""
+        names = {Attribute.SENSITIVE: "sensitive", Attribute.ALWAYS_SENSITIVE: "alwaysSensitive",
+                 Attribute.EXTRACTABLE: "extractable", Attribute.NEVER_EXTRACTABLE: "neverExtractable",
+                 Attribute.LOCAL: "generatedOnToken"}
+
+        def op(session: Any) -> dict[str, bool]:
+            attrs = self._tokens.find(session, self._ref).get_attributes(list(names))
+            return {names[a]: bool(v) for a, v in attrs.items()}
+        return self._tokens.call(op, failure=KMSError)
 
     def _sign_in_token(self, data: bytes, mechanism: Mechanism, param: Any = None) -> bytes:
         def op(session: Any) -> bytes:

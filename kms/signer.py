@@ -75,6 +75,20 @@ def spec_of(key: CAKey) -> KeySpec:
     raise UnsupportedAlgorithm(f"unsupported CA key type {type(key).__name__}")
 
 
+def spec_of_public(public: object) -> KeySpec:
+    """The KeySpec of a public key (a stand-in key of the same kind, a CSR's key)."""
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return KeySpec.ED25519
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        found = {"secp256r1": KeySpec.EC_P256, "secp384r1": KeySpec.EC_P384}.get(public.curve.name)
+        if found is not None:
+            return found
+        raise UnsupportedAlgorithm(f"unsupported EC curve {public.curve.name}")
+    if isinstance(public, rsa.RSAPublicKey):
+        return KeySpec.parse(f"RSA-{public.key_size}")
+    raise UnsupportedAlgorithm(f"unsupported public key type {type(public).__name__}")
+
+
 def default_hash(key: CAKey) -> SigningHash | None:
     """The hash to pass to a builder's `.sign(key, hash)` for this CA key (None for Ed25519)."""
     if isinstance(key, KMSKey):

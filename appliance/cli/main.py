@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 import appliance
-from appliance.cli import client, server
+from appliance.cli import client, intermediate, server
+from ceremony.cli import ceremony
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -15,6 +16,8 @@ def main() -> None:
 
     \b
     Run a CA:     hsmca init, then hsmca serve
+    Rotate:       hsmca intermediate csr|install|list|activate|retire
+    Offline:      hsmca ceremony plan|root|sign-intermediate|verify
     Get certs:    hsmca bootstrap, hsmca certificate, hsmca token
     Look inside:  hsmca inspect
 
@@ -22,8 +25,8 @@ def main() -> None:
     """
 
 
-for command in (server.init, server.serve, server.db, client.certificate, client.token,
-                client.bootstrap, client.inspect):
+for command in (server.init, server.serve, server.db, intermediate.intermediate, ceremony, client.certificate,
+                client.token, client.bootstrap, client.inspect):
     main.add_command(command)
 
 

@@ -33,15 +33,22 @@ CONFIG_HELP = "Path to ca.json [default: $HSMCA_PATH/config/ca.json]."
               help="File with the token's user PIN [default: a random PIN in $HSMCA_PATH/secrets/pin].")
 @click.option("--so-pin-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File with the token's SO PIN [default: random, in $HSMCA_PATH/secrets/so-pin].")
+@click.option("--root", "root_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use this root certificate from the offline ceremony: no root key is made here, and the "
+                   "CA issues once an intermediate is made, signed at the ceremony and installed.")
 @click.option("--force", is_flag=True, help="Replace an existing CA (its token, keys and database).")
 def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str, provisioner: str,
          password_file: Path | None, kty: str, crv: str | None, size: int | None, token_label: str,
-         module: str | None, pin_file: Path | None, so_pin_file: Path | None, force: bool) -> None:
-    """Create a development CA: a SoftHSM token with the root and intermediate keys inside it.
+         module: str | None, pin_file: Path | None, so_pin_file: Path | None, root_file: Path | None,
+         force: bool) -> None:
+    """Create a CA: a SoftHSM token for its keys, a provisioner, the database and ca.json.
 
-    Writes certs/root_ca.crt, certs/intermediate_ca.crt and config/ca.json under $HSMCA_PATH
-    (default ~/.hsmca). SoftHSM's configuration and tokens go there too unless SOFTHSM2_CONF
-    is set. A production root comes from `hsmca ceremony` instead (offline, quorum-gated).
+    Without --root, a development CA: root and intermediate keys both inside the token, with
+    certs/root_ca.crt and certs/intermediate_ca.crt. With --root, the production layout: the
+    ceremony's root (its key stays offline) and no intermediate yet; then run
+    `hsmca intermediate csr`, the ceremony's sign-intermediate, and `hsmca intermediate install`.
+    Everything goes under $HSMCA_PATH (default ~/.hsmca); SoftHSM's configuration and tokens
+    too unless SOFTHSM2_CONF is set.
     """
     from appliance.devca import InitError, InitOptions, init_ca
     from kms import key_spec_for
@@ -57,7 +64,8 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         address=address, http_address=http_address, provisioner=provisioner, key_spec=spec,
         token_label=token_label, module=module or "", force=force,
         pin=read_secret_file(pin_file, "PIN").decode() if pin_file else None,
-        so_pin=read_secret_file(so_pin_file, "SO PIN").decode() if so_pin_file else None)
+        so_pin=read_secret_file(so_pin_file, "SO PIN").decode() if so_pin_file else None,
+        root_certificate=read_secret_file(root_file, "root certificate") if root_file else None)
     try:
         result = init_ca(opts)
     except (InitError, KMSError, OSError) as exc:
@@ -66,9 +74,14 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         fail(f"{type(exc).__name__}: {exc}")
     click.echo(f"Root certificate:         {result.root_path}")
     click.echo(f"Root fingerprint:         {result.root_fingerprint}")
-    click.echo(f"Intermediate certificate: {result.intermediate_path}")
-    click.echo(f"Root key:                 {result.root_key_uri}")
-    click.echo(f"Intermediate key:         {result.intermediate_key_uri}")
+    if result.intermediate_path is None:
+        click.echo(f"Key store (KMS):          {result.kms_uri}")
+        click.echo("Intermediate:             none yet; next: hsmca intermediate csr --key "
+                   f"'pkcs11:token={token_label};object=intermediate-1' --subject 'CN=...' > int.csr")
+    else:
+        click.echo(f"Intermediate certificate: {result.intermediate_path}")
+        click.echo(f"Root key:                 {result.root_key_uri}")
+        click.echo(f"Intermediate key:         {result.intermediate_key_uri}")
     click.echo(f"Provisioner:              {result.provisioner} (JWK)")
     click.echo(f"Configuration:            {result.config_path}")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from appliance.authority import Authority
 from appliance.config import CAConfig, split_address
+from appliance.intermediates import bootstrap
 from appliance.serving.housekeeping import sweep
 from appliance.serving.tls import issue_server_certificate
 from policy import parse_duration
@@ -77,6 +78,7 @@ def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
     authority = Authority.from_config(config)
     try:
         authority.store.migrate()
+        bootstrap(config, authority.store)  # a CA made before intermediates were recorded
         stale = sweep(authority.store, config.server.reservationTimeout)
         if stale:
             log.warning("resolved %d reservation(s) left by an interrupted issuance", len(stale))

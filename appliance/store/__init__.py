@@ -1,14 +1,24 @@
-"""The storage authority (SA): certificates recorded before signing, and single-use tokens."""
+"""The storage authority (SA): certificates recorded before signing, single-use tokens, intermediates."""
 
 from .errors import (
     CertificateNotFound,
+    IntermediateExists,
+    IntermediateNotFound,
     InvalidTransition,
     SerialCollision,
     StoreError,
     StoreUnavailable,
     TokenReplayed,
 )
-from .records import CertificateRecord, CertificateStatus, OneTimeToken, Reservation
+from .records import (
+    CertificateRecord,
+    CertificateStatus,
+    IntermediateRecord,
+    IntermediateState,
+    OneTimeToken,
+    Reservation,
+    intermediate_state,
+)
 from .store import STALE_REASON, Store
 
 __all__ = [
@@ -16,6 +26,10 @@ __all__ = [
     "CertificateNotFound",
     "CertificateRecord",
     "CertificateStatus",
+    "IntermediateExists",
+    "IntermediateNotFound",
+    "IntermediateRecord",
+    "IntermediateState",
     "InvalidTransition",
     "OneTimeToken",
     "Reservation",
@@ -24,4 +38,5 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TokenReplayed",
+    "intermediate_state",
 ]

@@ -28,8 +28,16 @@ class CertificateNotFound(StoreError):
 
 
 class InvalidTransition(StoreError):
-    """The certificate is not in the state the requested change starts from."""
+    """The certificate or intermediate is not in the state the requested change starts from."""
 
 
 class TokenReplayed(StoreError):
     """The one-time token offered with a reservation was already used; nothing was recorded."""
+
+
+class IntermediateExists(StoreError):
+    """An intermediate with that id (key) or name is already recorded; records are not overwritten."""
+
+
+class IntermediateNotFound(StoreError):
+    """No intermediate is recorded under that id or name."""

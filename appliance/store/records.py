@@ -19,6 +19,7 @@ MAX_REQUEST_ID_LENGTH = 128
 MAX_SUBJECT_LENGTH = 4096  # stored as TEXT: 4096 utf8mb4 characters fit MySQL's 64 KiB
 MAX_REASON_LENGTH = 1024
 MAX_BLOB_LENGTH = 2**24 - 1  # MEDIUMBLOB on MySQL
+MAX_KEY_URI_LENGTH = 4096  # stored as TEXT, like subjects
 
 
 class CertificateStatus(enum.StrEnum):
@@ -79,6 +80,56 @@ class CertificateRecord:
             return None
         body = "\n".join(textwrap.wrap(base64.b64encode(self.der).decode("ascii"), 64))
         return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+
+
+class IntermediateState(enum.StrEnum):
+    """Where an intermediate stands; derived from its times, never stored (see intermediate_state)."""
+
+    AWAITING_CERTIFICATE = "awaiting-certificate"
+    PENDING = "pending"
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True, slots=True)
+class IntermediateRecord:
+    """An intermediate CA: its KMS key, its CSR and, once installed, its certificate.
+
+    `id` is the lowercase hex SubjectKeyIdentifier digest, the value certificates.issuer holds.
+    Datetimes are aware UTC; `activate_at` None means not scheduled.
+    """
+
+    id: str
+    name: str
+    key_uri: str
+    public_key: bytes  # SubjectPublicKeyInfo DER
+    csr: bytes | None
+    certificate: bytes | None
+    subject: str  # RFC 4514
+    not_before: datetime | None
+    not_after: datetime | None
+    activate_at: datetime | None
+    retired_at: datetime | None
+    created_at: datetime
+    installed_at: datetime | None
+
+
+def intermediate_state(rec: IntermediateRecord, active_id: str | None, now: datetime) -> IntermediateState:
+    """The state of `rec` at `now`, given the id the active query returned for that moment.
+
+    Derived rather than stored so that a scheduled activation takes effect at its time with no
+    writer, and a superseded intermediate reads as retired without anyone marking it.
+    """
+    moment = utc(now, "now")
+    if rec.certificate is None:
+        return IntermediateState.AWAITING_CERTIFICATE
+    if rec.retired_at is not None and rec.retired_at <= moment:
+        return IntermediateState.RETIRED
+    if rec.id == active_id:
+        return IntermediateState.ACTIVE
+    if rec.activate_at is None or rec.activate_at > moment:
+        return IntermediateState.PENDING
+    return IntermediateState.RETIRED  # it was active until a later activation superseded it
 
 
 def check_serial(serial: int) -> int:

@@ -108,3 +108,26 @@ used_tokens = sa.Table(
     sa.Index("ix_used_tokens_expires_at", "expires_at"),
     **MYSQL_TABLE_ARGS,
 )
+
+# Intermediate CAs. Their state (pending, active, retired) is derived from the times at read time,
+# so a scheduled switch needs no writer and every replica decides it with the same query.
+intermediates = sa.Table(
+    "intermediates",
+    metadata,
+    sa.Column("id", sa.String(MAX_ISSUER_LENGTH), primary_key=True),
+    sa.Column("name", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("key_uri", sa.Text(), nullable=False),
+    sa.Column("public_key", BLOB, nullable=False),
+    sa.Column("csr", BLOB, nullable=True),
+    sa.Column("certificate", BLOB, nullable=True),
+    sa.Column("subject", sa.Text(), nullable=False),
+    sa.Column("not_before", UTCDateTime(), nullable=True),
+    sa.Column("not_after", UTCDateTime(), nullable=True),
+    sa.Column("activate_at", UTCDateTime(), nullable=True),
+    sa.Column("retired_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("installed_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("name", name="uq_intermediates_name"),
+    sa.Index("ix_intermediates_activate_at", "activate_at"),
+    **MYSQL_TABLE_ARGS,
+)

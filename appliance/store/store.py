@@ -1,4 +1,5 @@
-"""The storage authority: each method is one short transaction over the certificate and token tables."""
+"""The storage authority: each method is one short transaction over the certificate, token and
+intermediate tables (the intermediates' queries live in intermediates.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cryptography import x509
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from . import intermediates as _intermediates
 from . import migrate as _migrate
 from .engine import DEFAULT_TIMEOUT, WRITE, create_engine, database_errors
 from .errors import (
@@ -31,6 +33,7 @@ from .records import (
     MAX_SERIAL,
     CertificateRecord,
     CertificateStatus,
+    IntermediateRecord,
     OneTimeToken,
     Reservation,
     check_reservation,
@@ -51,7 +54,7 @@ ABANDONED = CertificateStatus.ABANDONED.value
 
 
 class Store:
-    """Certificates and used tokens in SQLite, PostgreSQL or MySQL/MariaDB.
+    """Certificates, used tokens and intermediates in SQLite, PostgreSQL or MySQL/MariaDB.
 
     Safe to share between threads; a forked worker drops the inherited pool by itself.
     """
@@ -317,6 +320,57 @@ class Store:
             return int(
                 conn.execute(used_tokens.delete().where(used_tokens.c.expires_at < moment)).rowcount
             )
+
+    # -- intermediates (logic in intermediates.py) ------------------------------------------
+
+    def add_intermediate(self, rec: IntermediateRecord) -> None:
+        """Record a new intermediate, usually awaiting its certificate; IntermediateExists on a clash."""
+        _intermediates.add(self._read, self._write, rec)
+
+    def install_intermediate(
+        self,
+        id: str,
+        certificate_der: bytes,
+        *,
+        not_before: datetime,
+        not_after: datetime,
+        subject: str,
+        activate_at: datetime | None,
+        now: datetime | None = None,
+    ) -> IntermediateRecord:
+        """Attach the signed certificate (same DER again: only reschedules; another DER: refused)."""
+        return _intermediates.install(
+            self._write, id, certificate_der, not_before=not_before, not_after=not_after,
+            subject=subject, activate_at=activate_at, now=now,
+        )
+
+    def schedule_activation(self, id: str, at: datetime) -> IntermediateRecord:
+        """Make an installed, unretired intermediate active from `at` (a past time means now)."""
+        return _intermediates.schedule(self._write, id, at)
+
+    def retire_intermediate(self, id: str, at: datetime) -> IntermediateRecord:
+        """Stop using the intermediate from `at`; a retirement already passed is final."""
+        return _intermediates.retire(self._write, id, at)
+
+    def get_intermediate(self, id: str) -> IntermediateRecord | None:
+        """The intermediate with exactly this id, or None."""
+        return _intermediates.get(self._read, id)
+
+    def find_intermediate(self, name_or_id_prefix: str) -> IntermediateRecord:
+        """By name, id or unique id prefix (>= 8 hex digits); ValueError when ambiguous."""
+        return _intermediates.find(self._read, name_or_id_prefix)
+
+    def list_intermediates(self) -> list[IntermediateRecord]:
+        """Every intermediate, oldest first."""
+        return _intermediates.list_all(self._read)
+
+    def active_intermediate(self, now: datetime | None = None) -> IntermediateRecord | None:
+        """The intermediate to sign with at `now`, decided by one SELECT (same answer everywhere)."""
+        return _intermediates.active(self._read, now)
+
+    def count_certificates_by_issuer(self) -> dict[str, int]:
+        """Issued certificates per intermediate id, for `intermediate list`."""
+        return _intermediates.count_issued_by_issuer(self._read)
 
     # -- helpers ----------------------------------------------------------------------------
 

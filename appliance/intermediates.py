@@ -1,0 +1,239 @@
+"""Intermediates on the appliance: key and CSR in the KMS, install, activate, retire, and which one signs.
+
+The database is the only source of truth for which intermediate is active: every worker and
+every replica asks it (one indexed query per issuance), so `activate` takes effect everywhere
+at once, and a scheduled activation at its time, with no restart and no message between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from appliance.certutil import load_certificates, parse_certificates
+from appliance.config import CAConfig, ConfigError
+from appliance.errors import ServiceUnavailable
+from appliance.issuer import Issuer
+from appliance.store import IntermediateRecord, IntermediateState, Store, StoreError, intermediate_state
+from kms import KeySpec, create_key, default_hash, open_key, parse_key_uri
+from kms.errors import KMSError
+
+log = logging.getLogger(__name__)
+
+
+class IntermediateError(Exception):
+    """An operator's intermediate command cannot be done; the message says why."""
+
+
+def key_id(public_key: object) -> str:
+    """The intermediate's id: hex SubjectKeyIdentifier of its key (what `certificates.issuer` holds)."""
+    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()  # type: ignore[arg-type]
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+
+
+def stored_key_uri(uri: str) -> str:
+    """The operator's URI as stored: never a PIN value (pin-source names a file, which is fine)."""
+    try:
+        parsed = parse_key_uri(uri)
+    except KMSError as exc:
+        raise IntermediateError(f"invalid key URI: {exc}") from None
+    if "pin-value" in parsed.query:
+        raise IntermediateError("the key URI carries pin-value; use pin-source=file:... or the kms.uri of ca.json")
+    return str(parsed)
+
+
+def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: str | None = None,
+             spec: KeySpec = KeySpec.EC_P256, use_existing: bool = False,
+             now: datetime | None = None) -> tuple[bytes, IntermediateRecord]:
+    """Create the key inside the KMS (or open it), sign a CSR with it, record it as awaiting its certificate."""
+    try:
+        dn = x509.Name.from_rfc4514_string(subject)
+    except ValueError as exc:
+        raise IntermediateError(f"--subject {subject!r} is not an RFC 4514 name: {exc}") from None
+    if not dn.rdns:
+        raise IntermediateError("--subject cannot be empty")
+    stored = stored_key_uri(uri)
+    label = name or parse_key_uri(stored).label
+    if not label:
+        raise IntermediateError("give --name, or object=LABEL in the key URI")
+    if any(r.name == label for r in store.list_intermediates()):
+        raise IntermediateError(f"an intermediate named {label!r} is already recorded; choose another name (--name)")
+    config.apply_kms_environment()
+    full = config.key_uri(stored)
+    try:
+        key = open_key(full) if use_existing else create_key(full, spec)
+        csr = x509.CertificateSigningRequestBuilder().subject_name(dn).sign(key, default_hash(key))
+    except KMSError as exc:
+        raise IntermediateError(f"{type(exc).__name__}: {exc}") from None
+    public = key.public_key()
+    rec = IntermediateRecord(
+        id=key_id(public), name=label, key_uri=stored, public_key=_spki(public),
+        csr=csr.public_bytes(Encoding.DER), certificate=None, subject=dn.rfc4514_string(), not_before=None,
+        not_after=None, activate_at=None, retired_at=None, created_at=now or _now(), installed_at=None)
+    try:
+        store.add_intermediate(rec)
+    except StoreError as exc:
+        raise IntermediateError(str(exc)) from None
+    return csr.public_bytes(Encoding.PEM), rec
+
+
+def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime | None,
+            now: datetime | None = None) -> IntermediateRecord:
+    """Accept the ceremony's certificate for a recorded key: a CA, issued by this CA's root, for that key."""
+    now = now or _now()
+    try:
+        certs = parse_certificates(pem)
+    except ValueError as exc:
+        raise IntermediateError(f"not a certificate: {exc}") from None
+    cert = certs[0]
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise IntermediateError("the certificate is not a CA certificate (BasicConstraints CA:TRUE is missing)")
+    roots = load_certificates(config.resolve(config.root))
+    if not any(_issued_by(cert, root) for root in roots):
+        raise IntermediateError(f"the certificate is not signed by this CA's root ({config.root}); "
+                                "clients trusting the root would reject its chains")
+    if cert.not_valid_after_utc <= now:
+        raise IntermediateError(f"the certificate expired at {cert.not_valid_after_utc}")
+    if activate_at is not None and activate_at < cert.not_valid_before_utc:
+        raise IntermediateError(f"--activate-at {activate_at} is before the certificate is valid "
+                                f"({cert.not_valid_before_utc})")
+    spki = _spki(cert.public_key())
+    try:
+        rec = next((r for r in store.list_intermediates() if r.public_key == spki), None)
+        if rec is None:
+            raise IntermediateError("no recorded intermediate key matches this certificate: make its CSR with "
+                                    "`hsmca intermediate csr` on this CA first")
+        rec = store.install_intermediate(
+            rec.id, cert.public_bytes(Encoding.DER), not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc, subject=cert.subject.rfc4514_string(), activate_at=None,
+            now=now)
+        return activate(store, rec.id, activate_at) if activate_at is not None else rec
+    except StoreError as exc:
+        raise IntermediateError(str(exc)) from None
+
+
+def activate(store: Store, ident: str, at: datetime) -> IntermediateRecord:
+    """Schedule `ident` to take over at `at`, and retire its predecessors at that same instant.
+
+    Which one is active is decided by one query (latest activation that has come, not retired),
+    so workers switch atomically at `at`; recording the predecessors' retirement means retiring
+    the new one later never silently brings an old one back.
+    """
+    rec = store.find_intermediate(ident)
+    if rec.not_before is not None and at < rec.not_before:
+        raise IntermediateError(f"{rec.name!r} is not valid before {rec.not_before}; activate it at or after that")
+    if rec.not_after is not None and at >= rec.not_after:
+        raise IntermediateError(f"{rec.name!r} expires at {rec.not_after}; it cannot be activated at {at}")
+    rec = store.schedule_activation(rec.id, at)
+    for other in store.list_intermediates():
+        if other.id != rec.id and other.certificate is not None and other.activate_at is not None \
+                and other.activate_at <= at and (other.retired_at is None or other.retired_at > at):
+            store.retire_intermediate(other.id, at)
+    return rec
+
+
+def bootstrap(config: CAConfig, store: Store, now: datetime | None = None) -> IntermediateRecord | None:
+    """A CA made before intermediates were recorded (or by `hsmca init`): its ca.json intermediate, active."""
+    if store.list_intermediates():
+        return None
+    if not config.crt or not config.key:
+        return None
+    cert = load_certificates(config.resolve(config.crt))[0]
+    stored = stored_key_uri(config.key)
+    rec = IntermediateRecord(
+        id=key_id(cert.public_key()), name="intermediate_ca", key_uri=stored, public_key=_spki(cert.public_key()),
+        csr=None, certificate=cert.public_bytes(Encoding.DER), subject=cert.subject.rfc4514_string(),
+        not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+        activate_at=cert.not_valid_before_utc, retired_at=None, created_at=now or _now(), installed_at=now or _now())
+    store.add_intermediate(rec)
+    log.info("recorded the intermediate of ca.json (%s) as active", rec.subject)
+    return rec
+
+
+@dataclass(frozen=True)
+class Listed:
+    record: IntermediateRecord
+    state: IntermediateState
+    issued: int
+
+
+def listing(store: Store, now: datetime | None = None) -> list[Listed]:
+    now = now or _now()
+    active = store.active_intermediate(now)
+    counts = store.count_certificates_by_issuer()
+    return [Listed(r, intermediate_state(r, active.id if active else None, now), counts.get(r.id, 0))
+            for r in store.list_intermediates()]
+
+
+class ActiveIssuer:
+    """Which intermediate signs now: asked of the database per issuance, keys opened once per process."""
+
+    def __init__(self, config: CAConfig, store: Store):
+        self.config, self.store = config, store
+        self._issuers: dict[str, Issuer] = {}
+        self._lock = threading.Lock()
+
+    def current(self, now: datetime | None = None) -> Issuer:
+        now = now or _now()
+        try:
+            rec = self.store.active_intermediate(now)
+        except StoreError as exc:
+            raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
+        if rec is None or rec.certificate is None:
+            raise ServiceUnavailable("no active intermediate: install one and activate it "
+                                     "(hsmca intermediate install CERT --activate-at now)")
+        if rec.not_after is not None and rec.not_after <= now:
+            raise ServiceUnavailable(f"the active intermediate {rec.name!r} expired at {rec.not_after}; "
+                                     "activate its successor")
+        return self.issuer_for(rec)
+
+    def issuer_for(self, rec: IntermediateRecord) -> Issuer:
+        with self._lock:
+            issuer = self._issuers.get(rec.id)
+            if issuer is None:
+                assert rec.certificate is not None
+                self.config.apply_kms_environment()
+                try:
+                    key = open_key(self.config.key_uri(rec.key_uri))
+                except (KMSError, ConfigError) as exc:
+                    raise ServiceUnavailable(f"signing backend unavailable for intermediate {rec.name!r}: "
+                                             f"{exc}") from None
+                cert = x509.load_der_x509_certificate(rec.certificate)
+                issuer = self._issuers[rec.id] = Issuer(key, cert, self.store, issuer_id=rec.id)
+            return issuer
+
+    def published(self, now: datetime | None = None) -> list[x509.Certificate]:
+        """What `/intermediates` serves: the active one first, then the others still valid."""
+        now = now or _now()
+        items = listing(self.store, now)
+        order = {IntermediateState.ACTIVE: 0, IntermediateState.PENDING: 1, IntermediateState.RETIRED: 2}
+        chosen = sorted((i for i in items if i.record.certificate is not None and i.state in order
+                         and (i.record.not_after is None or i.record.not_after > now)),
+                        key=lambda i: order[i.state])
+        return [x509.load_der_x509_certificate(i.record.certificate) for i in chosen
+                if i.record.certificate is not None]
+
+
+def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

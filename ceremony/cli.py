@@ -1,0 +1,195 @@
+"""`hsmca ceremony ...`: the offline commands. Imports kms/ and ceremony/ only, never the online service."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from ceremony.context import CeremonyError, Options
+from ceremony.network import NetworkUp
+from ceremony.plan import Plan, PlanError, describe, load_plan
+from ceremony.quorum import QuorumError
+from ceremony.transcript import TranscriptError
+
+PLAN = click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                    help="The reviewed ceremony plan (YAML).")
+DRY_RUN = click.option("--dry-run", is_flag=True,
+                       help="Rehearse on a throwaway SoftHSM token in a temporary directory; the real HSM and "
+                            "the plan's output directory are not touched.")
+ALLOW_NETWORK = click.option("--allow-network", is_flag=True,
+                             help="Run although a network interface other than loopback is up (recorded in the "
+                                  "transcript). Without it the ceremony refuses to start on a connected machine.")
+
+
+class TerminalPrompter:
+    """The custodians' terminal; shares are typed at a hidden prompt, or read line by line from stdin."""
+
+    @property
+    def interactive(self) -> bool:
+        return sys.stdin.isatty() and sys.stdout.isatty()
+
+    def say(self, text: str) -> None:
+        click.echo(text)
+
+    def ask_hidden(self, prompt: str) -> str:
+        if not sys.stdin.isatty():
+            click.echo(f"{prompt}: ", nl=False, err=True)
+            return sys.stdin.readline().strip()
+        return str(click.prompt(prompt, hide_input=True, default="", show_default=False))
+
+    def pause(self, prompt: str) -> None:
+        click.prompt(prompt, default="", show_default=False, prompt_suffix=" ")
+
+    def clear(self) -> None:
+        click.clear()
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _plan(path: Path, kind: str) -> tuple[Plan, bytes]:
+    try:
+        plan, raw = load_plan(path)
+    except PlanError as exc:
+        _fail(str(exc))
+    if plan.ceremony != kind:
+        _fail(f"{path} is a plan for a {plan.ceremony} ceremony, not for this command")
+    return plan, raw
+
+
+@click.group()
+def ceremony() -> None:
+    """The offline root-key ceremony, on an air-gapped machine with the custodians present.
+
+    \b
+    hsmca ceremony plan --check PLAN         validate a plan, touching no HSM
+    hsmca ceremony root --plan PLAN          token set-up, split PINs, root key, root certificate
+    hsmca ceremony sign-intermediate --plan PLAN --csr FILE
+                                             the root signs the appliance's intermediate CSR
+    hsmca ceremony verify TRANSCRIPT --root ROOT [--intermediate CRT]
+                                             an auditor checks the signed transcript
+
+    Every step goes into a hash-chained transcript sealed with the root key. The plan format is
+    in the README's operator guide.
+    """
+
+
+@ceremony.command("plan")
+@click.option("--check", "plan_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The plan file to validate.")
+def plan_cmd(plan_path: Path) -> None:
+    """Validate a plan and print what the ceremony will do (no HSM is touched)."""
+    try:
+        plan, _ = load_plan(plan_path)
+    except PlanError as exc:
+        _fail(str(exc))
+    for line in describe(plan):
+        click.echo(line)
+    click.echo("plan OK")
+
+
+@ceremony.command()
+@PLAN
+@DRY_RUN
+@ALLOW_NETWORK
+@click.option("--share-output", type=click.Path(file_okay=False, path_type=Path),
+              help="Write each custodian's shares to DIR/<custodian>.so-pin.txt and .user-pin.txt (mode 0600) "
+                   "instead of showing them on the screen. For rehearsals and tests only (a --dry-run always "
+                   "writes its throwaway shares into its rehearsal directory).")
+def root(plan_path: Path, dry_run: bool, allow_network: bool, share_output: Path | None) -> None:
+    """Set up the token with split PINs, generate the root key in it, self-sign the root certificate.
+
+    The SO PIN and the user PIN are random; each is split into one share per custodian (SLIP-39
+    words), M of them needed later. Each custodian sees their words alone at the screen.
+    """
+    from ceremony.root import run_root
+
+    plan, raw = _plan(plan_path, "root")
+    opts = Options(plan_path=plan_path, dry_run=dry_run, allow_network=allow_network, share_output=share_output)
+    if dry_run:
+        click.echo("DRY RUN: a throwaway SoftHSM token; nothing made here is for use.")
+        for line in describe(plan):
+            click.echo(f"  {line}")
+    try:
+        result = run_root(plan, raw, opts, TerminalPrompter())
+    except (CeremonyError, QuorumError, NetworkUp, TranscriptError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"Root certificate:   {result.certificate}")
+    click.echo(f"SHA-256 fingerprint: {result.fingerprint}")
+    click.echo(f"Token:              {result.token.label} (serial {result.token.serial})")
+    click.echo(f"Share sets:         SO PIN {result.so_share_set}, user PIN {result.user_share_set}")
+    click.echo(f"Transcript:         {result.transcript} (sealed)")
+    if result.rehearsal_dir:
+        click.echo(f"Rehearsal files:    {result.rehearsal_dir} (delete when done)")
+
+
+@ceremony.command("sign-intermediate")
+@PLAN
+@click.option("--csr", "csr_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The CSR made by `hsmca intermediate csr` on the appliance (PEM or DER).")
+@DRY_RUN
+@ALLOW_NETWORK
+@click.option("--custodian", "custodians", multiple=True,
+              help="A custodian present to give a share (repeatable) [default: every custodian, in plan order].")
+@click.option("--shares-from", type=click.Path(file_okay=False, path_type=Path),
+              help="Read user-PIN shares from DIR/<custodian>.user-pin.txt instead of prompting. For rehearsals "
+                   "and tests only.")
+def sign_intermediate(plan_path: Path, csr_path: Path, dry_run: bool, allow_network: bool,
+                      custodians: tuple[str, ...], shares_from: Path | None) -> None:
+    """Sign the appliance's intermediate CSR with the root key, after M custodians give their shares.
+
+    Shares are typed at a hidden prompt (or read line by line from stdin when it is not a terminal).
+    Too few shares, a mistyped or foreign share, or one given twice is refused before the HSM is opened.
+    """
+    from ceremony.intermediate import run_intermediate
+
+    plan, raw = _plan(plan_path, "intermediate")
+    try:
+        csr = csr_path.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read the CSR {csr_path}: {exc.strerror}")
+    opts = Options(plan_path=plan_path, dry_run=dry_run, allow_network=allow_network, shares_from=shares_from,
+                   custodians_present=custodians)
+    if dry_run:
+        click.echo("DRY RUN: a stand-in root on a throwaway SoftHSM token; shares are still checked.")
+        for line in describe(plan):
+            click.echo(f"  {line}")
+    try:
+        result = run_intermediate(plan, raw, csr, str(csr_path), opts, TerminalPrompter())
+    except QuorumError as exc:
+        _fail(f"quorum refused: {str(exc).rstrip('.')}. Nothing was done on the HSM.")
+    except (CeremonyError, NetworkUp, TranscriptError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"Intermediate certificate: {result.certificate}")
+    click.echo(f"SHA-256 fingerprint:      {result.fingerprint}")
+    click.echo(f"Shares given by:          {', '.join(result.custodians)}")
+    click.echo(f"Transcript:               {result.transcript} (sealed)")
+    if result.rehearsal_dir:
+        click.echo(f"Rehearsal files:          {result.rehearsal_dir} (delete when done)")
+
+
+@ceremony.command()
+@click.argument("transcript", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--root", "root_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The root certificate the auditor trusts (it must be an output of the transcript).")
+@click.option("--intermediate", "intermediates", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="An intermediate certificate to check against the transcript and the root (repeatable).")
+def verify(transcript: Path, root_path: Path, intermediates: tuple[Path, ...]) -> None:
+    """Check a transcript: hash chain, the root key's seals, and the certificates it produced.
+
+    Prints a summary for the auditor's file; exits 1 on any problem.
+    """
+    from ceremony.audit import verify_ceremony
+
+    try:
+        report, text = verify_ceremony(transcript, root_path, intermediates)
+    except (CeremonyError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(text)
+    if not report.ok:
+        sys.exit(1)
