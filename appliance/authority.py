@@ -115,7 +115,7 @@ class Authority:
             raise
         self._audit("x509.sign", "allowed", ctx, auth, names, serial=str(cert.serial_number),
                     status=201, issuer=issuer.id)
-        return SignResult(cert, (cert, issuer.certificate))
+        return SignResult(cert, (cert, *issuer.chain))
 
     def reject(self, action: str, ctx: RequestContext, error: CAError) -> None:
         """Audit a request the web layer refused before it reached the rules (bad JSON, size)."""
@@ -196,7 +196,7 @@ class Authority:
         cert = issuer.issue(profile, provisioner="hsmca:server", request_id=ctx.request_id)
         self._audit("x509.sign.server", "allowed", ctx, None, names, serial=str(cert.serial_number),
                     status=201, issuer=issuer.id)
-        return SignResult(cert, (cert, issuer.certificate))
+        return SignResult(cert, (cert, *issuer.chain))
 
     def health(self) -> dict[str, Any]:
         detail: dict[str, Any] = {"db": "ok"}

@@ -87,8 +87,12 @@ def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: st
 
 
 def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime | None,
-            now: datetime | None = None) -> IntermediateRecord:
-    """Accept the ceremony's certificate for a recorded key: a CA, issued by this CA's root, for that key."""
+            now: datetime | None = None, chain: bytes | None = None) -> IntermediateRecord:
+    """Accept the ceremony's certificate for a recorded key: a CA, issued by this CA's root, for that key.
+
+    `chain` (PEM): certificates that lead from it to this CA's root, served after it; in a root
+    rollover, the cross-certificate of the new root that signed it.
+    """
     now = now or _now()
     try:
         certs = parse_certificates(pem)
@@ -102,9 +106,15 @@ def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime
     if bc is None or not bc.ca:
         raise IntermediateError("the certificate is not a CA certificate (BasicConstraints CA:TRUE is missing)")
     roots = load_certificates(config.resolve(config.root))
-    if not any(_issued_by(cert, root) for root in roots):
-        raise IntermediateError(f"the certificate is not signed by this CA's root ({config.root}); "
-                                "clients trusting the root would reject its chains")
+    try:
+        extra = parse_certificates(chain) if chain else []
+    except ValueError as exc:
+        raise IntermediateError(f"--chain holds no certificate: {exc}") from None
+    path = [cert, *extra]
+    if not all(_issued_by(a, b) for a, b in zip(path, path[1:], strict=False)) \
+            or not any(_issued_by(path[-1], root) for root in roots):
+        raise IntermediateError(f"the certificate{' and its --chain' if extra else ''} do not lead to this CA's "
+                                f"root ({config.root}); clients trusting the root would reject its chains")
     if cert.not_valid_after_utc <= now:
         raise IntermediateError(f"the certificate expired at {cert.not_valid_after_utc}")
     if activate_at is not None and activate_at < cert.not_valid_before_utc:
@@ -119,7 +129,7 @@ def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime
         rec = store.install_intermediate(
             rec.id, cert.public_bytes(Encoding.DER), not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc, subject=cert.subject.rfc4514_string(), activate_at=None,
-            now=now)
+            now=now, chain=b"".join(c.public_bytes(Encoding.PEM) for c in extra) or None)
         return activate(store, rec.id, activate_at) if activate_at is not None else rec
     except StoreError as exc:
         raise IntermediateError(str(exc)) from None
@@ -212,7 +222,8 @@ class ActiveIssuer:
                     raise ServiceUnavailable(f"signing backend unavailable for intermediate {rec.name!r}: "
                                              f"{exc}") from None
                 cert = x509.load_der_x509_certificate(rec.certificate)
-                issuer = self._issuers[rec.id] = Issuer(key, cert, self.store, issuer_id=rec.id)
+                extra = x509.load_pem_x509_certificates(rec.chain) if rec.chain else []
+                issuer = self._issuers[rec.id] = Issuer(key, cert, self.store, issuer_id=rec.id, chain=extra)
             return issuer
 
     def published(self, now: datetime | None = None) -> list[x509.Certificate]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -73,9 +74,11 @@ def _general_names(p: LeafProfile) -> list[x509.GeneralName]:
 class Issuer:
     """One intermediate: its KMS key adapter, its certificate, and the store it records into."""
 
-    def __init__(self, key: CAKey, certificate: x509.Certificate, store: Store, *, issuer_id: str | None = None):
+    def __init__(self, key: CAKey, certificate: x509.Certificate, store: Store, *, issuer_id: str | None = None,
+                 chain: Sequence[x509.Certificate] = ()):
         self.key = key
         self.certificate = certificate
+        self.chain = (certificate, *chain)  # what follows a leaf it signs: itself, then any cross-certificate
         self.store = store
         self.hash = default_hash(key)
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value

@@ -71,6 +71,7 @@ def ceremony() -> None:
     hsmca ceremony root --plan PLAN          token set-up, split PINs, root key, root certificate
     hsmca ceremony sign-intermediate --plan PLAN --csr FILE
                                              the root signs the appliance's intermediate CSR
+    hsmca ceremony cross-sign --plan PLAN --new-root NEW    root rollover: the root signs the new root
     hsmca ceremony verify TRANSCRIPT --root ROOT [--intermediate CRT]
                                              an auditor checks the signed transcript
 
@@ -171,6 +172,46 @@ def sign_intermediate(plan_path: Path, csr_path: Path, dry_run: bool, allow_netw
     click.echo(f"Transcript:               {result.transcript} (sealed)")
     if result.rehearsal_dir:
         click.echo(f"Rehearsal files:          {result.rehearsal_dir} (delete when done)")
+
+
+@ceremony.command("cross-sign")
+@PLAN
+@click.option("--new-root", "new_root_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The new root certificate (from its own `ceremony root`) to cross-sign with this plan's root.")
+@DRY_RUN
+@ALLOW_NETWORK
+@click.option("--custodian", "custodians", multiple=True,
+              help="A custodian of the signing root present to give a share (repeatable).")
+@click.option("--shares-from", type=click.Path(file_okay=False, path_type=Path),
+              help="Read user-PIN shares from DIR/<custodian>.user-pin.txt. For rehearsals and tests only.")
+def cross_sign(plan_path: Path, new_root_path: Path, dry_run: bool, allow_network: bool,
+               custodians: tuple[str, ...], shares_from: Path | None) -> None:
+    """Root rollover: the current root signs a certificate for the new root's key and subject.
+
+    Appliance intermediates signed by the new root, installed with this cross-certificate as their
+    chain (`hsmca intermediate install INT --chain CROSS`), validate for clients that trust either root.
+    """
+    from ceremony.intermediate import run_cross_sign
+
+    plan, raw = _plan(plan_path, "cross-sign")
+    try:
+        new_root = new_root_path.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read the new root {new_root_path}: {exc.strerror}")
+    opts = Options(plan_path=plan_path, dry_run=dry_run, allow_network=allow_network, shares_from=shares_from,
+                   custodians_present=custodians)
+    try:
+        result = run_cross_sign(plan, raw, new_root, str(new_root_path), opts, TerminalPrompter())
+    except QuorumError as exc:
+        _fail(f"quorum refused: {str(exc).rstrip('.')}. Nothing was done on the HSM.")
+    except (CeremonyError, NetworkUp, TranscriptError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"Cross-certificate:   {result.certificate}")
+    click.echo(f"SHA-256 fingerprint: {result.fingerprint}")
+    click.echo(f"Shares given by:     {', '.join(result.custodians)}")
+    click.echo(f"Transcript:          {result.transcript} (sealed)")
+    if result.rehearsal_dir:
+        click.echo(f"Rehearsal files:     {result.rehearsal_dir} (delete when done)")
 
 
 @ceremony.command()

@@ -1,4 +1,7 @@
-"""`hsmca ceremony sign-intermediate`: the root signs a CSR that the online appliance made in its KMS.
+"""`hsmca ceremony sign-intermediate` and `cross-sign`: the root certifies another CA's key.
+
+An intermediate for a CSR the online appliance made in its KMS, or a cross-certificate for a new
+root (rollover).
 
 Order: the plan, the CSR, the root certificate and the custodians' shares are all checked before
 the HSM is opened, so a refused quorum changes nothing (not even a failed-login counter). The
@@ -10,8 +13,10 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ceremony import quorum
@@ -29,7 +34,7 @@ from ceremony.custodians import USER_PIN, Prompter, prompt_shares, read_share_fi
 from ceremony.plan import Plan, resolve
 from ceremony.transcript import Transcript, file_digest, sha256_hex
 from kms import CAKey, create_key, open_key, pkcs11_admin
-from kms.cacerts import intermediate_certificate, root_certificate
+from kms.cacerts import CAProfile, intermediate_certificate, root_certificate
 from kms.errors import KMSError
 from kms.signer import spec_of_public
 
@@ -56,12 +61,9 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
 def load_root(path: Path) -> tuple[x509.Certificate, bytes]:
     try:
         raw = path.read_bytes()
-        cert = x509.load_pem_x509_certificate(raw) if b"-----BEGIN" in raw else x509.load_der_x509_certificate(raw)
     except OSError as exc:
         raise CeremonyError(f"cannot read the root certificate {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise CeremonyError(f"{path} is not a certificate: {exc}") from None
-    return cert, raw
+    return _load_cert(raw, str(path)), raw
 
 
 def collect_shares(plan: Plan, opts: Options, io: Prompter) -> tuple[bytes, tuple[str, ...]]:
@@ -80,19 +82,81 @@ def collect_shares(plan: Plan, opts: Options, io: Prompter) -> tuple[bytes, tupl
     return secret, tuple(shares)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What the root is asked to certify: from a CSR (intermediate) or a new root (cross-sign)."""
+
+    public_key: Any
+    subject: x509.Name
+    input_label: str
+    input_bytes: bytes
+    input_path: str
+    check: tuple[str, dict[str, Any]]  # the transcript's account of the input's check
+    profile: CAProfile
+    output_label: str
+    default_file: str
+
+
 def run_intermediate(plan: Plan, plan_bytes: bytes, csr_bytes: bytes, csr_name: str, opts: Options,
                      io: Prompter) -> IntermediateResult:
-    assert plan.ceremony == "intermediate" and plan.root is not None
+    assert plan.ceremony == "intermediate"
+    csr = load_csr(csr_bytes)
+    return _certify(plan, plan_bytes, _Request(
+        public_key=csr.public_key(), subject=_subject(plan, csr), input_label="csr", input_bytes=csr_bytes,
+        input_path=csr_name, profile=plan.profile(), output_label="intermediate",
+        default_file="intermediate_ca.crt",
+        check=("Checked the CSR: its signature verifies with the key it names",
+               {"csrSubject": csr.subject.rfc4514_string(), "publicKeySha256": spki_sha256(csr.public_key())})),
+        opts, io)
+
+
+def run_cross_sign(plan: Plan, plan_bytes: bytes, new_root_bytes: bytes, new_root_name: str, opts: Options,
+                   io: Prompter) -> IntermediateResult:
+    """A cross-certificate: the new root's subject and key, issued by this root (root rollover).
+
+    Clients that trust only this root then validate chains that end at the new root's intermediates.
+    """
+    assert plan.ceremony == "cross-sign"
+    new_root = _load_cert(new_root_bytes, new_root_name)
+    try:
+        new_root.verify_directly_issued_by(new_root)
+        bc = new_root.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        raise CeremonyError(f"{new_root_name} is not a self-signed CA certificate: only a new root is cross-signed")\
+            from None
+    if not bc.ca:
+        raise CeremonyError(f"{new_root_name} is not a CA certificate")
+    planned = plan.certificate.name()
+    if planned is not None and planned != new_root.subject:
+        raise CeremonyError(f"the plan names subject {planned.rfc4514_string()!r} but the new root is "
+                            f"{new_root.subject.rfc4514_string()!r}")
+    ski = x509.SubjectKeyIdentifier.from_public_key(new_root.public_key())
+    try:
+        if new_root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value != ski:
+            raise CeremonyError("the new root's key identifier is not the SHA-1 of its key (RFC 5280 method 1), "
+                                "so a cross-certificate would not match its intermediates' AKI")
+    except x509.ExtensionNotFound:
+        pass
+    return _certify(plan, plan_bytes, _Request(
+        public_key=new_root.public_key(), subject=new_root.subject, input_label="newRoot",
+        input_bytes=new_root_bytes, input_path=new_root_name, profile=plan.profile(bc.path_length),
+        output_label="cross-certificate", default_file="cross.crt",
+        check=("Checked the new root: self-signed CA certificate",
+               {"newRootSubject": new_root.subject.rfc4514_string(),
+                "newRootSha256": sha256_hex(new_root.public_bytes(Encoding.DER)),
+                "publicKeySha256": spki_sha256(new_root.public_key())})), opts, io)
+
+
+def _certify(plan: Plan, plan_bytes: bytes, req: _Request, opts: Options, io: Prompter) -> IntermediateResult:
+    assert plan.root is not None
     setting = prepare(plan, opts)
     root_path = resolve(opts.plan_path, plan.root.certificate)
     root, root_raw = load_root(root_path)
-    csr = load_csr(csr_bytes)
-    public_sha = spki_sha256(csr.public_key())
+    public_sha = spki_sha256(req.public_key)
     if plan.certificate.public_key_sha256 and plan.certificate.public_key_sha256 != public_sha:
-        raise CeremonyError(f"the CSR's key (SPKI sha256 {public_sha}) is not the one the plan names "
-                            f"({plan.certificate.public_key_sha256})")
-    subject = _subject(plan, csr)
-    cert_path = setting.outputs / (plan.outputs.certificate or "intermediate_ca.crt")
+        raise CeremonyError(f"the {req.input_label}'s key (SPKI sha256 {public_sha}) is not the one the plan "
+                            f"names ({plan.certificate.public_key_sha256})")
+    cert_path = setting.outputs / (plan.outputs.certificate or req.default_file)
     check_new_file(cert_path)
     not_before, not_after = plan.certificate.validity(opts.clock())
 
@@ -114,11 +178,11 @@ def run_intermediate(plan: Plan, plan_bytes: bytes, csr_bytes: bytes, csr_name: 
         raise CeremonyError(f"the key {plan.root.key_label!r} on token {setting.token!r} is not the key of "
                             f"the root certificate {root_path}")
 
-    t = Transcript.open(setting.transcript, "intermediate", clock=opts.clock)
+    t = Transcript.open(setting.transcript, plan.ceremony, clock=opts.clock)
     try:
         t.record("plan.loaded", f"Loaded the plan {opts.plan_path.name!r} ({plan.name})",
                  inputs={"plan": {"sha256": sha256_hex(plan_bytes), "path": str(opts.plan_path)},
-                         "csr": {"sha256": sha256_hex(csr_bytes), "path": csr_name},
+                         req.input_label: {"sha256": sha256_hex(req.input_bytes), "path": req.input_path},
                          "root": {"sha256": sha256_hex(root_raw), "path": str(root_path)}},
                  details=environment(plan, opts, setting))
         t.record("quorum.reconstructed", f"{len(givers)} of {plan.quorum.shares} custodians gave their user-PIN "
@@ -127,10 +191,9 @@ def run_intermediate(plan: Plan, plan_bytes: bytes, csr_bytes: bytes, csr_name: 
         t.record("hsm.login", f"Logged in to token {info.label!r} (serial {info.serial}) and opened the root key "
                  f"{plan.root.key_label!r}", details={"token": info.as_dict(),
                                                      "rootKeySha256": spki_sha256(key.public_key())})
-        t.record("csr.checked", "Checked the CSR: its signature verifies with the key it names",
-                 details={"csrSubject": csr.subject.rfc4514_string(), "publicKeySha256": public_sha})
-        cert = intermediate_certificate(key, root, csr.public_key(), subject,  # type: ignore[arg-type]
-                                        not_before, not_after, profile=plan.profile())
+        t.record(f"{req.input_label}.checked", req.check[0], details=req.check[1])
+        cert = intermediate_certificate(key, root, req.public_key, req.subject, not_before, not_after,
+                                        profile=req.profile)
         cert.verify_directly_issued_by(root)
     except (KMSError, ValueError) as exc:
         t.record("ceremony.failed", f"Stopped: {exc}", details={"error": str(exc)})
@@ -138,14 +201,21 @@ def run_intermediate(plan: Plan, plan_bytes: bytes, csr_bytes: bytes, csr_name: 
         raise CeremonyError(f"the ceremony stopped: {exc}") from None
     write_new_file(cert_path, cert.public_bytes(Encoding.PEM))
     fingerprint = sha256_hex(cert.public_bytes(Encoding.DER))
-    t.record("certificate.sign", f"Signed the intermediate certificate {subject.rfc4514_string()!r} with the root key",
-             outputs={"intermediate": file_digest(cert_path)},
-             details={"subject": subject.rfc4514_string(), "serial": format(cert.serial_number, "x"),
+    t.record("certificate.sign", f"Signed the {req.output_label} {req.subject.rfc4514_string()!r} with the root key",
+             outputs={req.output_label: file_digest(cert_path)},
+             details={"subject": req.subject.rfc4514_string(), "serial": format(cert.serial_number, "x"),
                       "notBefore": not_before.isoformat(), "notAfter": not_after.isoformat(),
                       "sha256Fingerprint": fingerprint, "publicKeySha256": public_sha,
-                      "pathLength": plan.profile().path_length})
+                      "pathLength": "none" if req.profile.path_length is None else req.profile.path_length})
     t.seal(key, root)
     return IntermediateResult(cert_path, setting.transcript, fingerprint, givers, setting.rehearsal_dir)
+
+
+def _load_cert(data: bytes, name: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise CeremonyError(f"{name} is not a certificate: {exc}") from None
 
 
 def _subject(plan: Plan, csr: x509.CertificateSigningRequest) -> x509.Name:

@@ -95,7 +95,8 @@ class Certificate(_Model):
     not_before: datetime | None = None
     not_after: datetime | None = None
     lifetime_days: int | None = Field(default=None, ge=1, le=36500)
-    path_length: int | None = Field(default=None, ge=0, le=8)
+    path_length: int | Literal["none"] | None = Field(
+        default=None, description="Absent: the ceremony's default; 'none': no pathLenConstraint.")
     key_usage: list[str] = ["keyCertSign", "cRLSign"]
     ext_key_usage: list[str] = []
     name_constraints: NameConstraints | None = None
@@ -104,6 +105,13 @@ class Certificate(_Model):
     ca_issuers_urls: list[str] = []
     public_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                           description="Intermediate ceremony: the CSR key's SPKI SHA-256.")
+
+    @field_validator("path_length")
+    @classmethod
+    def _path_length(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and not 0 <= v <= 8:
+            raise ValueError("path_length is 0 to 8, or 'none' for no constraint")
+        return v
 
     @field_validator("subject")
     @classmethod
@@ -166,11 +174,12 @@ class Certificate(_Model):
     def name(self) -> x509.Name | None:
         return x509.Name.from_rfc4514_string(self.subject) if self.subject else None
 
-    def profile(self, default_path_length: int) -> CAProfile:
+    def profile(self, default_path_length: int | None) -> CAProfile:
         ekus: list[ObjectIdentifier] = [EXT_KEY_USAGES[e] for e in self.ext_key_usage]
         nc = self.name_constraints
+        path_length = default_path_length if self.path_length is None else self.path_length
         return CAProfile(
-            path_length=default_path_length if self.path_length is None else self.path_length,
+            path_length=None if path_length == "none" else path_length,
             key_usage=tuple(self.key_usage), name_constraints=nc.extension() if nc else None,
             name_constraints_critical=nc.critical if nc else True, crl_urls=tuple(self.crl_urls),
             ocsp_urls=tuple(self.ocsp_urls), ca_issuers_urls=tuple(self.ca_issuers_urls), ext_key_usage=tuple(ekus))
@@ -188,7 +197,7 @@ class Outputs(_Model):
 
 
 class Plan(_Model):
-    ceremony: Literal["root", "intermediate"]
+    ceremony: Literal["root", "intermediate", "cross-sign"]
     name: str = Field(min_length=1, max_length=200)
     hsm: HSM
     custodians: list[str] = Field(min_length=1, max_length=16)
@@ -225,17 +234,23 @@ class Plan(_Model):
                 raise ValueError("certificate.public_key_sha256 belongs in an intermediate ceremony's plan")
         else:
             if self.root is None:
-                raise ValueError("an intermediate ceremony needs 'root' (key_label and certificate)")
+                raise ValueError(f"a {self.ceremony} ceremony needs 'root' (key_label and certificate of the "
+                                 "signing root)")
             if self.key is not None:
-                raise ValueError("'key' belongs in a root ceremony's plan (the intermediate key is the CSR's)")
+                raise ValueError("'key' belongs in a root ceremony's plan (the key signed here is the CSR's or "
+                                 "the new root's)")
         return self
 
     @property
-    def default_path_length(self) -> int:
-        return 1 if self.ceremony == "root" else 0
+    def default_path_length(self) -> int | None:
+        """Roots carry no pathLenConstraint (CA/B BR 7.1.2.1; a root's own constraint would also stop a
+        later rollover: validators count a cross-certificate beneath it); intermediates 0; a
+        cross-certificate copies the new root's (see `profile`)."""
+        return 0 if self.ceremony == "intermediate" else None
 
-    def profile(self) -> CAProfile:
-        return self.certificate.profile(self.default_path_length)
+    def profile(self, default_path_length: int | None | Literal["plan"] = "plan") -> CAProfile:
+        return self.certificate.profile(self.default_path_length if default_path_length == "plan"
+                                        else default_path_length)
 
 
 def load_plan(path: Path) -> tuple[Plan, bytes]:
@@ -284,13 +299,17 @@ def describe(plan: Plan) -> list[str]:
                   f"4. self-sign the root certificate {c.subject!r}"]
     else:
         assert plan.root is not None
+        what = ("the intermediate certificate for the CSR's key, subject " + (c.subject or "(the CSR subject)")
+                if plan.ceremony == "intermediate" else
+                "a cross-certificate for the new root's key and subject, so clients of this root trust it")
         lines += [f"1. collect {q.threshold} custodians' user-PIN shares and rebuild the PIN in memory",
                   f"2. log in to token {plan.hsm.token!r} and open the root key {plan.root.key_label!r}",
-                  f"3. sign the intermediate certificate for the CSR's key, subject "
-                  f"{c.subject or '(the CSR subject)'}"]
+                  f"3. sign {what}"]
     prof = plan.profile()
     lines.append(f"   validity: {c.not_before or 'now'} to {c.not_after or f'+{c.lifetime_days} days'}; "
-                 f"path length {prof.path_length}; key usage {', '.join(prof.key_usage)}")
+                 f"path length {'none' if prof.path_length is None else prof.path_length}"
+                 f"{' (or the new root’s)' if plan.ceremony == 'cross-sign' else ''}; "
+                 f"key usage {', '.join(prof.key_usage)}")
     if prof.name_constraints is not None:
         lines.append(f"   name constraints: {prof.name_constraints}")
     for what, urls in (("CRL", c.crl_urls), ("OCSP", c.ocsp_urls), ("CA issuers", c.ca_issuers_urls)):

@@ -104,7 +104,10 @@ def csr(config_path: Path | None, key_uri: str, subject: str, name: str | None, 
 @click.argument("certificate", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--activate-at", help="'now' or an RFC 3339 time; without it the intermediate stays pending "
                                     "until `hsmca intermediate activate`.")
-def install(config_path: Path | None, certificate: Path, activate_at: str | None) -> None:
+@click.option("--chain", "chain_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="PEM certificates leading from it to this CA's root, served after it with every certificate "
+                   "it signs: the cross-certificate when a new root signed it (root rollover).")
+def install(config_path: Path | None, certificate: Path, activate_at: str | None, chain_file: Path | None) -> None:
     """Install the certificate the ceremony signed for a key made by `hsmca intermediate csr`.
 
     It must be a CA certificate issued by this CA's root, for a recorded key.
@@ -113,7 +116,8 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
 
     when = parse_when(activate_at, "--activate-at")
     with _opened(config_path) as (config, store):
-        rec = do_install(config, store, certificate.read_bytes(), activate_at=when)
+        rec = do_install(config, store, certificate.read_bytes(), activate_at=when,
+                         chain=chain_file.read_bytes() if chain_file else None)
     click.echo(f"installed {rec.name!r} (id {rec.id}): {rec.subject}, valid to {rec.not_after}")
     click.echo(f"activates at {rec.activate_at}" if rec.activate_at else
                "pending: activate it with `hsmca intermediate activate " + rec.name + "`")

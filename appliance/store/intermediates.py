@@ -73,6 +73,7 @@ def install(
     subject: str,
     activate_at: datetime | None,
     now: datetime | None = None,
+    chain: bytes | None = None,
 ) -> IntermediateRecord:
     """Attach the certificate; repeating it with the same DER only (re)schedules, another DER is refused."""
     check_text(id, "id", MAX_ISSUER_LENGTH)
@@ -93,7 +94,7 @@ def install(
         else:
             _check_certificate(cert, bytes(row.public_key))
             values = {"certificate": certificate_der, "not_before": start, "not_after": end,
-                      "subject": subject, "installed_at": moment}
+                      "subject": subject, "installed_at": moment, "chain": _check_chain(chain)}
         if at is not None:
             _refuse_retired(row, moment)
             values["activate_at"] = max(at, moment)
@@ -266,6 +267,7 @@ def _new_row(rec: IntermediateRecord, moment: datetime) -> dict[str, Any]:
         "retired_at": None if rec.retired_at is None else utc(rec.retired_at, "retired_at"),
         "created_at": utc(rec.created_at, "created_at"),
         "installed_at": None,
+        "chain": None,
     }
     if rec.certificate is None:
         if any(v is not None for v in (rec.not_before, rec.not_after, rec.activate_at, rec.installed_at)):
@@ -276,11 +278,24 @@ def _new_row(rec: IntermediateRecord, moment: datetime) -> dict[str, Any]:
     if rec.not_before is None or rec.not_after is None:
         raise ValueError("a certificate comes with its not_before and not_after")
     row["certificate"] = rec.certificate
+    row["chain"] = _check_chain(rec.chain)
     row["not_before"], row["not_after"] = _validity(rec.not_before, rec.not_after)
     row["installed_at"] = moment if rec.installed_at is None else utc(rec.installed_at, "installed_at")
     if rec.activate_at is not None:
         row["activate_at"] = max(utc(rec.activate_at, "activate_at"), moment)
     return row
+
+
+def _check_chain(chain: bytes | None) -> bytes | None:
+    """PEM certificates, or nothing; checked here so a bad chain is the caller's error, not a 503."""
+    if chain is None:
+        return None
+    try:
+        if not x509.load_pem_x509_certificates(chain):
+            raise ValueError("no certificate")
+    except ValueError as exc:
+        raise ValueError(f"chain must be PEM certificates: {exc}") from None
+    return chain
 
 
 def _check_key_uri(uri: object) -> None:
@@ -381,4 +396,5 @@ def _record(row: Row[Any]) -> IntermediateRecord:
         retired_at=row.retired_at,
         created_at=row.created_at,
         installed_at=row.installed_at,
+        chain=None if row.chain is None else bytes(row.chain),
     )

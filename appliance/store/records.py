@@ -112,6 +112,7 @@ class IntermediateRecord:
     retired_at: datetime | None
     created_at: datetime
     installed_at: datetime | None
+    chain: bytes | None = None  # PEM served after the certificate (a cross-certificate in a root rollover)
 
 
 def intermediate_state(rec: IntermediateRecord, active_id: str | None, now: datetime) -> IntermediateState:

@@ -127,6 +127,8 @@ intermediates = sa.Table(
     sa.Column("retired_at", UTCDateTime(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("installed_at", UTCDateTime(), nullable=True),
+    # PEM of the certificates served after the intermediate's own (a cross-certificate in a root rollover).
+    sa.Column("chain", BLOB, nullable=True),
     sa.UniqueConstraint("name", name="uq_intermediates_name"),
     sa.Index("ix_intermediates_activate_at", "activate_at"),
     **MYSQL_TABLE_ARGS,

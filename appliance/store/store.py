@@ -337,11 +337,15 @@ class Store:
         subject: str,
         activate_at: datetime | None,
         now: datetime | None = None,
+        chain: bytes | None = None,
     ) -> IntermediateRecord:
-        """Attach the signed certificate (same DER again: only reschedules; another DER: refused)."""
+        """Attach the signed certificate (same DER again: only reschedules; another DER: refused).
+
+        `chain` (PEM) is served after it, e.g. the cross-certificate of a root rollover.
+        """
         return _intermediates.install(
             self._write, id, certificate_der, not_before=not_before, not_after=not_after,
-            subject=subject, activate_at=activate_at, now=now,
+            subject=subject, activate_at=activate_at, now=now, chain=chain,
         )
 
     def schedule_activation(self, id: str, at: datetime) -> IntermediateRecord:

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(_UNSHARE_PROBLEM is not None,
                                 reason=f"cannot make a network namespace here: {_UNSHARE_PROBLEM}")
 
 
-def root_plan(token: str, key_type: str = "EC-P384") -> str:
+def root_plan(token: str, key_type: str = "EC-P384", n: str = "", out: str = "out") -> str:
     return f"""\
 ceremony: root
 name: Test root ceremony
@@ -51,16 +51,15 @@ hsm:
   token: {token}
 custodians: [{", ".join(CUSTODIANS)}]
 quorum: {{threshold: 3, shares: 5}}
-key: {{label: root-key, type: {key_type}}}
+key: {{label: root-key{n}, type: {key_type}}}
 certificate:
-  subject: "CN=Test Root CA,O=hsmca tests"
+  subject: "CN=Test Root CA{n},O=hsmca tests"
   lifetime_days: 3650
-  path_length: 1
-outputs: {{directory: out, certificate: root_ca.crt, transcript: transcript.jsonl}}
+outputs: {{directory: {out}, certificate: root_ca.crt, transcript: transcript.jsonl}}
 """
 
 
-def intermediate_plan(token: str, n: int) -> str:
+def intermediate_plan(token: str, n: int, root: str = "", out: str = "out") -> str:
     return f"""\
 ceremony: intermediate
 name: Test intermediate {n}
@@ -69,7 +68,7 @@ hsm:
   token: {token}
 custodians: [{", ".join(CUSTODIANS)}]
 quorum: {{threshold: 3, shares: 5}}
-root: {{key_label: root-key, certificate: out/root_ca.crt}}
+root: {{key_label: root-key{root}, certificate: {out}/root_ca.crt}}
 certificate:
   subject: "CN=Test Issuing CA {n},O=hsmca tests"
   lifetime_days: 365
@@ -77,7 +76,24 @@ certificate:
     permitted: {{dns: [localhost, internal], ip: [127.0.0.0/8, 10.0.0.0/8]}}
   crl_urls: [http://pki.internal/root.crl]
   ca_issuers_urls: [http://pki.internal/root.crt]
-outputs: {{directory: out, certificate: int{n}.crt, transcript: transcript.jsonl}}
+outputs: {{directory: {out}, certificate: int{n}.crt, transcript: transcript.jsonl}}
+"""
+
+
+def cross_plan(token: str) -> str:
+    """The old root (on `token`) cross-signs the new one; recorded in the old root's transcript."""
+    return f"""\
+ceremony: cross-sign
+name: Root rollover, cross-certificate
+hsm:
+  module: {softhsm.DEFAULT_MODULE}
+  token: {token}
+custodians: [{", ".join(CUSTODIANS)}]
+quorum: {{threshold: 3, shares: 5}}
+root: {{key_label: root-key, certificate: out/root_ca.crt}}
+certificate:
+  lifetime_days: 1000
+outputs: {{directory: out, certificate: cross.crt, transcript: transcript.jsonl}}
 """
 
 
@@ -180,7 +196,8 @@ def test_root_ceremony_outputs(pki: PKI) -> None:
     root = x509.load_pem_x509_certificate((o.out / "root_ca.crt").read_bytes())
     root.verify_directly_issued_by(root)
     assert isinstance(root.public_key(), ec.EllipticCurvePublicKey) and root.public_key().curve.name == "secp384r1"
-    assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 1
+    # No pathLenConstraint on a root (CA/B BR), so a later rollover can put a cross-certificate under it.
+    assert root.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length is None
     assert sorted(p.name for p in o.shares.iterdir()) == sorted(
         f"{c}.{k}.txt" for c in CUSTODIANS for k in ("so-pin", "user-pin"))
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in o.shares.iterdir())
@@ -369,3 +386,41 @@ def test_dry_run_rehearses_rsa4096_without_touching_the_hsm(offline: Offline, tm
         assert not (tmp_path / "out").exists() and offline.token_state() == before
     finally:
         shutil.rmtree(rehearsal, ignore_errors=True)
+
+
+def test_root_rollover_cross_signed_chains_validate_under_either_root(signed: PKI, serving: Server) -> None:
+    """Stretch: a new root from its own ceremony, cross-signed by the old; clients of either root validate."""
+    ca, o = signed.ca, signed.offline
+    old_root, new_root = o.out / "root_ca.crt", o.dir / "out2" / "root_ca.crt"
+    (o.dir / "root2.yaml").write_text(root_plan("corp-root-2", n="-2", out="out2"))
+    (o.dir / "cross.yaml").write_text(cross_plan(o.token))
+    (o.dir / "int3.yaml").write_text(intermediate_plan("corp-root-2", 3, root="-2", out="out2"))
+    roots_before = requests.get(f"{serving.http_url}/roots.pem", timeout=10).content
+
+    _ok(o.run("root", "--plan", "root2.yaml", "--share-output", "shares2"))
+    done = _ok(o.run("cross-sign", "--plan", "cross.yaml", "--new-root", str(new_root), "--shares-from", "shares",
+                     "--custodian", "alice", "--custodian", "bob", "--custodian", "carol"))
+    assert "Cross-certificate:" in done.stdout
+    cross = x509.load_pem_x509_certificate((o.out / "cross.crt").read_bytes())
+    new = x509.load_pem_x509_certificate(new_root.read_bytes())
+    assert cross.subject == new.subject and cross.public_key() == new.public_key()
+    assert cross.issuer == x509.load_pem_x509_certificate(old_root.read_bytes()).subject
+
+    hsmca(ca, "intermediate", "csr", "--key", f"pkcs11:token={ca.token_label};object=intermediate-3",
+          "--subject", "CN=Test Issuing CA 3,O=hsmca tests", "--out", str(o.dir / "int3.csr"))
+    _ok(o.run("sign-intermediate", "--plan", "int3.yaml", "--csr", "int3.csr", "--shares-from", "shares2",
+              "--custodian", "carol", "--custodian", "dave", "--custodian", "erin"))
+    refused = hsmca(ca, "intermediate", "install", str(o.dir / "out2" / "int3.crt"), check=False)
+    assert refused.returncode == 1 and "do not lead to this CA's root" in refused.stderr  # no cross-cert given
+    hsmca(ca, "intermediate", "install", str(o.dir / "out2" / "int3.crt"), "--chain", str(o.out / "cross.crt"),
+          "--activate-at", "now")
+
+    leaf = _issue(serving, "rolled.internal")
+    chain = x509.load_pem_x509_certificates(leaf.read_bytes())
+    assert [c.subject.rfc4514_string() for c in chain[1:]] == ["CN=Test Issuing CA 3,O=hsmca tests",
+                                                               "CN=Test Root CA-2,O=hsmca tests"]
+    assert _chain_ok(old_root, leaf) and _chain_ok(new_root, leaf)
+    assert requests.get(f"{serving.http_url}/roots.pem", timeout=10).content == roots_before
+    _ok(o.run("verify", "out/transcript.jsonl", "--root", str(old_root), "--intermediate", str(o.out / "cross.crt")))
+    _ok(o.run("verify", "out2/transcript.jsonl", "--root", str(new_root), "--intermediate",
+              str(o.dir / "out2" / "int3.crt")))

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("retired_at", _utc_datetime(), nullable=True),
         sa.Column("created_at", _utc_datetime(), nullable=False),
         sa.Column("installed_at", _utc_datetime(), nullable=True),
+        sa.Column("chain", _blob(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_intermediates"),
         sa.UniqueConstraint("name", name="uq_intermediates_name"),
         **_MYSQL,
