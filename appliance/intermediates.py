@@ -199,16 +199,20 @@ class ActiveIssuer:
     def current(self, now: datetime | None = None) -> Issuer:
         now = now or _now()
         try:
-            rec = self.store.active_intermediate(now)
+            active = self.store.active_intermediate_id(now)
+            issuer = self._issuers.get(active[0]) if active else None
+            if active is not None and issuer is None:
+                rec = self.store.get_intermediate(active[0])
+                issuer = self.issuer_for(rec) if rec is not None and rec.certificate is not None else None
         except StoreError as exc:
             raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
-        if rec is None or rec.certificate is None:
+        if active is None or issuer is None:
             raise ServiceUnavailable("no active intermediate: install one and activate it "
                                      "(hsmca intermediate install CERT --activate-at now)")
-        if rec.not_after is not None and rec.not_after <= now:
-            raise ServiceUnavailable(f"the active intermediate {rec.name!r} expired at {rec.not_after}; "
-                                     "activate its successor")
-        return self.issuer_for(rec)
+        if active[1] is not None and active[1] <= now:
+            raise ServiceUnavailable(f"the active intermediate ({issuer.certificate.subject.rfc4514_string()}) "
+                                     f"expired at {active[1]}; activate its successor")
+        return issuer
 
     def issuer_for(self, rec: IntermediateRecord) -> Issuer:
         with self._lock:

@@ -202,20 +202,34 @@ def active(read: Transaction, now: datetime | None = None) -> IntermediateRecord
     Installed, activation time reached, not (yet) retired; the latest activation wins, the id
     breaks a tie so that the answer never depends on the backend's row order.
     """
-    moment = _moment(now)
-    query = (
-        sa.select(intermediates)
+    with read("reading the active intermediate") as conn:
+        row = conn.execute(_ACTIVE, {"now": _moment(now)}).one_or_none()
+    return None if row is None else _record(row)
+
+
+def active_id(read: Transaction, now: datetime | None = None) -> tuple[str, datetime | None] | None:
+    """(id, not_after) of the active intermediate: the same decision without the certificate bytes.
+
+    Asked once per issuance; the caller keeps the certificate and key per id.
+    """
+    with read("reading the active intermediate") as conn:
+        row = conn.execute(_ACTIVE_ID, {"now": _moment(now)}).one_or_none()
+    return None if row is None else (row.id, row.not_after)
+
+
+def _active_query(select: sa.Select[Any]) -> sa.Select[Any]:
+    """Built once (a bound `now`): this runs for every certificate issued."""
+    now = sa.bindparam("now", type_=_c.activate_at.type)
+    return (
+        select
         .where(
             _c.certificate.is_not(None),
-            _c.activate_at <= moment,
-            sa.or_(_c.retired_at.is_(None), _c.retired_at > moment),
+            _c.activate_at <= now,
+            sa.or_(_c.retired_at.is_(None), _c.retired_at > now),
         )
         .order_by(_c.activate_at.desc(), _c.id.desc())
         .limit(1)
     )
-    with read("reading the active intermediate") as conn:
-        row = conn.execute(query).one_or_none()
-    return None if row is None else _record(row)
 
 
 def count_issued_by_issuer(read: Transaction) -> dict[str, int]:
@@ -398,3 +412,7 @@ def _record(row: Row[Any]) -> IntermediateRecord:
         installed_at=row.installed_at,
         chain=None if row.chain is None else bytes(row.chain),
     )
+
+
+_ACTIVE = _active_query(sa.select(intermediates))
+_ACTIVE_ID = _active_query(sa.select(_c.id, _c.not_after))

@@ -372,6 +372,10 @@ class Store:
         """The intermediate to sign with at `now`, decided by one SELECT (same answer everywhere)."""
         return _intermediates.active(self._read, now)
 
+    def active_intermediate_id(self, now: datetime | None = None) -> tuple[str, datetime | None] | None:
+        """(id, not_after) of `active_intermediate(now)`, without reading its certificate (per issuance)."""
+        return _intermediates.active_id(self._read, now)
+
     def count_certificates_by_issuer(self) -> dict[str, int]:
         """Issued certificates per intermediate id, for `intermediate list`."""
         return _intermediates.count_issued_by_issuer(self._read)
