@@ -58,7 +58,8 @@ def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: st
     try:
         dn = x509.Name.from_rfc4514_string(subject)
     except ValueError as exc:
-        raise IntermediateError(f"--subject {subject!r} is not an RFC 4514 name: {exc}") from None
+        raise IntermediateError(f"--subject {subject!r} is not an RFC 4514 name "
+                                f"({str(exc) or 'expected NAME=value pairs such as CN=Corp Issuing CA'})") from None
     if not dn.rdns:
         raise IntermediateError("--subject cannot be empty")
     stored = stored_key_uri(uri)
@@ -113,13 +114,18 @@ def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime
     path = [cert, *extra]
     if not all(_issued_by(a, b) for a, b in zip(path, path[1:], strict=False)) \
             or not any(_issued_by(path[-1], root) for root in roots):
-        raise IntermediateError(f"the certificate{' and its --chain' if extra else ''} do not lead to this CA's "
-                                f"root ({config.root}); clients trusting the root would reject its chains")
+        what = "the certificate and its --chain do" if extra else "the certificate does"
+        raise IntermediateError(f"{what} not lead to this CA's root ({config.root}); clients trusting the root "
+                                "would reject its chains (after a root rollover, give the cross-certificate "
+                                "with --chain)")
     if cert.not_valid_after_utc <= now:
         raise IntermediateError(f"the certificate expired at {cert.not_valid_after_utc}")
     if activate_at is not None and activate_at < cert.not_valid_before_utc:
         raise IntermediateError(f"--activate-at {activate_at} is before the certificate is valid "
                                 f"({cert.not_valid_before_utc})")
+    if activate_at is not None and activate_at >= cert.not_valid_after_utc:
+        raise IntermediateError(f"--activate-at {activate_at} is not before the certificate expires "
+                                f"({cert.not_valid_after_utc})")
     spki = _spki(cert.public_key())
     try:
         rec = next((r for r in store.list_intermediates() if r.public_key == spki), None)
@@ -135,24 +141,60 @@ def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime
         raise IntermediateError(str(exc)) from None
 
 
-def activate(store: Store, ident: str, at: datetime) -> IntermediateRecord:
+def activate(store: Store, ident: str, at: datetime, now: datetime | None = None) -> IntermediateRecord:
     """Schedule `ident` to take over at `at`, and retire its predecessors at that same instant.
 
     Which one is active is decided by one query (latest activation that has come, not retired),
     so workers switch atomically at `at`; recording the predecessors' retirement means retiring
-    the new one later never silently brings an old one back.
+    the new one later never silently brings an old one back. Re-scheduling a pending hand-over
+    moves the predecessors' retirement with it, so there is never a moment without an active one.
     """
+    now = now or _now()
     rec = store.find_intermediate(ident)
     if rec.not_before is not None and at < rec.not_before:
         raise IntermediateError(f"{rec.name!r} is not valid before {rec.not_before}; activate it at or after that")
     if rec.not_after is not None and at >= rec.not_after:
         raise IntermediateError(f"{rec.name!r} expires at {rec.not_after}; it cannot be activated at {at}")
+    active = store.active_intermediate_id(now)
+    if active is not None and active[0] == rec.id and at > now:
+        raise IntermediateError(f"{rec.name!r} is active already; to hand over later, activate its successor "
+                                "at that time")
+    previous = rec.activate_at if rec.activate_at is not None and rec.activate_at > now else None
     rec = store.schedule_activation(rec.id, at)
+    assert rec.activate_at is not None
     for other in store.list_intermediates():
-        if other.id != rec.id and other.certificate is not None and other.activate_at is not None \
-                and other.activate_at <= at and (other.retired_at is None or other.retired_at > at):
-            store.retire_intermediate(other.id, at)
+        if other.id == rec.id or other.certificate is None or other.activate_at is None \
+                or other.activate_at > rec.activate_at:
+            continue
+        tied = previous is not None and other.retired_at == previous  # retired for the earlier schedule
+        if other.retired_at is None or other.retired_at > rec.activate_at or tied:
+            store.retire_intermediate(other.id, rec.activate_at)
     return rec
+
+
+def retire(store: Store, ident: str, at: datetime, *, force: bool = False,
+           now: datetime | None = None) -> IntermediateRecord:
+    """Stop issuing from `ident` at `at`; refuses to leave no active intermediate unless `force`.
+
+    Retiring a pending intermediate before its scheduled activation cancels that hand-over: the
+    predecessors it was going to retire keep serving.
+    """
+    now = now or _now()
+    rec = store.find_intermediate(ident)
+    if rec.activate_at is not None and rec.activate_at > now and at <= rec.activate_at:
+        for other in store.list_intermediates():
+            if other.id != rec.id and other.retired_at == rec.activate_at:
+                store.cancel_retirement(other.id)
+        return store.retire_intermediate(rec.id, at)
+    active = store.active_intermediate_id(at)
+    if active is not None and active[0] == rec.id and not force:
+        others = [r for r in store.list_intermediates() if r.id != rec.id and r.certificate is not None
+                  and r.activate_at is not None and r.activate_at <= at
+                  and (r.retired_at is None or r.retired_at > at)]
+        if not others:
+            raise IntermediateError(f"{rec.name!r} is the only active intermediate at {at}: activate another "
+                                    "first, or pass --force to stop issuance")
+    return store.retire_intermediate(rec.id, at)
 
 
 def bootstrap(config: CAConfig, store: Store, now: datetime | None = None) -> IntermediateRecord | None:

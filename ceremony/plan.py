@@ -117,7 +117,11 @@ class Certificate(_Model):
     @classmethod
     def _subject(cls, v: str | None) -> str | None:
         if v is not None:
-            name = x509.Name.from_rfc4514_string(v)
+            try:
+                name = x509.Name.from_rfc4514_string(v)
+            except ValueError as exc:
+                raise ValueError(f"not an RFC 4514 name ({str(exc) or 'expected NAME=value pairs, e.g. CN=Corp Root CA'})")\
+                    from None
             if not name.rdns:
                 raise ValueError("the subject cannot be empty")
         return v
@@ -234,8 +238,9 @@ class Plan(_Model):
                 raise ValueError("certificate.public_key_sha256 belongs in an intermediate ceremony's plan")
         else:
             if self.root is None:
-                raise ValueError(f"a {self.ceremony} ceremony needs 'root' (key_label and certificate of the "
-                                 "signing root)")
+                article = "an" if self.ceremony == "intermediate" else "a"
+                raise ValueError(f"{article} {self.ceremony} ceremony needs 'root' (key_label and certificate of "
+                                 "the signing root)")
             if self.key is not None:
                 raise ValueError("'key' belongs in a root ceremony's plan (the key signed here is the CSR's or "
                                  "the new root's)")

@@ -16,7 +16,7 @@ from appliance.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from appliance.config import CAConfig
-    from appliance.store import Store
+    from appliance.store import IntermediateRecord, Store
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                       help="Path to ca.json [default: $HSMCA_PATH/config/ca.json].")
@@ -51,7 +51,7 @@ def _opened(config_path: Path | None) -> Iterator[tuple[CAConfig, Store]]:
         store.migrate()
         bootstrap(config, store)
         yield config, store
-    except (StoreError, IntermediateError, ValueError) as exc:
+    except (StoreError, IntermediateError, ValueError, OSError) as exc:
         fail(str(exc))
     finally:
         store.close()
@@ -92,6 +92,7 @@ def csr(config_path: Path | None, key_uri: str, subject: str, name: str | None, 
     with _opened(config_path) as (config, store):
         pem, rec = make_csr(config, store, key_uri, subject, name=name, spec=KeySpec.parse(kty),
                             use_existing=use_existing)
+        _audit(config, "intermediate.csr", rec, key=rec.key_uri, keyType=kty, existingKey=use_existing)
     if out:
         out.write_bytes(pem)
     else:
@@ -118,6 +119,8 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
     with _opened(config_path) as (config, store):
         rec = do_install(config, store, certificate.read_bytes(), activate_at=when,
                          chain=chain_file.read_bytes() if chain_file else None)
+        _audit(config, "intermediate.install", rec, activateAt=_iso(rec.activate_at), notAfter=_iso(rec.not_after),
+               chain=bool(rec.chain))
     click.echo(f"installed {rec.name!r} (id {rec.id}): {rec.subject}, valid to {rec.not_after}")
     click.echo(f"activates at {rec.activate_at}" if rec.activate_at else
                "pending: activate it with `hsmca intermediate activate " + rec.name + "`")
@@ -154,8 +157,9 @@ def activate(config_path: Path | None, name: str, at: str) -> None:
 
     when = parse_when(at, "--at")
     assert when is not None
-    with _opened(config_path) as (_config, store):
+    with _opened(config_path) as (config, store):
         rec = do_activate(store, name, when)
+        _audit(config, "intermediate.activate", rec, activateAt=_iso(rec.activate_at))
     click.echo(f"{rec.name!r} activates at {rec.activate_at}")
 
 
@@ -164,23 +168,27 @@ def activate(config_path: Path | None, name: str, at: str) -> None:
 @click.argument("name")
 @click.option("--at", "at", default="now", show_default=True, help="'now' or an RFC 3339 time.")
 @click.option("--force", is_flag=True, help="Retire even the active intermediate when no other would take over "
-                                             "(issuance stops until one is activated).")
+                                             "(issuance stops until one is activated). Retiring a pending one "
+                                             "cancels its scheduled hand-over.")
 def retire(config_path: Path | None, name: str, at: str, force: bool) -> None:
     """Stop issuing from an intermediate; its certificates stay recorded and verifiable."""
+    from appliance.intermediates import retire as do_retire
+
     when = parse_when(at, "--at")
     assert when is not None
-    with _opened(config_path) as (_config, store):
-        rec = store.find_intermediate(name)
-        active = store.active_intermediate(when)
-        if active is not None and active.id == rec.id and not force:
-            others = [r for r in store.list_intermediates() if r.id != rec.id and r.certificate is not None
-                      and r.activate_at is not None and r.activate_at <= when
-                      and (r.retired_at is None or r.retired_at > when)]
-            if not others:
-                fail(f"{rec.name!r} is the only active intermediate at {when}: activate another first, "
-                     "or pass --force to stop issuance")
-        rec = store.retire_intermediate(rec.id, when)
+    with _opened(config_path) as (config, store):
+        rec = do_retire(store, name, when, force=force)
+        _audit(config, "intermediate.retire", rec, retiredAt=_iso(rec.retired_at), forced=force or None)
     click.echo(f"{rec.name!r} retired at {rec.retired_at}")
+
+
+def _audit(config: CAConfig, action: str, rec: IntermediateRecord, **details: Any) -> None:
+    """Changes to the CA's intermediates belong in the audit trail beside the issuance they govern."""
+    from appliance.audit import AuditEvent, JsonLinesAudit
+
+    JsonLinesAudit(config.resolve(config.audit.path)).record(AuditEvent(
+        action=action, decision="allowed", request_id="cli", subject=rec.subject,
+        details={"intermediate": rec.name, "id": rec.id, **{k: v for k, v in details.items() if v is not None}}))
 
 
 def _iso(value: datetime | None) -> str | None:

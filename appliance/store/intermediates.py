@@ -140,6 +140,17 @@ def retire(write: Transaction, id: str, at: datetime, now: datetime | None = Non
         return _record(_locked(conn, row.id))
 
 
+def cancel_retirement(write: Transaction, id: str, now: datetime | None = None) -> IntermediateRecord:
+    """Withdraw a retirement that has not happened yet (a cancelled hand-over); a past one stands."""
+    check_text(id, "id", MAX_ISSUER_LENGTH)
+    moment = _moment(now)
+    with write("cancelling a retirement") as conn:
+        row = _locked(conn, id)
+        _refuse_retired(row, moment)
+        conn.execute(intermediates.update().where(_c.id == row.id).values(retired_at=None))
+        return _record(_locked(conn, row.id))
+
+
 # -- reads -----------------------------------------------------------------------------------
 
 

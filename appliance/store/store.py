@@ -356,6 +356,10 @@ class Store:
         """Stop using the intermediate from `at`; a retirement already passed is final."""
         return _intermediates.retire(self._write, id, at)
 
+    def cancel_retirement(self, id: str) -> IntermediateRecord:
+        """Withdraw a retirement still in the future (InvalidTransition once it has happened)."""
+        return _intermediates.cancel_retirement(self._write, id)
+
     def get_intermediate(self, id: str) -> IntermediateRecord | None:
         """The intermediate with exactly this id, or None."""
         return _intermediates.get(self._read, id)

@@ -355,6 +355,8 @@ def test_rotation_keeps_the_root_and_every_chain_valid(signed: PKI, serving: Ser
     assert serving.get("/roots").content == roots_json_before
     assert (ca.base / "certs" / "root_ca.crt").read_bytes() == root_file.read_bytes()
 
+    installs = [e for e in ca.audit_events() if e["action"] == "intermediate.install"]
+    assert [e["details"]["intermediate"] for e in installs] == ["intermediate-1", "intermediate-2"]
     listed = {r["name"]: r for r in json.loads(hsmca(ca, "intermediate", "list", "--json").stdout)}
     assert listed["intermediate-1"]["state"] == "retired" and listed["intermediate-2"]["state"] == "active"
     assert listed["intermediate-2"]["issued"] == 6
@@ -411,7 +413,7 @@ def test_root_rollover_cross_signed_chains_validate_under_either_root(signed: PK
     _ok(o.run("sign-intermediate", "--plan", "int3.yaml", "--csr", "int3.csr", "--shares-from", "shares2",
               "--custodian", "carol", "--custodian", "dave", "--custodian", "erin"))
     refused = hsmca(ca, "intermediate", "install", str(o.dir / "out2" / "int3.crt"), check=False)
-    assert refused.returncode == 1 and "do not lead to this CA's root" in refused.stderr  # no cross-cert given
+    assert refused.returncode == 1 and "does not lead to this CA's root" in refused.stderr  # no cross-cert
     hsmca(ca, "intermediate", "install", str(o.dir / "out2" / "int3.crt"), "--chain", str(o.out / "cross.crt"),
           "--activate-at", "now")
 
@@ -424,3 +426,23 @@ def test_root_rollover_cross_signed_chains_validate_under_either_root(signed: PK
     _ok(o.run("verify", "out/transcript.jsonl", "--root", str(old_root), "--intermediate", str(o.out / "cross.crt")))
     _ok(o.run("verify", "out2/transcript.jsonl", "--root", str(new_root), "--intermediate",
               str(o.dir / "out2" / "int3.crt")))
+
+
+def test_shares_typed_on_stdin_in_a_rehearsal(signed: PKI, tmp_path: Path) -> None:
+    """Custodians' words arrive one line each on stdin; a dry run checks them without the real token."""
+    o = signed.offline
+    lines = "\n".join((o.shares / f"{c}.user-pin.txt").read_text().strip() for c in ("bob", "carol", "dave"))
+    before = o.token_state()
+    done = o.run("sign-intermediate", "--plan", "int1.yaml", "--csr", "int1.csr", "--dry-run",
+                 "--custodian", "bob", "--custodian", "carol", "--custodian", "dave", input=lines + "\n")
+    assert done.returncode == 0, done.stderr
+    assert "bob: type your user pin share" in done.stderr
+    assert "Shares given by:          bob, carol, dave" in done.stdout
+    rehearsal = Path(done.stdout.split("Rehearsal files:")[1].split("(")[0].strip())
+    try:
+        assert (rehearsal / "outputs" / "int1.crt").exists() and o.token_state() == before
+    finally:
+        shutil.rmtree(rehearsal, ignore_errors=True)
+    bad = o.run("sign-intermediate", "--plan", "int1.yaml", "--csr", "int1.csr", "--dry-run",
+                "--custodian", "bob", "--custodian", "carol", input=lines.split("\n")[0] + "\n\n")
+    assert bad.returncode == 1 and "1 share given; this quorum needs 3 of 5" in bad.stderr, bad.stderr
