@@ -1,18 +1,18 @@
-"""`hsmca ceremony ...`: the offline commands. Imports kms/ and ceremony/ only, never the online service."""
+"""`hsmca ceremony ...`: the offline commands. Imports kms/ and ceremony/ only, never the online service.
+
+The ceremony modules load inside each command, so that `hsmca` on the appliance starts no slower.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from ceremony.context import CeremonyError, Options
-from ceremony.network import NetworkUp
-from ceremony.plan import Plan, PlanError, describe, load_plan
-from ceremony.quorum import QuorumError
-from ceremony.transcript import TranscriptError
+if TYPE_CHECKING:
+    from ceremony.plan import Plan
 
 PLAN = click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
                     help="The reviewed ceremony plan (YAML).")
@@ -53,6 +53,8 @@ def _fail(message: str) -> NoReturn:
 
 
 def _plan(path: Path, kind: str) -> tuple[Plan, bytes]:
+    from ceremony.plan import PlanError, load_plan
+
     try:
         plan, raw = load_plan(path)
     except PlanError as exc:
@@ -85,6 +87,8 @@ def ceremony() -> None:
               help="The plan file to validate.")
 def plan_cmd(plan_path: Path) -> None:
     """Validate a plan and print what the ceremony will do (no HSM is touched)."""
+    from ceremony.plan import PlanError, describe, load_plan
+
     try:
         plan, _ = load_plan(plan_path)
     except PlanError as exc:
@@ -108,7 +112,12 @@ def root(plan_path: Path, dry_run: bool, allow_network: bool, share_output: Path
     The SO PIN and the user PIN are random; each is split into one share per custodian (SLIP-39
     words), M of them needed later. Each custodian sees their words alone at the screen.
     """
+    from ceremony.context import CeremonyError, Options
+    from ceremony.network import NetworkUp
+    from ceremony.plan import describe
+    from ceremony.quorum import QuorumError
     from ceremony.root import run_root
+    from ceremony.transcript import TranscriptError
 
     plan, raw = _plan(plan_path, "root")
     opts = Options(plan_path=plan_path, dry_run=dry_run, allow_network=allow_network, share_output=share_output)
@@ -147,7 +156,12 @@ def sign_intermediate(plan_path: Path, csr_path: Path, dry_run: bool, allow_netw
     Shares are typed at a hidden prompt (or read line by line from stdin when it is not a terminal).
     Too few shares, a mistyped or foreign share, or one given twice is refused before the HSM is opened.
     """
+    from ceremony.context import CeremonyError, Options
     from ceremony.intermediate import run_intermediate
+    from ceremony.network import NetworkUp
+    from ceremony.plan import describe
+    from ceremony.quorum import QuorumError
+    from ceremony.transcript import TranscriptError
 
     plan, raw = _plan(plan_path, "intermediate")
     try:
@@ -191,7 +205,11 @@ def cross_sign(plan_path: Path, new_root_path: Path, dry_run: bool, allow_networ
     Appliance intermediates signed by the new root, installed with this cross-certificate as their
     chain (`hsmca intermediate install INT --chain CROSS`), validate for clients that trust either root.
     """
+    from ceremony.context import CeremonyError, Options
     from ceremony.intermediate import run_cross_sign
+    from ceremony.network import NetworkUp
+    from ceremony.quorum import QuorumError
+    from ceremony.transcript import TranscriptError
 
     plan, raw = _plan(plan_path, "cross-sign")
     try:
@@ -226,6 +244,7 @@ def verify(transcript: Path, root_path: Path, intermediates: tuple[Path, ...]) -
     Prints a summary for the auditor's file; exits 1 on any problem.
     """
     from ceremony.audit import verify_ceremony
+    from ceremony.context import CeremonyError
 
     try:
         report, text = verify_ceremony(transcript, root_path, intermediates)
