@@ -138,17 +138,59 @@ def root(plan_path: Path, dry_run: bool, allow_network: bool, share_output: Path
         click.echo(f"Rehearsal files:    {result.rehearsal_dir} (delete when done)")
 
 
+CUSTODIANS = click.option("--custodian", "custodians", multiple=True,
+                          help="A custodian of the signing root present to give a share (repeatable) "
+                               "[default: every custodian, in plan order].")
+SHARES_FROM = click.option("--shares-from", type=click.Path(file_okay=False, path_type=Path),
+                           help="Read user-PIN shares from DIR/<custodian>.user-pin.txt instead of prompting. "
+                                "For rehearsals and tests only.")
+
+
+def _certify(kind: str, plan_path: Path, input_path: Path, what: str, dry_run: bool, allow_network: bool,
+             custodians: tuple[str, ...], shares_from: Path | None) -> None:
+    """What sign-intermediate and cross-sign share: read, rehearse or run, report."""
+    from ceremony.context import CeremonyError, Options
+    from ceremony.intermediate import run_cross_sign, run_intermediate
+    from ceremony.network import NetworkUp
+    from ceremony.plan import describe
+    from ceremony.quorum import QuorumError
+    from ceremony.transcript import TranscriptError
+
+    plan, raw = _plan(plan_path, kind)
+    try:
+        data = input_path.read_bytes()
+    except OSError as exc:
+        _fail(f"cannot read the {what} {input_path}: {exc.strerror}")
+    opts = Options(plan_path=plan_path, dry_run=dry_run, allow_network=allow_network, shares_from=shares_from,
+                   custodians_present=custodians)
+    if dry_run:
+        click.echo("DRY RUN: a stand-in root on a throwaway SoftHSM token; shares are still checked.")
+        for line in describe(plan):
+            click.echo(f"  {line}")
+    run = run_intermediate if kind == "intermediate" else run_cross_sign
+    try:
+        result = run(plan, raw, data, str(input_path), opts, TerminalPrompter())
+    except QuorumError as exc:
+        _fail(f"quorum refused: {str(exc).rstrip('.')}. Nothing was done on the HSM.")
+    except (CeremonyError, NetworkUp, TranscriptError, OSError) as exc:
+        _fail(str(exc))
+    label = "Intermediate certificate:" if kind == "intermediate" else "Cross-certificate:"
+    click.echo(f"{label:<26}{result.certificate}")
+    click.echo(f"{'SHA-256 fingerprint:':<26}{result.fingerprint}")
+    click.echo(f"{'Shares given by:':<26}{', '.join(result.custodians)}")
+    click.echo(f"{'Transcript:':<26}{result.transcript} (sealed)")
+    if result.rehearsal_dir:
+        click.echo(f"{'Rehearsal files:':<26}{result.rehearsal_dir} (delete when done)")
+
+
 @ceremony.command("sign-intermediate")
 @PLAN
 @click.option("--csr", "csr_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The CSR made by `hsmca intermediate csr` on the appliance (PEM or DER).")
 @DRY_RUN
 @ALLOW_NETWORK
-@click.option("--custodian", "custodians", multiple=True,
-              help="A custodian present to give a share (repeatable) [default: every custodian, in plan order].")
-@click.option("--shares-from", type=click.Path(file_okay=False, path_type=Path),
-              help="Read user-PIN shares from DIR/<custodian>.user-pin.txt instead of prompting. For rehearsals "
-                   "and tests only.")
+@CUSTODIANS
+@SHARES_FROM
 def sign_intermediate(plan_path: Path, csr_path: Path, dry_run: bool, allow_network: bool,
                       custodians: tuple[str, ...], shares_from: Path | None) -> None:
     """Sign the appliance's intermediate CSR with the root key, after M custodians give their shares.
@@ -156,36 +198,7 @@ def sign_intermediate(plan_path: Path, csr_path: Path, dry_run: bool, allow_netw
     Shares are typed at a hidden prompt (or read line by line from stdin when it is not a terminal).
     Too few shares, a mistyped or foreign share, or one given twice is refused before the HSM is opened.
     """
-    from ceremony.context import CeremonyError, Options
-    from ceremony.intermediate import run_intermediate
-    from ceremony.network import NetworkUp
-    from ceremony.plan import describe
-    from ceremony.quorum import QuorumError
-    from ceremony.transcript import TranscriptError
-
-    plan, raw = _plan(plan_path, "intermediate")
-    try:
-        csr = csr_path.read_bytes()
-    except OSError as exc:
-        _fail(f"cannot read the CSR {csr_path}: {exc.strerror}")
-    opts = Options(plan_path=plan_path, dry_run=dry_run, allow_network=allow_network, shares_from=shares_from,
-                   custodians_present=custodians)
-    if dry_run:
-        click.echo("DRY RUN: a stand-in root on a throwaway SoftHSM token; shares are still checked.")
-        for line in describe(plan):
-            click.echo(f"  {line}")
-    try:
-        result = run_intermediate(plan, raw, csr, str(csr_path), opts, TerminalPrompter())
-    except QuorumError as exc:
-        _fail(f"quorum refused: {str(exc).rstrip('.')}. Nothing was done on the HSM.")
-    except (CeremonyError, NetworkUp, TranscriptError, OSError) as exc:
-        _fail(str(exc))
-    click.echo(f"Intermediate certificate: {result.certificate}")
-    click.echo(f"SHA-256 fingerprint:      {result.fingerprint}")
-    click.echo(f"Shares given by:          {', '.join(result.custodians)}")
-    click.echo(f"Transcript:               {result.transcript} (sealed)")
-    if result.rehearsal_dir:
-        click.echo(f"Rehearsal files:          {result.rehearsal_dir} (delete when done)")
+    _certify("intermediate", plan_path, csr_path, "CSR", dry_run, allow_network, custodians, shares_from)
 
 
 @ceremony.command("cross-sign")
@@ -194,10 +207,8 @@ def sign_intermediate(plan_path: Path, csr_path: Path, dry_run: bool, allow_netw
               help="The new root certificate (from its own `ceremony root`) to cross-sign with this plan's root.")
 @DRY_RUN
 @ALLOW_NETWORK
-@click.option("--custodian", "custodians", multiple=True,
-              help="A custodian of the signing root present to give a share (repeatable).")
-@click.option("--shares-from", type=click.Path(file_okay=False, path_type=Path),
-              help="Read user-PIN shares from DIR/<custodian>.user-pin.txt. For rehearsals and tests only.")
+@CUSTODIANS
+@SHARES_FROM
 def cross_sign(plan_path: Path, new_root_path: Path, dry_run: bool, allow_network: bool,
                custodians: tuple[str, ...], shares_from: Path | None) -> None:
     """Root rollover: the current root signs a certificate for the new root's key and subject.
@@ -205,31 +216,7 @@ def cross_sign(plan_path: Path, new_root_path: Path, dry_run: bool, allow_networ
     Appliance intermediates signed by the new root, installed with this cross-certificate as their
     chain (`hsmca intermediate install INT --chain CROSS`), validate for clients that trust either root.
     """
-    from ceremony.context import CeremonyError, Options
-    from ceremony.intermediate import run_cross_sign
-    from ceremony.network import NetworkUp
-    from ceremony.quorum import QuorumError
-    from ceremony.transcript import TranscriptError
-
-    plan, raw = _plan(plan_path, "cross-sign")
-    try:
-        new_root = new_root_path.read_bytes()
-    except OSError as exc:
-        _fail(f"cannot read the new root {new_root_path}: {exc.strerror}")
-    opts = Options(plan_path=plan_path, dry_run=dry_run, allow_network=allow_network, shares_from=shares_from,
-                   custodians_present=custodians)
-    try:
-        result = run_cross_sign(plan, raw, new_root, str(new_root_path), opts, TerminalPrompter())
-    except QuorumError as exc:
-        _fail(f"quorum refused: {str(exc).rstrip('.')}. Nothing was done on the HSM.")
-    except (CeremonyError, NetworkUp, TranscriptError, OSError) as exc:
-        _fail(str(exc))
-    click.echo(f"Cross-certificate:   {result.certificate}")
-    click.echo(f"SHA-256 fingerprint: {result.fingerprint}")
-    click.echo(f"Shares given by:     {', '.join(result.custodians)}")
-    click.echo(f"Transcript:          {result.transcript} (sealed)")
-    if result.rehearsal_dir:
-        click.echo(f"Rehearsal files:     {result.rehearsal_dir} (delete when done)")
+    _certify("cross-sign", plan_path, new_root_path, "new root", dry_run, allow_network, custodians, shares_from)
 
 
 @ceremony.command()

@@ -120,8 +120,8 @@ class Certificate(_Model):
             try:
                 name = x509.Name.from_rfc4514_string(v)
             except ValueError as exc:
-                raise ValueError(f"not an RFC 4514 name ({str(exc) or 'expected NAME=value pairs, e.g. CN=Corp Root CA'})")\
-                    from None
+                reason = str(exc) or "expected NAME=value pairs, e.g. CN=Corp Root CA"
+                raise ValueError(f"not an RFC 4514 name ({reason})") from None
             if not name.rdns:
                 raise ValueError("the subject cannot be empty")
         return v

@@ -63,16 +63,7 @@ def spec_of(key: CAKey) -> KeySpec:
     """The KeySpec of an adapter, or of a software key (tests, throwaway dev CAs)."""
     if isinstance(key, KMSKey):
         return key.spec
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return KeySpec.ED25519
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        found = {"secp256r1": KeySpec.EC_P256, "secp384r1": KeySpec.EC_P384}.get(key.curve.name)
-        if found is not None:
-            return found
-        raise UnsupportedAlgorithm(f"unsupported EC curve {key.curve.name}")
-    if isinstance(key, rsa.RSAPrivateKey):
-        return KeySpec.parse(f"RSA-{key.key_size}")
-    raise UnsupportedAlgorithm(f"unsupported CA key type {type(key).__name__}")
+    return spec_of_public(key.public_key())
 
 
 def spec_of_public(public: object) -> KeySpec:
