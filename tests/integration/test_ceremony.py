@@ -446,3 +446,100 @@ def test_shares_typed_on_stdin_in_a_rehearsal(signed: PKI, tmp_path: Path) -> No
     bad = o.run("sign-intermediate", "--plan", "int1.yaml", "--csr", "int1.csr", "--dry-run",
                 "--custodian", "bob", "--custodian", "carol", input=lines.split("\n")[0] + "\n\n")
     assert bad.returncode == 1 and "1 share given; this quorum needs 3 of 5" in bad.stderr, bad.stderr
+
+
+class Terminal:
+    """A command on a pseudo-terminal of its own, read and typed at like a person would."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen(args, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                                     env={**env, "TERM": "dumb"})
+        os.close(slave)
+        self.seen = b""
+
+    def read_until(self, marker: str, timeout: float = 60) -> str:
+        """Everything read up to and including `marker`, from where the last call stopped."""
+        import select
+        import time
+
+        start, want = len(self.seen), marker.encode()
+        deadline = time.monotonic() + timeout
+        while want not in self.seen[start:]:
+            assert time.monotonic() < deadline, f"no {marker!r} in:\n{self.seen.decode(errors='replace')}"
+            if select.select([self.master], [], [], 0.5)[0]:
+                try:
+                    self.seen += os.read(self.master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+        end = self.seen.index(want, start) + len(want)
+        return self.seen[start:end].decode(errors="replace")
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode() + b"\n")
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            self.proc.kill()
+            os.close(self.master)
+
+
+def test_shares_typed_at_a_hidden_prompt_on_a_terminal(signed: PKI) -> None:
+    """On a real pseudo-terminal: the prompt asks each custodian in turn and never echoes the words."""
+    o = signed.offline
+    shares = {c: (o.shares / f"{c}.user-pin.txt").read_text().strip() for c in ("alice", "bob", "dave")}
+    term = Terminal([HSMCA, "ceremony", "sign-intermediate", "--plan", "int1.yaml", "--csr", "int1.csr",
+                     "--dry-run", "--allow-network", "--custodian", "alice", "--custodian", "bob", "--custodian",
+                     "dave"], o.dir, {**os.environ, "SOFTHSM2_CONF": str(o.conf)})
+    try:
+        for custodian, words in shares.items():
+            term.read_until(f"{custodian}: type your user pin share")
+            term.type(words)
+        term.read_until("Rehearsal files:")
+    finally:
+        code = term.close()
+    text = term.seen.decode(errors="replace")
+    assert code == 0, text
+    assert "Shares given by:          alice, bob, dave" in text
+    for words in shares.values():  # a pty echoes what is typed unless the prompt turns echo off
+        assert " ".join(words.split()[2:6]) not in text, "a share was echoed to the terminal"
+    shutil.rmtree(text.split("Rehearsal files:")[1].split("(")[0].strip(), ignore_errors=True)
+
+
+def test_root_ceremony_shows_each_custodian_their_words_on_the_terminal(offline: Offline) -> None:
+    """The day itself: no share files; each custodian presses Enter, reads their words, the screen clears.
+    The words shown, typed back by three custodians, unlock the token."""
+    import re
+
+    from ceremony.quorum import combine, pin_from_secret
+
+    (offline.dir / "pty-root.yaml").write_text(root_plan("pty-root", out="out-pty"))
+    term = Terminal(["unshare", "-n", HSMCA, "ceremony", "root", "--plan", "pty-root.yaml"], offline.dir,
+                    {**os.environ, "SOFTHSM2_CONF": str(offline.conf)})
+    user_shares: dict[str, str] = {}
+    try:
+        for custodian in CUSTODIANS:
+            term.read_until(f"Custodian {custodian}: come to the screen alone")
+            term.type("")
+            shown = term.read_until("press Enter to clear the screen")
+            user_part = shown.split(f"{custodian}'s USER PIN share")[1]
+            user_shares[custodian] = " ".join(re.findall(r"\d+\. ([a-z]+)", user_part))
+            assert "SO PIN share" in shown and len(user_shares[custodian].split()) == 20
+            term.type("")
+        term.read_until("Transcript:")
+    finally:
+        code = term.close()
+    assert code == 0, term.seen.decode(errors="replace")
+    assert not (offline.dir / "out-pty" / "shares").exists()
+    lines = [json.loads(x) for x in (offline.dir / "out-pty" / "transcript.jsonl").read_text().splitlines()]
+    assert lines[2]["details"]["method"] == "displayed to each custodian alone"
+    pin = pin_from_secret(combine({c: user_shares[c] for c in ("bob", "carol", "erin")}, CUSTODIANS, 3))
+    listed = subprocess.run(["pkcs11-tool", "--module", softhsm.DEFAULT_MODULE, "--token-label", "pty-root",
+                             "--login", "--pin", "env:HSMCA_TEST_PIN", "--list-objects", "--type", "privkey"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "SOFTHSM2_CONF": str(offline.conf), "HSMCA_TEST_PIN": pin})
+    assert listed.returncode == 0 and "root-key" in listed.stdout, listed.stdout + listed.stderr
