@@ -63,9 +63,10 @@ def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: st
     if not dn.rdns:
         raise IntermediateError("--subject cannot be empty")
     stored = stored_key_uri(uri)
-    label = name or parse_key_uri(stored).label
+    parsed = parse_key_uri(stored)
+    label = name or parsed.label or parsed.path.get("", "").rstrip("/").rpartition("/")[2]
     if not label:
-        raise IntermediateError("give --name, or object=LABEL in the key URI")
+        raise IntermediateError("give --name, or name the key in its URI (object=LABEL, …/keys/NAME)")
     if any(r.name == label for r in store.list_intermediates()):
         raise IntermediateError(f"an intermediate named {label!r} is already recorded; choose another name (--name)")
     config.apply_kms_environment()

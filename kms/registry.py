@@ -105,4 +105,24 @@ def close_all() -> None:
         b.close()
 
 
+class _Deferred:
+    """A backend whose SDK is imported on first use, so a CA on PKCS#11 never loads hvac."""
+
+    def __init__(self, module: str, cls: str) -> None:
+        self.module, self.cls = module, cls
+
+    def _load(self) -> BackendFactory:
+        import importlib
+
+        factory: BackendFactory = getattr(importlib.import_module(self.module), self.cls)
+        return factory
+
+    def identity(self, uri: KeyURI) -> Hashable:
+        return self._load().identity(uri)
+
+    def __call__(self, uri: KeyURI) -> Backend:
+        return self._load()(uri)
+
+
 register_backend("pkcs11", Pkcs11Backend)
+register_backend("vault", _Deferred("kms.vault_backend", "VaultTransitBackend"))
