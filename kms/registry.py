@@ -126,3 +126,6 @@ class _Deferred:
 
 register_backend("pkcs11", Pkcs11Backend)
 register_backend("vault", _Deferred("kms.vault_backend", "VaultTransitBackend"))
+register_backend("awskms", _Deferred("kms.aws_backend", "AwsKmsBackend"))
+register_backend("gcpkms", _Deferred("kms.gcp_backend", "GcpKmsBackend"))
+register_backend("azurekv", _Deferred("kms.azure_backend", "AzureKeyVaultBackend"))

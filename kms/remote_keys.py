@@ -25,8 +25,14 @@ Scheme = Literal["ecdsa", "pkcs1v15", "pss"]
 class RemoteSigner(Protocol):
     """What a backend provides for one key: sign a digest, or (Ed25519) a whole message."""
 
-    def sign_digest(self, digest: bytes, algorithm: hashes.HashAlgorithm, scheme: Scheme) -> bytes:
-        """ECDSA: a DER signature; RSA: the raw signature bytes."""
+    def sign_digest(self, digest: bytes, algorithm: hashes.HashAlgorithm, scheme: Scheme,
+                    message: bytes | None) -> bytes:
+        """ECDSA: a DER signature; RSA: the raw signature bytes.
+
+        `message` is what was hashed (None when the caller passed Prehashed): for a backend that
+        must be sent the message itself (a test server that ignores digest mode), never needed in
+        production.
+        """
         ...
 
     def sign_message(self, data: bytes) -> bytes: ...
@@ -58,7 +64,7 @@ class RemoteECKey(RemoteKey, ec.EllipticCurvePrivateKey):
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise UnsupportedAlgorithm("EC keys sign with ECDSA only")
         h, d = digest(bytes(data), signature_algorithm.algorithm)
-        signature = self._signer.sign_digest(d, h, "ecdsa")
+        signature = self._signer.sign_digest(d, h, "ecdsa", _message(data, signature_algorithm.algorithm))
         try:
             self._public.verify(signature, d, ec.ECDSA(utils.Prehashed(h)))
         except (InvalidSignature, ValueError):
@@ -79,10 +85,10 @@ class RemoteRSAKey(RemoteKey, rsa.RSAPrivateKey):
     def sign(self, data: Buffer, padding_: padding.AsymmetricPadding, algorithm: object) -> bytes:
         h, d = digest(bytes(data), algorithm)
         if isinstance(padding_, padding.PKCS1v15):
-            signature = self._signer.sign_digest(d, h, "pkcs1v15")
+            signature = self._signer.sign_digest(d, h, "pkcs1v15", _message(data, algorithm))
         elif isinstance(padding_, padding.PSS):
             check_pss(padding_, h)
-            signature = self._signer.sign_digest(d, h, "pss")
+            signature = self._signer.sign_digest(d, h, "pss", _message(data, algorithm))
         else:
             raise UnsupportedAlgorithm(f"RSA padding {padding_.name} is not a signature padding")
         try:
@@ -105,6 +111,10 @@ class RemoteEd25519Key(RemoteKey, ed25519.Ed25519PrivateKey):
         except InvalidSignature:
             raise SigningFailed(f"{self.backend} returned an Ed25519 signature that does not verify") from None
         return signature
+
+
+def _message(data: Buffer, algorithm: object) -> bytes | None:
+    return None if isinstance(algorithm, utils.Prehashed) else bytes(data)
 
 
 REMOTE_ADAPTERS: dict[str, type[RemoteKey]] = {"EC": RemoteECKey, "RSA": RemoteRSAKey, "OKP": RemoteEd25519Key}

@@ -170,7 +170,8 @@ class _TransitSigner:
     def __init__(self, backend: VaultTransitBackend, name: str, version: int, spec: KeySpec) -> None:
         self.backend, self.name, self.version, self.spec = backend, name, version, spec
 
-    def sign_digest(self, digest: bytes, algorithm: hashes.HashAlgorithm, scheme: Scheme) -> bytes:
+    def sign_digest(self, digest: bytes, algorithm: hashes.HashAlgorithm, scheme: Scheme,
+                    message: bytes | None = None) -> bytes:
         options: dict[str, Any] = {"prehashed": True, "hash_algorithm": _HASHES[algorithm.name]}
         if scheme == "ecdsa":
             options["marshaling_algorithm"] = "asn1"
