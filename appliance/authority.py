@@ -24,6 +24,7 @@ from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
 from appliance.provisioners.base import sign_audiences
 from appliance.store import OneTimeToken, Store, StoreError
 from appliance.validity import parse_time_or_duration
+from kms import backends_health
 from policy import Policy, Request, key_info
 
 log = logging.getLogger(__name__)
@@ -199,15 +200,30 @@ class Authority:
         return SignResult(cert, (cert, *issuer.chain))
 
     def health(self) -> dict[str, Any]:
-        detail: dict[str, Any] = {"db": "ok"}
+        """"ok" or "unavailable: why" per dependency; the signing backends this worker has opened.
+
+        A backend is only asked once a key on it has been opened (after the first issuance in
+        this worker), so /health never opens a KMS session of its own.
+        """
+        detail: dict[str, Any] = {"db": "ok", "kms": "ok"}
         try:
             self.store.ping()
         except StoreError as exc:
             detail["db"] = f"unavailable: {exc}"
+        reports = backends_health()
+        down = [r for r in reports if not _backend_ok(r)]
+        if down:
+            detail["kms"] = "unavailable: " + "; ".join(
+                f"{r.get('backend')}: {r.get('detail') or r.get('status')}" for r in down)
+        detail["kmsBackends"] = reports
         return detail
 
     def close(self) -> None:
         self.store.close()
+
+
+def _backend_ok(report: dict[str, Any]) -> bool:
+    return report.get("ok") is True or report.get("status") == "ok"
 
 
 def _dump(model: Any) -> dict[str, Any] | None:

@@ -134,11 +134,12 @@ class VaultTransitBackend:
 
     def health(self) -> dict[str, Any]:
         try:
-            sealed = self.client.sys.read_health_status(method="GET")
-            status = "ok" if isinstance(sealed, dict) and not sealed.get("sealed") else "unavailable: sealed"
+            state = self.client.sys.read_health_status(method="GET")
+            ok = isinstance(state, dict) and not state.get("sealed")
+            detail = "unsealed, answering" if ok else "sealed"
         except Exception as exc:  # health reports, it does not raise
-            status = f"unavailable: {_describe(exc)}"
-        return {"backend": self.name, "address": self.address, "mount": self.mount, "status": status,
+            ok, detail = False, _describe(exc)
+        return {"backend": self.name, "address": self.address, "mount": self.mount, "ok": ok, "detail": detail,
                 "lastError": self._last_error}
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ class Health:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         detail = self.authority.health()
-        ok = all(v == "ok" for v in detail.values())
+        ok = all(v == "ok" for k, v in detail.items() if isinstance(v, str))
         resp.status = 200 if ok else 503
         resp.media = {"status": "ok" if ok else "unavailable", "detail": detail}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 import appliance
-from appliance.cli import client, intermediate, server
+from appliance.cli import client, intermediate, kms, server
 from ceremony.cli import ceremony
 
 
@@ -17,6 +17,7 @@ def main() -> None:
     \b
     Run a CA:     hsmca init, then hsmca serve
     Rotate:       hsmca intermediate csr|install|list|activate|retire
+    Keys:         hsmca kms create-key|public-key|check
     Offline:      hsmca ceremony plan|root|sign-intermediate|verify
     Get certs:    hsmca bootstrap, hsmca certificate, hsmca token
     Look inside:  hsmca inspect
@@ -25,7 +26,7 @@ def main() -> None:
     """
 
 
-for command in (server.init, server.serve, server.db, intermediate.intermediate, ceremony, client.certificate,
+for command in (server.init, server.serve, server.db, intermediate.intermediate, kms.kms, ceremony, client.certificate,
                 client.token, client.bootstrap, client.inspect):
     main.add_command(command)
 

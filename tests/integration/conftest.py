@@ -135,7 +135,7 @@ class Server:
         return children_of(self.gunicorn_master())
 
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(f"{self.url}{path}", verify=str(self.ca.root), timeout=10, **kw)
+        return requests.get(f"{self.url}{path}", verify=str(self.ca.root), **{"timeout": 10, **kw})
 
     def post(self, path: str, **kw: Any) -> requests.Response:
         return requests.post(f"{self.url}{path}", verify=str(self.ca.root), timeout=30, **kw)

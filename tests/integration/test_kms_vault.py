@@ -178,7 +178,7 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
     inter = kms.intermediate_certificate(root_key, root, csr.public_key(), csr.subject,  # type: ignore[arg-type]
                                          now, now + datetime.timedelta(days=30))
     (tmp_path / "int.crt").write_bytes(inter.public_bytes(Encoding.PEM))
-    running = start_server(ca, env=env)
+    running = start_server(ca, env=env, workers=1)  # one worker: /health reports the backend it opened
     try:
         hsmca(ca, "intermediate", "install", str(tmp_path / "int.crt"), "--activate-at", "now", env=env)
         first = _issue(ca, running.url, "vault-1.internal", env)
@@ -189,12 +189,17 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
         ok = subprocess.run(["openssl", "verify", "-CAfile", str(ca.root), "-untrusted", str(leaf), str(leaf)],
                             capture_output=True, text=True)
         assert ": OK" in ok.stdout, ok.stdout + ok.stderr
+        health = running.get("/health").json()
+        assert health["detail"]["kms"] == "ok" and any(b["backend"] == "vault" and b["ok"]
+                                                       for b in health["detail"]["kmsBackends"])
 
         bao.proc.send_signal(signal.SIGSTOP)
         try:
             start = time.monotonic()
             down = _issue(ca, running.url, "vault-2.internal", env)
             took = time.monotonic() - start
+            sick = running.get("/health", timeout=30)
+            assert sick.status_code == 503 and sick.json()["detail"]["kms"].startswith("unavailable: vault: ")
         finally:
             bao.proc.send_signal(signal.SIGCONT)
         assert down.returncode != 0 and "(503)" in down.stderr, down.stderr
@@ -211,3 +216,22 @@ def _issue(ca: DevCA, url: str, name: str, env: dict[str, str]) -> subprocess.Co
     return hsmca(ca, "certificate", name, f"{name}.crt", f"{name}.key", "--ca-url", url, "--root", str(ca.root),
                  "--provisioner", "admin", "--password-file", str(ca.password_file), "--force", env=env,
                  check=False)
+
+
+def test_kms_commands_make_show_and_probe_keys_in_any_backend(bao: Bao, tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    env = bao.env()
+    made = hsmca(ca, "kms", "create-key", "vault:transit/keys/cli-key", "--type", "EC-P384", env=env)
+    assert made.stdout.startswith("-----BEGIN PUBLIC KEY-----")
+    assert "# EC-P384, SubjectPublicKeyInfo SHA-256" in made.stdout
+    shown = hsmca(ca, "kms", "public-key", "vault:transit/keys/cli-key", env=env)
+    assert shown.stdout == made.stdout
+    again = hsmca(ca, "kms", "create-key", "vault:transit/keys/cli-key", env=env, check=False)
+    assert again.returncode == 1 and "KeyExists: vault key cli-key already exists" in again.stderr
+    probe = hsmca(ca, "kms", "check", "vault:transit/keys/cli-key", "--count", "5", env=env)
+    assert "5 signatures verified; latency p50" in probe.stdout
+    # A PKCS#11 key: ca.json's kms.uri supplies the module and the PIN source.
+    local = hsmca(ca, "kms", "check", "pkcs11:object=intermediate_ca", "--count", "5")
+    assert "5 signatures verified" in local.stdout and "(EC-P256)" in local.stdout
+    missing = hsmca(ca, "kms", "public-key", "pkcs11:object=nope", check=False)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: KeyNotFound: no private key with object=nope")
