@@ -17,7 +17,6 @@ import base64
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hvac import exceptions as hv
 
+from kms.breaker import CircuitBreaker
 from kms.errors import (
     BackendUnavailable,
     InvalidKeyURI,
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0  # seconds per HTTP call; a signature takes milliseconds
+DEFAULT_COOLDOWN = 5.0  # seconds a failing server is left alone before one trial call
 RETRIES = 2  # transient errors only (429, 5xx, connection): a refused signature is never retried
 
 _KEY_TYPES: dict[KeySpec, str] = {
@@ -83,13 +84,14 @@ class VaultTransitBackend:
         self.mount = split_path(uri)[0]
         try:
             self.timeout = float(uri.query.get("timeout", DEFAULT_TIMEOUT))
+            cooldown = float(uri.query.get("cooldown", DEFAULT_COOLDOWN))
         except ValueError:
-            raise InvalidKeyURI("vault key URI: timeout must be a number of seconds") from None
+            raise InvalidKeyURI("vault key URI: timeout and cooldown are numbers of seconds") from None
         verify: bool | str = uri.query.get("ca-file") or True
         self.client = hvac.Client(url=self.address, token=_token(uri), timeout=self.timeout, verify=verify,
                                   namespace=uri.query.get("namespace"))
-        self._lock = threading.Lock()
         self._last_error: str | None = None
+        self.breaker = CircuitBreaker(f"vault at {self.address}", cooldown=cooldown)
 
     def open_key(self, uri: KeyURI) -> CAKey:
         require_key(uri)
@@ -140,13 +142,18 @@ class VaultTransitBackend:
         except Exception as exc:  # health reports, it does not raise
             ok, detail = False, _describe(exc)
         return {"backend": self.name, "address": self.address, "mount": self.mount, "ok": ok, "detail": detail,
-                "lastError": self._last_error}
+                "breaker": self.breaker.state, "lastError": self._last_error}
 
     def close(self) -> None:
         self.client.adapter.close()
 
     def _call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """One request with the backend's error vocabulary; transient failures retried with jitter."""
+        """One request, behind the circuit breaker: a dead server fails fast until a trial call succeeds."""
+        return self.breaker.call(lambda: self._attempts(what, fn, retry),
+                                 lambda exc: isinstance(exc, BackendUnavailable))
+
+    def _attempts(self, what: str, fn: Callable[[], T], retry: bool) -> T:
+        """The backend's error vocabulary; transient failures retried with jittered backoff."""
         attempts = 1 + (RETRIES if retry else 0)
         for attempt in range(attempts):
             try:

@@ -168,7 +168,7 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
     answering (SIGSTOP: connections hang, the worst case) and comes back while the CA keeps running."""
     ca = make_ca(tmp_path / "ca")
     env = bao.env()
-    hsmca(ca, "intermediate", "csr", "--key", "vault:transit/keys/issuing?timeout=2", "--subject",
+    hsmca(ca, "intermediate", "csr", "--key", "vault:transit/keys/issuing?timeout=2&cooldown=1", "--subject",
           "CN=Vault Issuing CA,O=hsmca tests", "--out", str(tmp_path / "int.csr"), env=env)
     csr = x509.load_pem_x509_csr((tmp_path / "int.csr").read_bytes())
     ca.config.apply_kms_environment()
@@ -198,6 +198,9 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
             start = time.monotonic()
             down = _issue(ca, running.url, "vault-2.internal", env)
             took = time.monotonic() - start
+            start = time.monotonic()
+            fast = _issue(ca, running.url, "vault-2b.internal", env)  # the breaker is open: no waiting
+            fast_took = time.monotonic() - start
             sick = running.get("/health", timeout=30)
             assert sick.status_code == 503 and sick.json()["detail"]["kms"].startswith("unavailable: vault: ")
         finally:
@@ -205,9 +208,13 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
         assert down.returncode != 0 and "(503)" in down.stderr, down.stderr
         assert "signing backend unavailable" in down.stderr and f"vault at {bao.addr}" in down.stderr
         assert took < 20, f"the 503 took {took:.1f} s; the key URI's timeout is 2 s (3 attempts)"
+        assert fast.returncode != 0 and "(503)" in fast.stderr and "is failing" in fast.stderr, fast.stderr
+        assert fast_took < took, (fast_took, took)
 
+        time.sleep(1.2)  # the URI's cooldown: then one trial call, which succeeds and closes the breaker
         back = _issue(ca, running.url, "vault-3.internal", env)
         assert back.returncode == 0, back.stderr
+        print(f"vault frozen: first 503 after {took:.2f} s, next {fast_took:.2f} s (client start-up included)")
     finally:
         running.stop()
 
