@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import hvac
 import requests
+import requests.adapters
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hvac import exceptions as hv
@@ -49,6 +50,7 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0  # seconds per HTTP call; a signature takes milliseconds
 DEFAULT_COOLDOWN = 5.0  # seconds a failing server is left alone before one trial call
+POOL_SIZE = 64  # kept connections per backend: above the request threads of one worker
 RETRIES = 2  # transient errors only (429, 5xx, connection): a refused signature is never retried
 
 _KEY_TYPES: dict[KeySpec, str] = {
@@ -88,8 +90,12 @@ class VaultTransitBackend:
         except ValueError:
             raise InvalidKeyURI("vault key URI: timeout and cooldown are numbers of seconds") from None
         verify: bool | str = uri.query.get("ca-file") or True
+        # Many request threads sign at once through one client: keep a connection for each.
+        session = requests.Session()
+        session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
+        session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
         self.client = hvac.Client(url=self.address, token=_token(uri), timeout=self.timeout, verify=verify,
-                                  namespace=uri.query.get("namespace"))
+                                  namespace=uri.query.get("namespace"), session=session)
         self._last_error: str | None = None
         self.breaker = CircuitBreaker(f"vault at {self.address}", cooldown=cooldown)
 
