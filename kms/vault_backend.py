@@ -79,7 +79,8 @@ class VaultTransitBackend:
 
     @staticmethod
     def identity(uri: KeyURI) -> Hashable:
-        return (_address(uri), uri.query.get("namespace"), split_path(uri)[0], uri.query.get("token-file"))
+        mount = split_path(uri)[0]  # the shape first: a malformed URI is not a missing address
+        return (_address(uri), uri.query.get("namespace"), mount, uri.query.get("token-file"))
 
     def __init__(self, uri: KeyURI) -> None:
         self.address = _address(uri)

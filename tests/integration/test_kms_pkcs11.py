@@ -318,7 +318,10 @@ def test_pin_source_problems_are_permission_denied(softhsm_token: SoftHSMToken, 
     ("pkcs11:object=y?pin-value=1234", "names no token"),
     ("pkcs11:token=x?pin-value=1234", "names no key"),
     ("pkcs11:token=x;object=y;type=public", "type=private"),
-    ("awskms:key-id=abc;region=eu-west-1", "available: pkcs11"),
+    ("awskms:key-id=abc;region=eu-west-1;secret-key=x", "looks like a credential"),
+    ("vault:transit/abc", "vault:MOUNT/keys/NAME"),
+    ("gcpkms:projects/p/locations/l/keyRings/r/cryptoKeys/k", "version"),
+    ("azurekv:https://v.vault.azure.net/keys/k?pin-value=1", "unknown parameter"),
 ])
 def test_bad_uris_are_invalid_key_uri(uri: str, match: str) -> None:
     with pytest.raises(kms.InvalidKeyURI, match=match):
@@ -329,7 +332,7 @@ def test_missing_module_is_backend_unavailable(softhsm_token: SoftHSMToken) -> N
     uri = f"pkcs11:token={softhsm_token.label};object=k?module-path=/nonexistent/libp11.so&pin-value=1234"
     with pytest.raises(kms.BackendUnavailable, match="not found"):
         kms.open_key(uri)
-    report = next(r for r in kms.backends_health() if r["module"] == "/nonexistent/libp11.so")
+    report = next(r for r in kms.backends_health() if r.get("module") == "/nonexistent/libp11.so")
     assert report["ok"] is False and "not found" in report["detail"]
 
 
@@ -357,7 +360,7 @@ def test_lost_session_is_reopened(softhsm_token: SoftHSMToken) -> None:
 
     with pkcs11_module.lock():
         tokens._session.close()
-    report = next(r for r in kms.backends_health() if r["token"] == f"token={softhsm_token.label}")
+    report = next(r for r in kms.backends_health() if r.get("token") == f"token={softhsm_token.label}")
     assert report == {"backend": "pkcs11", "module": softhsm_token.module,
                       "token": f"token={softhsm_token.label}", "ok": True,
                       "detail": "token present; session ok"}
