@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,7 +36,6 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from cryptography.hazmat.primitives import hashes, serialization
 
-from kms.breaker import CircuitBreaker
 from kms.errors import (
     BackendUnavailable,
     InvalidKeyURI,
@@ -50,6 +48,7 @@ from kms.errors import (
 )
 from kms.keyspec import KeySpec
 from kms.remote_keys import REMOTE_ADAPTERS, Scheme
+from kms.resilience import RemoteCalls
 from kms.signer import CAKey, spec_of_public
 from kms.uri import KeyURI, require_key
 
@@ -58,7 +57,6 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0  # seconds to connect and to read, per request; a signature takes milliseconds
 DEFAULT_COOLDOWN = 5.0  # seconds a failing endpoint is left alone before one trial call
-RETRIES = 2  # throttling and transient failures only; a refused signature is never retried
 RAW_LIMIT = 4096  # bytes: the most AWS KMS accepts as Sign's Message
 
 PATH_ATTRS = frozenset({"key-id", "region"})
@@ -159,12 +157,12 @@ class AwsKmsBackend:
         except ValueError as exc:
             raise InvalidKeyURI(f"awskms key URI: bad endpoint: {exc}") from None
         self._last_key: str | None = None
-        self._last_error: str | None = None
         try:
             cooldown = float(uri.query.get("cooldown", DEFAULT_COOLDOWN))
         except ValueError:
             raise InvalidKeyURI("awskms key URI: cooldown must be a number of seconds") from None
-        self.breaker = CircuitBreaker(self.label, cooldown=cooldown)
+        self.calls = RemoteCalls(self.label, cooldown=cooldown)
+        self.breaker = self.calls.breaker
 
     def open_key(self, uri: KeyURI) -> CAKey:
         require_key(uri)
@@ -243,48 +241,37 @@ class AwsKmsBackend:
         except Exception as exc:  # health reports, it does not raise
             ok, detail = False, _describe(exc)
         return {"backend": self.name, "region": self.region, "endpoint": self.endpoint, "ok": ok,
-                "status": "ok" if ok else f"unavailable: {detail}", "detail": detail, "lastError": self._last_error}
+                "status": "ok" if ok else f"unavailable: {detail}", "detail": detail,
+                "lastError": self.calls.last_error}
 
     def close(self) -> None:
         self.client.close()
 
     def _call(self, what: str, fn: Callable[[], T], *, retry: bool = True, refused: type[KMSError] = KMSError) -> T:
-        """One request behind the circuit breaker: a dead endpoint fails fast until a trial call succeeds."""
-        return self.breaker.call(lambda: self._attempts(what, fn, retry, refused),
-                                 lambda exc: isinstance(exc, BackendUnavailable))
+        return self.calls.call(what, fn, lambda exc, w: self._classify(exc, w, refused), retry=retry,
+                               backoff=lambda attempt, _exc: random.uniform(0, 0.25 * 2 ** attempt))
 
-    def _attempts(self, what: str, fn: Callable[[], T], retry: bool, refused: type[KMSError]) -> T:
-        """One request in our error vocabulary; throttling and transient failures retried with full jitter."""
-        attempts = 1 + (RETRIES if retry else 0)
-        for attempt in range(attempts):
-            try:
-                result = fn()
-                self._last_error = None
-                return result
-            except ClientError as exc:
-                code, status = _code(exc), _status(exc)
-                if code in _TRANSIENT_CODES or status == 429 or status >= 500:
-                    cause = _describe(exc)
-                elif code == "NotFoundException":
-                    raise KeyNotFound(f"{self.label}: not found while {what} ({_describe(exc)})") from None
-                elif code in _DENIED_CODES:
-                    raise PermissionDenied(f"{self.label} refused {what}: {_describe(exc)}") from None
-                elif code == "AlreadyExistsException":
-                    raise KeyExists(f"{self.label} refused {what}: {_describe(exc)}") from None
-                else:
-                    raise refused(f"{self.label} refused {what}: {_describe(exc)}") from None
-            except _NETWORK as exc:
-                cause = _describe(exc)
-            except _NO_CREDENTIALS as exc:
-                raise PermissionDenied(f"{self.label} while {what}: no usable AWS credentials in the SDK chain "
-                                       f"(environment, profile, instance role): {_describe(exc)}") from None
-            except BotoCoreError as exc:
-                raise refused(f"{self.label} while {what}: {_describe(exc)}") from None
-            self._last_error = cause
-            if attempt + 1 == attempts:
-                raise BackendUnavailable(f"{self.label} while {what}: {cause}")
-            time.sleep(random.uniform(0, 0.25 * 2 ** attempt))
-        raise AssertionError("unreachable")
+    def _classify(self, exc: BaseException, what: str, refused: type[KMSError]) -> str | None:
+        """botocore's exceptions in the backend's vocabulary (see kms/resilience.py)."""
+        if isinstance(exc, ClientError):
+            code, status = _code(exc), _status(exc)
+            if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+                return _describe(exc)
+            if code == "NotFoundException":
+                raise KeyNotFound(f"{self.label}: not found while {what} ({_describe(exc)})") from None
+            if code in _DENIED_CODES:
+                raise PermissionDenied(f"{self.label} refused {what}: {_describe(exc)}") from None
+            if code == "AlreadyExistsException":
+                raise KeyExists(f"{self.label} refused {what}: {_describe(exc)}") from None
+            raise refused(f"{self.label} refused {what}: {_describe(exc)}") from None
+        if isinstance(exc, _NETWORK):
+            return _describe(exc)
+        if isinstance(exc, _NO_CREDENTIALS):
+            raise PermissionDenied(f"{self.label} while {what}: no usable AWS credentials in the SDK chain "
+                                   f"(environment, profile, instance role): {_describe(exc)}") from None
+        if isinstance(exc, BotoCoreError):
+            raise refused(f"{self.label} while {what}: {_describe(exc)}") from None
+        return None
 
     def _check_usable(self, key_id: str, meta: dict[str, Any]) -> None:
         usage, state, aws_spec = meta.get("KeyUsage"), meta.get("KeyState"), meta.get("KeySpec")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -37,9 +36,7 @@ from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
 
-from kms.breaker import CircuitBreaker
 from kms.errors import (
-    BackendUnavailable,
     InvalidKeyURI,
     KeyExists,
     KeyNotFound,
@@ -50,6 +47,7 @@ from kms.errors import (
 )
 from kms.keyspec import KeySpec
 from kms.remote_keys import REMOTE_ADAPTERS, Scheme
+from kms.resilience import RemoteCalls
 from kms.signer import CAKey, spec_of_public
 from kms.uri import KeyURI, require_key
 
@@ -61,7 +59,6 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0  # seconds per HTTP call; a signature takes milliseconds
 DEFAULT_COOLDOWN = 5.0  # seconds a failing vault is left alone before one trial call
-RETRIES = 2  # transient errors only (429, 5xx, connection): a refused signature is never retried
 MAX_RETRY_AFTER = 2.0  # seconds: a longer Retry-After means the vault is unavailable for this request
 QUERY = frozenset({"timeout", "ca-file", "hsm", "cooldown"})
 _CURVES = {KeySpec.EC_P256: "P-256", KeySpec.EC_P384: "P-384"}
@@ -129,12 +126,12 @@ class AzureKeyVaultBackend:
                                          "verify_challenge_resource": verify_challenge_resource}
         self.client = KeyClient(self.vault, self._credential, **self._options)
         self._probe: str | None = None  # a key that health() may read: this identity can get it
-        self._last_error: str | None = None
         try:
             cooldown = float(uri.query.get("cooldown", DEFAULT_COOLDOWN))
         except ValueError:
             raise InvalidKeyURI("azurekv key URI: cooldown must be a number of seconds") from None
-        self.breaker = CircuitBreaker(f"azure key vault {self.vault}", cooldown=cooldown)
+        self.calls = RemoteCalls(f"azure key vault {self.vault}", cooldown=cooldown)
+        self.breaker = self.calls.breaker
 
     def open_key(self, uri: KeyURI) -> CAKey:
         require_key(uri)
@@ -191,7 +188,7 @@ class AzureKeyVaultBackend:
                 status = "ok"
             except Exception as exc:  # health reports, it does not raise
                 status = f"unavailable: {_describe(exc)}"
-        return {"backend": self.name, "address": self.vault, "status": status, "lastError": self._last_error}
+        return {"backend": self.name, "address": self.vault, "status": status, "lastError": self.calls.last_error}
 
     def close(self) -> None:
         self._transport.close()
@@ -200,29 +197,18 @@ class AzureKeyVaultBackend:
             close()
 
     def _call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """One request behind the circuit breaker: a dead vault fails fast until a trial call succeeds."""
-        return self.breaker.call(lambda: self._attempts(what, fn, retry),
-                                 lambda exc: isinstance(exc, BackendUnavailable))
+        return self.calls.call(what, fn, self._classify, retry=retry, backoff=_backoff)
 
-    def _attempts(self, what: str, fn: Callable[[], T], retry: bool) -> T:
-        """One request with the backend's error vocabulary; transient failures retried with jitter."""
-        attempts = 1 + (RETRIES if retry else 0)
-        for attempt in range(attempts):
-            try:
-                result = fn()
-                self._last_error = None
-                return result
-            except (ServiceRequestError, ServiceResponseError, HttpResponseError) as exc:
-                # HttpResponseError covers ClientAuthenticationError, also raised when the credential found no token.
-                if isinstance(exc, HttpResponseError) and not _transient_status(exc.status_code):
-                    raise self._refusal(what, exc) from None
-                self._last_error = _describe(exc)
-                if attempt + 1 == attempts:
-                    raise BackendUnavailable(f"azure key vault {self.vault} while {what}: {_describe(exc)}") from None
-                time.sleep(_backoff(attempt, exc))
-            except (AzureError, ValueError) as exc:  # ValueError: the SDK refused the vault's challenge
-                raise KMSError(f"azure key vault {self.vault} while {what}: {_describe(exc)}") from None
-        raise AssertionError("unreachable")
+    def _classify(self, exc: BaseException, what: str) -> str | None:
+        """azure-core's exceptions in the backend's vocabulary (see kms/resilience.py)."""
+        if isinstance(exc, (ServiceRequestError, ServiceResponseError, HttpResponseError)):
+            # HttpResponseError covers ClientAuthenticationError, also raised when the credential found no token.
+            if isinstance(exc, HttpResponseError) and not _transient_status(exc.status_code):
+                raise self._refusal(what, exc) from None
+            return _describe(exc)
+        if isinstance(exc, (AzureError, ValueError)):  # ValueError: the SDK refused the vault's challenge
+            raise KMSError(f"azure key vault {self.vault} while {what}: {_describe(exc)}") from None
+        return None
 
     def _refusal(self, what: str, exc: HttpResponseError) -> KMSError:
         where = f"azure key vault {self.vault}"

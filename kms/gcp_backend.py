@@ -19,7 +19,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Hashable
@@ -33,9 +32,7 @@ from google.auth import credentials as gcreds
 from google.auth import exceptions as gauth
 from google.cloud import kms_v1
 
-from kms.breaker import CircuitBreaker
 from kms.errors import (
-    BackendUnavailable,
     InvalidKeyURI,
     KeyExists,
     KeyNotFound,
@@ -46,6 +43,7 @@ from kms.errors import (
 )
 from kms.keyspec import KeySpec
 from kms.remote_keys import REMOTE_ADAPTERS, Scheme
+from kms.resilience import RemoteCalls
 from kms.signer import CAKey, spec_of_public
 from kms.uri import KeyURI, require_key
 
@@ -55,7 +53,6 @@ T = TypeVar("T")
 DEFAULT_ENDPOINT = "cloudkms.googleapis.com"
 DEFAULT_TIMEOUT = 10.0  # seconds per call; a signature takes tens of milliseconds
 DEFAULT_COOLDOWN = 5.0  # seconds a failing endpoint is left alone before one trial call
-RETRIES = 2  # transient errors only (429, 5xx, deadline, connection): a refusal is never retried
 GENERATION_WAIT = 60.0  # seconds create_key waits for a new HSM version to leave PENDING_GENERATION
 
 _NAME_RE = re.compile(r"(projects/[^/]+/locations/[^/]+/keyRings/[^/]+)/cryptoKeys/([^/]+)/cryptoKeyVersions/([^/]+)")
@@ -127,9 +124,9 @@ class GcpKmsBackend:
         settings = self._settings = _settings(uri)
         self.endpoint, self.transport, self.timeout = settings.endpoint, settings.transport, settings.timeout
         self._client, self._pid = _client(settings), os.getpid()
-        self._last_error: str | None = None
         self._probe: str | None = None  # a version opened here: health reads its public key
-        self.breaker = CircuitBreaker(f"gcp kms {self.endpoint}", cooldown=settings.cooldown)
+        self.calls = RemoteCalls(f"gcp kms {self.endpoint}", cooldown=settings.cooldown)
+        self.breaker = self.calls.breaker
 
     @property
     def client(self) -> kms_v1.KeyManagementServiceClient:
@@ -217,37 +214,26 @@ class GcpKmsBackend:
             except Exception as exc:  # health reports, it does not raise
                 ok, detail = False, _describe(exc)
         return {"backend": self.name, "endpoint": self.endpoint, "transport": self.transport, "ok": ok,
-                "detail": detail, "breaker": self.breaker.state, "lastError": self._last_error}
+                "detail": detail, "breaker": self.breaker.state, "lastError": self.calls.last_error}
 
     def close(self) -> None:
         if self._pid == os.getpid():  # a forked child must not close the sockets its parent still uses
             self._client.transport.close()
 
     def _call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """One request, behind the circuit breaker: a dead endpoint fails fast until a trial call succeeds."""
-        return self.breaker.call(lambda: self._attempts(what, fn, retry),
-                                 lambda exc: isinstance(exc, BackendUnavailable))
+        return self.calls.call(what, fn, self._classify, retry=retry)
 
-    def _attempts(self, what: str, fn: Callable[[], T], retry: bool) -> T:
-        """The backend's error vocabulary; transient failures retried with jittered backoff."""
-        attempts = 1 + (RETRIES if retry else 0)
-        for attempt in range(attempts):
-            try:
-                result = fn()
-                self._last_error = None
-                return result
-            except _API_OR_TRANSPORT as exc:
-                status = _status(exc) if isinstance(exc, gexc.GoogleAPICallError) else "TRANSPORT"
-                if status != "TRANSPORT" and status not in _TRANSIENT_STATUSES:
-                    raise self._refusal(status, what, exc) from None
-                self._last_error = _describe(exc)
-                if attempt + 1 == attempts:
-                    raise BackendUnavailable(f"gcp kms {self.endpoint} while {what}: {_describe(exc)}") from None
-                time.sleep(random.uniform(0.05, 0.2) * (2 ** attempt))
-            except gauth.GoogleAuthError as exc:  # RefreshError and kin: the credentials, not the service
-                raise PermissionDenied(f"gcp kms {self.endpoint}: no usable Google credentials while {what}: "
-                                       f"{_describe(exc)}") from None
-        raise AssertionError("unreachable")
+    def _classify(self, exc: BaseException, what: str) -> str | None:
+        """google-api-core's exceptions in the backend's vocabulary (see kms/resilience.py)."""
+        if isinstance(exc, _API_OR_TRANSPORT):
+            status = _status(exc) if isinstance(exc, gexc.GoogleAPICallError) else "TRANSPORT"
+            if status != "TRANSPORT" and status not in _TRANSIENT_STATUSES:
+                raise self._refusal(status, what, exc) from None
+            return _describe(exc)
+        if isinstance(exc, gauth.GoogleAuthError):  # RefreshError and kin: the credentials, not the service
+            raise PermissionDenied(f"gcp kms {self.endpoint}: no usable Google credentials while {what}: "
+                                   f"{_describe(exc)}") from None
+        return None
 
     def _refusal(self, status: str, what: str, exc: BaseException) -> KMSError:
         where = f"gcp kms {self.endpoint}"

@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import random
-import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +27,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hvac import exceptions as hv
 
-from kms.breaker import CircuitBreaker
 from kms.errors import (
     BackendUnavailable,
     InvalidKeyURI,
@@ -42,6 +39,7 @@ from kms.errors import (
 )
 from kms.keyspec import KeySpec
 from kms.remote_keys import REMOTE_ADAPTERS, Scheme
+from kms.resilience import RemoteCalls
 from kms.signer import CAKey, spec_of_public
 from kms.uri import KeyURI, require_key
 
@@ -51,7 +49,6 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0  # seconds per HTTP call; a signature takes milliseconds
 DEFAULT_COOLDOWN = 5.0  # seconds a failing server is left alone before one trial call
 POOL_SIZE = 64  # kept connections per backend: above the request threads of one worker
-RETRIES = 2  # transient errors only (429, 5xx, connection): a refused signature is never retried
 
 _KEY_TYPES: dict[KeySpec, str] = {
     KeySpec.EC_P256: "ecdsa-p256", KeySpec.EC_P384: "ecdsa-p384", KeySpec.RSA_2048: "rsa-2048",
@@ -97,8 +94,8 @@ class VaultTransitBackend:
         session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE))
         self.client = hvac.Client(url=self.address, token=_token(uri), timeout=self.timeout, verify=verify,
                                   namespace=uri.query.get("namespace"), session=session)
-        self._last_error: str | None = None
-        self.breaker = CircuitBreaker(f"vault at {self.address}", cooldown=cooldown)
+        self.calls = RemoteCalls(f"vault at {self.address}", cooldown=cooldown)
+        self.breaker = self.calls.breaker
 
     def open_key(self, uri: KeyURI) -> CAKey:
         require_key(uri)
@@ -149,36 +146,25 @@ class VaultTransitBackend:
         except Exception as exc:  # health reports, it does not raise
             ok, detail = False, _describe(exc)
         return {"backend": self.name, "address": self.address, "mount": self.mount, "ok": ok, "detail": detail,
-                "breaker": self.breaker.state, "lastError": self._last_error}
+                "breaker": self.breaker.state, "lastError": self.calls.last_error}
 
     def close(self) -> None:
         self.client.adapter.close()
 
     def _call(self, what: str, fn: Callable[[], T], *, retry: bool = True) -> T:
-        """One request, behind the circuit breaker: a dead server fails fast until a trial call succeeds."""
-        return self.breaker.call(lambda: self._attempts(what, fn, retry),
-                                 lambda exc: isinstance(exc, BackendUnavailable))
+        return self.calls.call(what, fn, self._classify, retry=retry)
 
-    def _attempts(self, what: str, fn: Callable[[], T], retry: bool) -> T:
-        """The backend's error vocabulary; transient failures retried with jittered backoff."""
-        attempts = 1 + (RETRIES if retry else 0)
-        for attempt in range(attempts):
-            try:
-                result = fn()
-                self._last_error = None
-                return result
-            except _TRANSIENT as exc:
-                self._last_error = _describe(exc)
-                if attempt + 1 == attempts:
-                    raise BackendUnavailable(f"vault at {self.address} while {what}: {_describe(exc)}") from None
-                time.sleep(random.uniform(0.05, 0.2) * (2 ** attempt))
-            except hv.InvalidPath:
-                raise KeyNotFound(f"vault at {self.address}: no such key or mount while {what}") from None
-            except (hv.Forbidden, hv.Unauthorized) as exc:
-                raise PermissionDenied(f"vault at {self.address} refused {what}: {_describe(exc)}") from None
-            except hv.VaultError as exc:
-                raise SigningFailed(f"vault at {self.address} refused {what}: {_describe(exc)}") from None
-        raise AssertionError("unreachable")
+    def _classify(self, exc: BaseException, what: str) -> str | None:
+        """hvac's exceptions in the backend's vocabulary (see kms/resilience.py)."""
+        if isinstance(exc, _TRANSIENT):
+            return _describe(exc)
+        if isinstance(exc, hv.InvalidPath):
+            raise KeyNotFound(f"vault at {self.address}: no such key or mount while {what}") from None
+        if isinstance(exc, (hv.Forbidden, hv.Unauthorized)):
+            raise PermissionDenied(f"vault at {self.address} refused {what}: {_describe(exc)}") from None
+        if isinstance(exc, hv.VaultError):
+            raise SigningFailed(f"vault at {self.address} refused {what}: {_describe(exc)}") from None
+        return None
 
 
 class _TransitSigner:

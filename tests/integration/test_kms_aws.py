@@ -364,7 +364,7 @@ def test_sign_errors_map_to_the_error_vocabulary_and_only_transient_ones_are_ret
         with pytest.raises(error, match=message):
             key.sign(b"tbs", ec.ECDSA(hashes.SHA256()))
         stub.assert_no_pending_responses()
-    assert (backend._last_error is not None) == (error is BackendUnavailable)  # what health() reports
+    assert (backend.calls.last_error is not None) == (error is BackendUnavailable)  # what health() reports
 
 
 def test_throttling_then_success_signs(stubbed_env: None) -> None:
