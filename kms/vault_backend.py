@@ -70,14 +70,15 @@ def split_path(uri: KeyURI) -> tuple[str, str]:
 
 
 class VaultTransitBackend:
-    """One client per (address, namespace, mount, token file); keys opened through it share its HTTP pool."""
+    """One client per (address, namespace, mount, token file, timeout, cooldown); its keys share its HTTP pool."""
 
     name = "vault"
 
     @staticmethod
     def identity(uri: KeyURI) -> Hashable:
         mount = split_path(uri)[0]  # the shape first: a malformed URI is not a missing address
-        return (_address(uri), uri.query.get("namespace"), mount, uri.query.get("token-file"))
+        return (_address(uri), uri.query.get("namespace"), mount, uri.query.get("token-file"),
+                uri.query.get("timeout"), uri.query.get("cooldown"))
 
     def __init__(self, uri: KeyURI) -> None:
         self.address = _address(uri)
