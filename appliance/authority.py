@@ -13,11 +13,11 @@ from typing import Any
 
 from cryptography import x509
 
+from appliance.active_issuer import ActiveIssuer
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
 from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
 from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
-from appliance.intermediates import ActiveIssuer
 from appliance.issuer import Issuer, LeafProfile
 from appliance.names import RequestedNames, split_sans
 from appliance.provisioners import Provisioner, Provisioners, SignAuthorization

@@ -1,4 +1,5 @@
-"""Intermediates on the appliance: key and CSR in the KMS, install, activate, retire, and which one signs.
+"""Intermediates on the appliance, as the operator manages them: key and CSR in the KMS, install,
+activate, retire. Which one signs a given request is `appliance.active_issuer`'s job.
 
 The database is the only source of truth for which intermediate is active: every worker and
 every replica asks it (one indexed query per issuance), so `activate` takes effect everywhere
@@ -8,21 +9,19 @@ at once, and a scheduled activation at its time, with no restart and no message 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.certutil import load_certificates, parse_certificates
-from appliance.config import CAConfig, ConfigError
-from appliance.errors import ServiceUnavailable
-from appliance.issuer import Issuer
+from appliance.config import CAConfig
 from appliance.store import IntermediateRecord, IntermediateState, Store, StoreError, intermediate_state
 from kms import KeySpec, create_key, default_hash, open_key, parse_key_uri
 from kms.errors import KMSError
+from kms.signer import spki_der
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,6 @@ class IntermediateError(Exception):
 def key_id(public_key: object) -> str:
     """The intermediate's id: hex SubjectKeyIdentifier of its key (what `certificates.issuer` holds)."""
     return x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()  # type: ignore[arg-type]
-
-
-def _spki(public_key: object) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
 
 
 def stored_key_uri(uri: str) -> str:
@@ -78,7 +73,7 @@ def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: st
         raise IntermediateError(f"{type(exc).__name__}: {exc}") from None
     public = key.public_key()
     rec = IntermediateRecord(
-        id=key_id(public), name=label, key_uri=stored, public_key=_spki(public),
+        id=key_id(public), name=label, key_uri=stored, public_key=spki_der(public),
         csr=csr.public_bytes(Encoding.DER), certificate=None, subject=dn.rfc4514_string(), not_before=None,
         not_after=None, activate_at=None, retired_at=None, created_at=now or _now(), installed_at=None)
     try:
@@ -127,7 +122,7 @@ def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime
     if activate_at is not None and activate_at >= cert.not_valid_after_utc:
         raise IntermediateError(f"--activate-at {activate_at} is not before the certificate expires "
                                 f"({cert.not_valid_after_utc})")
-    spki = _spki(cert.public_key())
+    spki = spki_der(cert.public_key())
     try:
         rec = next((r for r in store.list_intermediates() if r.public_key == spki), None)
         if rec is None:
@@ -207,7 +202,7 @@ def bootstrap(config: CAConfig, store: Store, now: datetime | None = None) -> In
     cert = load_certificates(config.resolve(config.crt))[0]
     stored = stored_key_uri(config.key)
     rec = IntermediateRecord(
-        id=key_id(cert.public_key()), name="intermediate_ca", key_uri=stored, public_key=_spki(cert.public_key()),
+        id=key_id(cert.public_key()), name="intermediate_ca", key_uri=stored, public_key=spki_der(cert.public_key()),
         csr=None, certificate=cert.public_bytes(Encoding.DER), subject=cert.subject.rfc4514_string(),
         not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
         activate_at=cert.not_valid_before_utc, retired_at=None, created_at=now or _now(), installed_at=now or _now())
@@ -229,60 +224,6 @@ def listing(store: Store, now: datetime | None = None) -> list[Listed]:
     counts = store.count_certificates_by_issuer()
     return [Listed(r, intermediate_state(r, active.id if active else None, now), counts.get(r.id, 0))
             for r in store.list_intermediates()]
-
-
-class ActiveIssuer:
-    """Which intermediate signs now: asked of the database per issuance, keys opened once per process."""
-
-    def __init__(self, config: CAConfig, store: Store):
-        self.config, self.store = config, store
-        self._issuers: dict[str, Issuer] = {}
-        self._lock = threading.Lock()
-
-    def current(self, now: datetime | None = None) -> Issuer:
-        now = now or _now()
-        try:
-            active = self.store.active_intermediate_id(now)
-            issuer = self._issuers.get(active[0]) if active else None
-            if active is not None and issuer is None:
-                rec = self.store.get_intermediate(active[0])
-                issuer = self.issuer_for(rec) if rec is not None and rec.certificate is not None else None
-        except StoreError as exc:
-            raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
-        if active is None or issuer is None:
-            raise ServiceUnavailable("no active intermediate: install one and activate it "
-                                     "(hsmca intermediate install CERT --activate-at now)")
-        if active[1] is not None and active[1] <= now:
-            raise ServiceUnavailable(f"the active intermediate ({issuer.certificate.subject.rfc4514_string()}) "
-                                     f"expired at {active[1]}; activate its successor")
-        return issuer
-
-    def issuer_for(self, rec: IntermediateRecord) -> Issuer:
-        with self._lock:
-            issuer = self._issuers.get(rec.id)
-            if issuer is None:
-                assert rec.certificate is not None
-                self.config.apply_kms_environment()
-                try:
-                    key = open_key(self.config.key_uri(rec.key_uri))
-                except (KMSError, ConfigError) as exc:
-                    raise ServiceUnavailable(f"signing backend unavailable for intermediate {rec.name!r}: "
-                                             f"{exc}") from None
-                cert = x509.load_der_x509_certificate(rec.certificate)
-                extra = x509.load_pem_x509_certificates(rec.chain) if rec.chain else []
-                issuer = self._issuers[rec.id] = Issuer(key, cert, self.store, issuer_id=rec.id, chain=extra)
-            return issuer
-
-    def published(self, now: datetime | None = None) -> list[x509.Certificate]:
-        """What `/intermediates` serves: the active one first, then the others still valid."""
-        now = now or _now()
-        items = listing(self.store, now)
-        order = {IntermediateState.ACTIVE: 0, IntermediateState.PENDING: 1, IntermediateState.RETIRED: 2}
-        chosen = sorted((i for i in items if i.record.certificate is not None and i.state in order
-                         and (i.record.not_after is None or i.record.not_after > now)),
-                        key=lambda i: order[i.state])
-        return [x509.load_der_x509_certificate(i.record.certificate) for i in chosen
-                if i.record.certificate is not None]
 
 
 def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import softhsm
 from ceremony.network import require_offline
 from ceremony.plan import Plan, resolve
 from ceremony.transcript import sha256_hex
+from kms.signer import spki_der
 from kms.uri import KeyURI
 
 
@@ -89,7 +89,7 @@ def environment(plan: Plan, opts: Options, setting: Setting) -> dict[str, Any]:
 
 
 def spki_sha256(public_key: Any) -> str:
-    return sha256_hex(public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    return sha256_hex(spki_der(public_key))
 
 
 def check_new_file(path: Path) -> None:

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import AuthorityInformationAccessOID, ObjectIdentifier
 
-from kms.signer import CAKey, default_hash
+from kms.signer import CAKey, default_hash, spki_der
 
 CAPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
@@ -91,7 +90,7 @@ def intermediate_certificate(issuer_key: CAKey, issuer_cert: x509.Certificate, p
     _check_validity(not_before, not_after)
     profile = profile or CAProfile(path_length=path_length)
     path_length = profile.path_length
-    if _spki(issuer_key.public_key()) != _spki(issuer_cert.public_key()):  # type: ignore[arg-type]
+    if spki_der(issuer_key.public_key()) != spki_der(issuer_cert.public_key()):
         raise ValueError("the issuer key does not belong to the issuer certificate")
     try:
         bc = issuer_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -160,6 +159,3 @@ def _check_validity(not_before: datetime.datetime, not_after: datetime.datetime)
     if not_after <= not_before:
         raise ValueError("not_after must be later than not_before")
 
-
-def _spki(public_key: CAPublicKey) -> bytes:
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)

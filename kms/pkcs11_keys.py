@@ -18,7 +18,7 @@ from kms.digest import check_pss, digest, digest_info
 from kms.errors import KMSError, SigningFailed, UnsupportedAlgorithm
 from kms.keyspec import KeySpec
 from kms.pkcs11_session import KeyRef, TokenSession
-from kms.signer import KMSKey
+from kms.signer import ECPublicHalf, Ed25519PublicHalf, KMSKey, RSAPublicHalf
 
 # CKA_EC_PARAMS: DER of the curve's namedCurve OID (RFC 5480 §2.1.1.1; RFC 8410 §3 for Ed25519).
 EC_PARAMS: dict[KeySpec, bytes] = {
@@ -67,20 +67,7 @@ class Pkcs11Key(KMSKey):
         return self._tokens.call(op, failure=SigningFailed)
 
 
-class Pkcs11ECKey(Pkcs11Key, ec.EllipticCurvePrivateKey):
-    _public: ec.EllipticCurvePublicKey
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
-
-    @property
-    def curve(self) -> ec.EllipticCurve:
-        return self._public.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._public.curve.key_size
-
+class Pkcs11ECKey(Pkcs11Key, ECPublicHalf, ec.EllipticCurvePrivateKey):
     def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise UnsupportedAlgorithm("EC keys sign with ECDSA only")
@@ -96,16 +83,7 @@ class Pkcs11ECKey(Pkcs11Key, ec.EllipticCurvePrivateKey):
         return utils.encode_dss_signature(r, s)
 
 
-class Pkcs11RSAKey(Pkcs11Key, rsa.RSAPrivateKey):
-    _public: rsa.RSAPublicKey
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        return self._public
-
-    @property
-    def key_size(self) -> int:
-        return self._public.key_size
-
+class Pkcs11RSAKey(Pkcs11Key, RSAPublicHalf, rsa.RSAPrivateKey):
     def sign(self, data: Buffer, padding_: padding.AsymmetricPadding, algorithm: object) -> bytes:
         # `algorithm` is typed as widely as any cryptography version's ABC; digest() accepts only
         # a hash or Prehashed (never NoDigestInfo: that would make the HSM a raw RSA oracle).
@@ -127,12 +105,7 @@ class Pkcs11RSAKey(Pkcs11Key, rsa.RSAPrivateKey):
         return signature
 
 
-class Pkcs11Ed25519Key(Pkcs11Key, ed25519.Ed25519PrivateKey):
-    _public: ed25519.Ed25519PublicKey
-
-    def public_key(self) -> ed25519.Ed25519PublicKey:
-        return self._public
-
+class Pkcs11Ed25519Key(Pkcs11Key, Ed25519PublicHalf, ed25519.Ed25519PrivateKey):
     def sign(self, data: Buffer) -> bytes:
         return self._sign_in_token(bytes(data), Mechanism.EDDSA)
 

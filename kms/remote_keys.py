@@ -17,7 +17,7 @@ from cryptography.utils import Buffer
 from kms.digest import check_pss, digest
 from kms.errors import SigningFailed, UnsupportedAlgorithm
 from kms.keyspec import KeySpec
-from kms.signer import KMSKey
+from kms.signer import ECPublicHalf, Ed25519PublicHalf, KMSKey, RSAPublicHalf
 
 Scheme = Literal["ecdsa", "pkcs1v15", "pss"]
 
@@ -46,20 +46,7 @@ class RemoteKey(KMSKey):
         self.backend = backend
 
 
-class RemoteECKey(RemoteKey, ec.EllipticCurvePrivateKey):
-    _public: ec.EllipticCurvePublicKey
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
-
-    @property
-    def curve(self) -> ec.EllipticCurve:
-        return self._public.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._public.curve.key_size
-
+class RemoteECKey(RemoteKey, ECPublicHalf, ec.EllipticCurvePrivateKey):
     def sign(self, data: Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise UnsupportedAlgorithm("EC keys sign with ECDSA only")
@@ -72,16 +59,7 @@ class RemoteECKey(RemoteKey, ec.EllipticCurvePrivateKey):
         return signature
 
 
-class RemoteRSAKey(RemoteKey, rsa.RSAPrivateKey):
-    _public: rsa.RSAPublicKey
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        return self._public
-
-    @property
-    def key_size(self) -> int:
-        return self._public.key_size
-
+class RemoteRSAKey(RemoteKey, RSAPublicHalf, rsa.RSAPrivateKey):
     def sign(self, data: Buffer, padding_: padding.AsymmetricPadding, algorithm: object) -> bytes:
         h, d = digest(bytes(data), algorithm)
         if isinstance(padding_, padding.PKCS1v15):
@@ -98,12 +76,7 @@ class RemoteRSAKey(RemoteKey, rsa.RSAPrivateKey):
         return signature
 
 
-class RemoteEd25519Key(RemoteKey, ed25519.Ed25519PrivateKey):
-    _public: ed25519.Ed25519PublicKey
-
-    def public_key(self) -> ed25519.Ed25519PublicKey:
-        return self._public
-
+class RemoteEd25519Key(RemoteKey, Ed25519PublicHalf, ed25519.Ed25519PrivateKey):
     def sign(self, data: Buffer) -> bytes:
         signature = self._signer.sign_message(bytes(data))
         try:

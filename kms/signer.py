@@ -11,6 +11,7 @@ from typing import NoReturn, Self, TypeAlias
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from kms.errors import KMSError, UnsupportedAlgorithm
 from kms.keyspec import KeySpec, SigningHash, default_hash_for
@@ -57,6 +58,46 @@ class KMSKey:
 
     def __deepcopy__(self, memo: dict[int, object]) -> Self:
         return self
+
+
+def spki_der(public_key: object) -> bytes:
+    """A public key's SubjectPublicKeyInfo (DER): how keys are compared and fingerprinted everywhere."""
+    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+
+
+class ECPublicHalf:
+    """What an EC adapter answers from its public key alone (the same for every backend)."""
+
+    _public: ec.EllipticCurvePublicKey
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._public.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._public.curve.key_size
+
+
+class RSAPublicHalf:
+    _public: rsa.RSAPublicKey
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._public
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+
+class Ed25519PublicHalf:
+    _public: ed25519.Ed25519PublicKey
+
+    def public_key(self) -> ed25519.Ed25519PublicKey:
+        return self._public
 
 
 def spec_of(key: CAKey) -> KeySpec:

@@ -46,9 +46,10 @@ def _describe(key: Any) -> str:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    from kms.signer import spki_der
+
     digest = hashes.Hash(hashes.SHA256())
-    digest.update(spki)
+    digest.update(spki_der(key.public_key()))
     pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
     return f"{pem}# {key.spec.value}, SubjectPublicKeyInfo SHA-256 {digest.finalize().hex()}"
 

@@ -17,9 +17,11 @@ from urllib.parse import unquote
 import sqlalchemy as sa
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
+from cryptography.hazmat.primitives.serialization import load_der_public_key
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
+
+from kms.signer import spki_der
 
 from .errors import IntermediateExists, IntermediateNotFound, InvalidTransition, StoreError
 from .records import (
@@ -341,7 +343,7 @@ def _check_der(value: object, field: str) -> bytes:
 def _spki(der: bytes) -> bytes:
     """The SubjectPublicKeyInfo re-encoded, so that two encodings of one key compare equal."""
     try:
-        return load_der_public_key(der).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return spki_der(load_der_public_key(der))
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"public_key is not a SubjectPublicKeyInfo this CA can use: {exc}") from None
 
@@ -360,7 +362,7 @@ def _check_certificate(cert: x509.Certificate, public_key: bytes) -> None:
     (its subjectKeyIdentifier extension may use another method and is not compared).
     """
     try:
-        spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        spki = spki_der(cert.public_key())
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         raise ValueError("certificate is not a CA certificate (no basicConstraints)") from None

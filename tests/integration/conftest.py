@@ -23,6 +23,7 @@ from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, load_config
 from appliance.devca import InitOptions, init_ca
 from kms import KeySpec
+from kms.uri import parse_key_uri
 
 REPO = Path(__file__).resolve().parents[2]
 # The console script, as users run it (`python -m` would put the working directory on sys.path).
@@ -187,3 +188,36 @@ def hsmca(ca: DevCA, *args: str, check: bool = True, input: str | None = None,
         raise AssertionError(f"hsmca {' '.join(args)} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def openssl_verify_chain(root: Path, chain: Path) -> str:
+    """`openssl verify` of a chain file (leaf first) against `root` only; returns what openssl printed."""
+    done = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(chain), str(chain)],
+                          capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
+
+
+def init_with_intermediate_key(base: Path, uri: str, env: dict[str, str] | None = None) -> DevCA:
+    """`hsmca init --intermediate-key URI` as a user runs it, on a SoftHSM token of its own."""
+    base.mkdir(parents=True, exist_ok=True)
+    password = base / "password.txt"
+    password.write_bytes(PASSWORD + b"\n")
+    label = f"ca-{secrets.token_hex(4)}"  # the session's SoftHSM directory is shared
+    done = subprocess.run([HSMCA, "init", "--password-file", str(password), "--intermediate-key", uri,
+                           "--token-label", label],
+                          env={**os.environ, "HSMCA_PATH": str(base / "ca"), **(env or {})},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"Intermediate key:         {parse_key_uri(uri).redacted()}" in done.stdout, done.stdout
+    return DevCA(base / "ca", base / "ca" / "config" / "ca.json", password, label)
+
+
+def issue_through(server: Server, name: str, env: dict[str, str] | None = None) -> Path:
+    """A certificate from the running CA through `hsmca certificate`; its chain must pass openssl."""
+    ca = server.ca
+    hsmca(ca, "certificate", name, f"{name}.crt", f"{name}.key", "--ca-url", server.url, "--root", str(ca.root),
+          "--provisioner", "admin", "--password-file", str(ca.password_file), "--force", env=env)
+    leaf = ca.base / f"{name}.crt"
+    verified = openssl_verify_chain(ca.root, leaf)
+    assert ": OK" in verified, verified
+    return leaf

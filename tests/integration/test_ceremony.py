@@ -24,7 +24,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 import softhsm
 from appliance.devca import InitOptions, init_ca
 from appliance.store import Store
-from tests.integration.conftest import HSMCA, PASSWORD, REPO, DevCA, Server, hsmca, start_server
+from tests.integration.conftest import (
+    HSMCA,
+    PASSWORD,
+    REPO,
+    DevCA,
+    Server,
+    hsmca,
+    openssl_verify_chain,
+    start_server,
+)
 
 CUSTODIANS = ["alice", "bob", "carol", "dave", "erin"]
 
@@ -305,9 +314,7 @@ def test_verify_passes_then_fails_on_each_tamper(signed: PKI, tmp_path: Path) ->
 
 
 def _chain_ok(root: Path, chain: Path) -> bool:
-    done = subprocess.run(["openssl", "verify", "-CAfile", str(root), "-untrusted", str(chain), str(chain)],
-                          capture_output=True, text=True)
-    return done.returncode == 0 and ": OK" in done.stdout
+    return ": OK" in openssl_verify_chain(root, chain)
 
 
 def _issue(server: Server, name: str) -> Path:

@@ -399,26 +399,13 @@ def test_an_alias_taken_during_create_leaves_no_orphan_key(stubbed_env: None) ->
 def test_init_with_the_intermediate_key_in_aws_kms_gives_a_working_ca(moto: Moto, tmp_path: Path) -> None:
     """`hsmca init --intermediate-key awskms:…`: the dev root in SoftHSM, the intermediate key in (moto's) KMS;
     `hsmca serve` issues through it and openssl accepts the chain."""
-    from tests.integration.conftest import PASSWORD, DevCA, hsmca, start_server
+    from tests.integration.conftest import init_with_intermediate_key, issue_through, start_server
 
-    password = tmp_path / "password.txt"
-    password.write_bytes(PASSWORD + b"\n")
-    label = f"ca-{secrets.token_hex(4)}"
     uri = moto.uri(f"alias/init-{secrets.token_hex(3)}")
-    done = subprocess.run([str(Path(sys.executable).parent / "hsmca"), "init", "--password-file", str(password),
-                           "--intermediate-key", uri, "--token-label", label],
-                          env={**os.environ, "HSMCA_PATH": str(tmp_path / "ca")}, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    ca = DevCA(tmp_path / "ca", tmp_path / "ca" / "config" / "ca.json", password, label)
+    ca = init_with_intermediate_key(tmp_path, uri)
     assert ca.config.key == uri
     running = start_server(ca)
     try:
-        hsmca(ca, "certificate", "aws.internal", "aws.crt", "aws.key", "--ca-url", running.url, "--root",
-              str(ca.root), "--provisioner", "admin", "--password-file", str(password))
-        leaf = ca.base / "aws.crt"
-        ok = subprocess.run(["openssl", "verify", "-CAfile", str(ca.root), "-untrusted", str(leaf), str(leaf)],
-                            capture_output=True, text=True)
-        assert ": OK" in ok.stdout, ok.stdout + ok.stderr
+        issue_through(running, "aws.internal")
     finally:
         running.stop()

