@@ -14,14 +14,15 @@ import argparse
 import asyncio
 import datetime
 import json
+import multiprocessing
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -72,33 +73,72 @@ print(json.dumps({"n": len(lat), "elapsed": time.perf_counter() - t0, "lat": sor
 
 
 class DelayProxy:
-    """TCP proxy on loopback that holds each client→server chunk for `delay` seconds (the network)."""
+    """TCP proxy on loopback that delivers each client→server chunk `delay` seconds after it arrived (the
+    network). It runs in its own process, so that the load generator's threads do not hold it up."""
 
     def __init__(self, upstream_port: int, delay: float) -> None:
-        self.upstream_port, self.delay, self.port = upstream_port, delay, free_port()
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(10)
-
-    async def _serve(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float) -> None:
+        self.port = free_port()
+        ctx = multiprocessing.get_context("fork")
+        self.process = ctx.Process(target=_proxy_main, args=(self.port, upstream_port, delay), daemon=True)
+        self.process.start()
+        for _ in range(100):
             try:
-                while data := await src.read(65536):
-                    if delay:
-                        await asyncio.sleep(delay)
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, asyncio.CancelledError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("the delay proxy did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.join(5)
+
+
+def _proxy_main(port: int, upstream_port: int, delay: float) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def receive() -> None:  # timestamps each chunk as it arrives
+            try:
+                while data := await reader.read(65536):
+                    line.put_nowait((time.monotonic() + delay, data))
+            except ConnectionError:
+                pass
+            line.put_nowait((0.0, b""))
+
+        async def deliver() -> None:  # and hands it on when its time has come, in order
+            try:
+                while True:
+                    due, data = await line.get()
+                    if not data:
+                        break
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    up_writer.write(data)
+                    await up_writer.drain()
+            except ConnectionError:
                 pass
             finally:
-                dst.close()
+                up_writer.close()
 
-        await asyncio.gather(pump(reader, up_writer, self.delay), pump(up_reader, writer, 0.0))
+        async def back() -> None:
+            try:
+                while data := await up_reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(receive(), deliver(), back())
+
+    async def serve() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
 
 
 def start_bao(tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -142,8 +182,26 @@ def sign_rates(tmp: Path, addr: str, token: str, seconds: float) -> None:
               f"{pct(lat, 99) * 1000:>8.2f}")
 
 
+def sa_backend(url: str) -> str:
+    return "postgresql" if url.startswith("postgresql") else "mysql"
+
+
+def fresh_database(url: str) -> str:
+    """An empty database beside the one named by `url` (PostgreSQL or MariaDB), for this run only."""
+    import sqlalchemy as sa
+
+    name = f"hsmca_bench_kms_{os.getpid()}"
+    u = sa.make_url(url)
+    engine = sa.create_engine(u, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return u.set(database=name).render_as_string(hide_password=False)
+
+
 def issuance(tmp: Path, addr: str, token: str, latency: float, count: int, levels: list[int], workers: int,
-             threads: int) -> None:
+             threads: int, db: str | None) -> None:
     proxy = DelayProxy(int(addr.rsplit(":", 1)[1]), latency)
     base = tmp / "ca"
     base.mkdir()
@@ -152,6 +210,11 @@ def issuance(tmp: Path, addr: str, token: str, latency: float, count: int, level
     (base / "pw").write_text("bench-password\n")
     run = lambda *a: subprocess.run([HSMCA, *a], env=env, cwd=ROOT, check=True, capture_output=True, text=True)  # noqa: E731
     run("init", "--password-file", str(base / "pw"))
+    if db:
+        config = json.loads((base / "config" / "ca.json").read_text())
+        config["db"] = {"type": sa_backend(db), "dataSource": fresh_database(db)}
+        (base / "config" / "ca.json").write_text(json.dumps(config))
+        run("db", "migrate")
     key = f"vault:transit/keys/issuing?addr=http://127.0.0.1:{proxy.port}"
     run("intermediate", "csr", "--key", key, "--subject", "CN=Bench Vault Issuing CA", "--out", str(tmp / "int.csr"))
     sign_with_root(base, tmp / "int.csr", tmp / "int.crt")
@@ -171,7 +234,8 @@ def issuance(tmp: Path, addr: str, token: str, latency: float, count: int, level
                     break
             except requests.RequestException:
                 time.sleep(0.1)
-        print(f"\nissuance, intermediate key in vault transit {latency * 1000:.0f} ms away (proxy), "
+        print(f"\nissuance, intermediate key in vault transit {latency * 1000:.0f} ms away (proxy), database "
+              f"{config['db']['type']}, "
               f"{workers} workers x {threads} threads, {os.cpu_count()} CPUs (clients share them)")
         print(f"{'conc':>5} {'certs':>6} {'certs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/cert':>19} "
               f"{'errors':>6} {'x conc 1':>8}")
@@ -189,6 +253,7 @@ def issuance(tmp: Path, addr: str, token: str, latency: float, count: int, level
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        proxy.stop()
 
 
 def sign_with_root(base: Path, csr_path: Path, out: Path) -> None:
@@ -219,6 +284,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32", help="comma-separated client concurrency levels")
     ap.add_argument("--workers", type=int, default=2, help="HTTPS worker processes")
     ap.add_argument("--threads", type=int, default=24, help="request threads per worker")
+    ap.add_argument("--db", help="SQLAlchemy URL of a PostgreSQL/MariaDB server for the issuance run "
+                    "(a fresh database is made beside it); default: the embedded SQLite")
     ap.add_argument("--skip-rates", action="store_true", help="only the issuance run")
     args = ap.parse_args()
     if BAO is None:
@@ -231,7 +298,7 @@ def main() -> None:
             if not args.skip_rates:
                 sign_rates(tmp, addr, token, args.seconds)
             issuance(tmp, addr, token, args.latency_ms / 1000, args.count,
-                     [int(c) for c in args.concurrency.split(",")], args.workers, args.threads)
+                     [int(c) for c in args.concurrency.split(",")], args.workers, args.threads, args.db)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)

@@ -4,7 +4,6 @@ intermediate tables (the intermediates' queries live in intermediates.py)."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
@@ -43,6 +42,7 @@ from .records import (
 )
 from .schema import certificates, used_tokens
 from .urls import backend_of, normalise_url, url_from_config
+from .writelock import SQLiteWriteLock
 
 STALE_REASON = "reservation left by an interrupted issuance (worker crash?)"
 MAX_LIST_LIMIT = 10_000
@@ -63,10 +63,7 @@ class Store:
         self._url = normalise_url(url)
         self._timeout = timeout
         self._engine = create_engine(self._url, timeout=timeout, statement_timeout=timeout, echo=echo)
-        # SQLite has one writer at a time, and its busy handler sleeps in growing steps (up to
-        # 100 ms) while it waits: queueing this process's writers on a lock first leaves only the
-        # other processes to contend with. Server databases lock rows themselves.
-        self._serialise_writes = self.backend == "sqlite"
+        self._serialise_writes = self.backend == "sqlite"  # see writelock.py
         self._write_lock_pid = 0
         self._write_lock_obj: AbstractContextManager[Any] = nullcontext()
 
@@ -74,7 +71,9 @@ class Store:
     def _write_lock(self) -> AbstractContextManager[Any]:
         # A lock copied by fork may be held by a thread that does not exist in the child.
         if self._serialise_writes and self._write_lock_pid != os.getpid():
-            self._write_lock_obj, self._write_lock_pid = threading.Lock(), os.getpid()
+            database = self._url.database
+            path = Path(database) if database and database != ":memory:" else None
+            self._write_lock_obj, self._write_lock_pid = SQLiteWriteLock(path, self._timeout), os.getpid()
         return self._write_lock_obj
 
     @classmethod
