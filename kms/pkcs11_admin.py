@@ -42,7 +42,7 @@ class TokenInfo:
 
 def list_tokens(module: str) -> list[TokenInfo]:
     """Every present token of `module`, re-scanned (tokens made by another process show up)."""
-    with pm.lock():
+    def scan() -> list[TokenInfo]:
         m = pm.rescan(module)
         infos = []
         for slot in m.lib.get_slots(token_present=True):
@@ -52,6 +52,8 @@ def list_tokens(module: str) -> list[TokenInfo]:
                 continue
             infos.append(_info(slot, token))
         return infos
+
+    return pm.run(scan, timeout=pm.DEFAULT_TIMEOUT, what=f"PKCS#11 module {module}")
 
 
 def find_token(module: str, label: str) -> TokenInfo | None:

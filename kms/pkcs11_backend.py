@@ -31,6 +31,8 @@ from kms.uri import KeyURI, require_key
 
 log = logging.getLogger(__name__)
 
+KEYGEN_TIMEOUT = 300.0  # seconds a key generation may take (RSA-4096 on a slow HSM)
+
 _KEY_TYPE: dict[str, tuple[KeyType, Mechanism]] = {
     "EC": (KeyType.EC, Mechanism.EC_KEY_PAIR_GEN),
     "RSA": (KeyType.RSA, Mechanism.RSA_PKCS_KEY_PAIR_GEN),
@@ -50,7 +52,7 @@ class Pkcs11Backend:
 
     def __init__(self, uri: KeyURI) -> None:
         self.tokens = TokenSession(pm.module_path(uri.query.get("module-path")),
-                                   TokenSelector.from_uri(uri))
+                                   TokenSelector.from_uri(uri), timeout=call_timeout(uri))
 
     def open_key(self, uri: KeyURI) -> CAKey:
         """An adapter for the existing key `uri` names (KeyNotFound if there is none)."""
@@ -100,10 +102,14 @@ class Pkcs11Backend:
             self.tokens.remember(ref, private)
             return self._public_key(session, private, key_type, key_id, KeyRef(uri.label, key_id))
 
-        with pm.lock():
+        def create() -> tuple[KeySpec, Any]:
             self.tokens.call(refuse_existing, failure=KMSError)
             # Not retried: a retry after a half-finished generation would meet its own key.
-            made_spec, public = self.tokens.call(generate, failure=KMSError, retry=False)
+            return self.tokens.call(generate, failure=KMSError, retry=False)
+
+        # RSA-4096 generation takes seconds in SoftHSM, longer in many HSMs.
+        made_spec, public = pm.run(create, timeout=max(self.tokens.timeout, KEYGEN_TIMEOUT),
+                                   what=self.tokens.describe())
         log.info("created %s key %s on %s", spec.value, ref, self.tokens.describe())
         return self._adapter(uri, ref, made_spec, public)
 
@@ -128,7 +134,7 @@ class Pkcs11Backend:
 
     def _adapter(self, uri: KeyURI, ref: KeyRef, spec: KeySpec, public: Any) -> CAKey:
         adapter: Pkcs11Key = ADAPTERS[spec.kty](tokens=self.tokens, ref=ref, uri=str(uri.redacted()),
-                                                spec=spec, public=public)
+                                                spec=spec, public=public, timeout=call_timeout(uri))
         return cast(CAKey, adapter)  # each concrete class also subclasses its family's ABC
 
 
@@ -153,6 +159,20 @@ def key_templates(spec: KeySpec, label: str, key_id: bytes) -> tuple[Template, T
     else:
         public[Attribute.EC_PARAMS] = EC_PARAMS[spec]
     return public, private
+
+
+def call_timeout(uri: KeyURI) -> float:
+    """The URI's `timeout` query attribute (seconds a signature may take, queueing included)."""
+    raw = uri.query.get("timeout")
+    if raw is None:
+        return pm.DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise InvalidKeyURI(f"pkcs11 key URI: timeout={raw!r} is not a number of seconds in (0, 3600]")
+    return value
 
 
 def resolve_pin(uri: KeyURI) -> str:

@@ -43,11 +43,12 @@ class Pkcs11Key(KMSKey):
     backend = "pkcs11"
 
     def __init__(self, *, tokens: TokenSession, ref: KeyRef, uri: str, spec: KeySpec,
-                 public: Any) -> None:
+                 public: Any, timeout: float) -> None:
         super().__init__(uri=uri, spec=spec)
         self._tokens = tokens
         self._ref = ref
         self._public = public
+        self._timeout = timeout
 
     def protection(self) -> dict[str, bool]:
         """The private key's protection attributes as the token reports them (for the ceremony's record)."""
@@ -64,7 +65,7 @@ class Pkcs11Key(KMSKey):
         def op(session: Any) -> bytes:
             key = self._tokens.find(session, self._ref)
             return bytes(key.sign(data, mechanism=mechanism, mechanism_param=param))
-        return self._tokens.call(op, failure=SigningFailed)
+        return self._tokens.call(op, failure=SigningFailed, timeout=self._timeout)
 
 
 class Pkcs11ECKey(Pkcs11Key, ECPublicHalf, ec.EllipticCurvePrivateKey):

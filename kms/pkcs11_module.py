@@ -1,8 +1,12 @@
-"""PKCS#11 modules in this process: loading, the one lock, fork safety, error classification.
+"""PKCS#11 modules in this process: loading, the one thread that calls them, fork safety, errors.
 
 SoftHSM (and more than one vendor module) corrupts its state when two threads call in at once,
-so every PKCS#11 call in the process runs under one lock; throughput comes from processes. A
-module initialised before a fork is unusable in the child (PKCS#11 v2.40 §6.7.1), so the pid is
+so every PKCS#11 call in the process runs on one thread, under one lock; throughput comes from
+processes. Callers wait for that thread with a timeout (`run`): a PKCS#11 call is a blocking C
+call that nothing can interrupt, so an HSM that stops answering (a network HSM, a wedged card)
+would otherwise hang every request thread. While a call is overdue, new calls fail at once
+instead of queueing behind it; when the module finally returns, calls go through again.
+A module initialised before a fork is unusable in the child (PKCS#11 v2.40 §6.7.1), so the pid is
 recorded and a child re-initialises before its first call; the `generation` number tells every
 session opened before that (or before a rescan) that it is gone.
 """
@@ -12,9 +16,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 from pkcs11 import exceptions as p11e
@@ -32,7 +41,9 @@ MODULE_ENV = "HSMCA_PKCS11_MODULE"
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 _MULTIARCH_SOFTHSM = "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"
 
+DEFAULT_TIMEOUT = 10.0  # seconds a caller waits for the PKCS#11 thread (queueing included)
 _lock = threading.RLock()
+T = TypeVar("T")
 
 
 def lock() -> threading.RLock:
@@ -51,8 +62,66 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _caller
     _lock = threading.RLock()
+    _caller = None  # the parent's PKCS#11 thread does not exist here
+
+
+class _Caller:
+    """The one thread of this process that calls PKCS#11 (a daemon: a hung call must not block exit)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self.busy_since: float | None = None
+        self.stalled = False  # a caller gave up on the call now running: fail fast until it returns
+        self.thread = threading.Thread(target=self._loop, name="pkcs11", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            fn, future = self.jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting before it started
+            with _lock:
+                self.busy_since = time.monotonic()
+                try:
+                    result = fn()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+                finally:
+                    self.busy_since, self.stalled = None, False
+
+
+_caller: _Caller | None = None
+_caller_guard = threading.Lock()
+
+
+def run(fn: Callable[[], T], *, timeout: float, what: str) -> T:
+    """`fn()` on the PKCS#11 thread; BackendUnavailable if it has not returned within `timeout`.
+
+    Calls made from the PKCS#11 thread itself (a step of a larger operation) run inline.
+    """
+    global _caller
+    with _caller_guard:
+        if _caller is None:
+            _caller = _Caller()
+        caller = _caller
+    if threading.current_thread() is caller.thread:
+        return fn()
+    since = caller.busy_since
+    if since is not None and (caller.stalled or time.monotonic() - since > timeout):
+        raise BackendUnavailable(f"{what}: a call into the PKCS#11 module has not returned for "
+                                 f"{time.monotonic() - since:.1f} s; not waiting behind it")
+    future: Future[T] = Future()
+    caller.jobs.put((fn, future))
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        if not future.cancel():
+            caller.stalled = True
+        raise BackendUnavailable(f"{what}: no answer from the PKCS#11 module within {timeout:g} s") from None
 
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,9 +91,11 @@ class KeyRef:
 class TokenSession:
     """The session to one token of one module, shared by every key on it in this process."""
 
-    def __init__(self, module: str, selector: TokenSelector) -> None:
+    def __init__(self, module: str, selector: TokenSelector, *, timeout: float = pm.DEFAULT_TIMEOUT) -> None:
         self.module = module
         self.selector = selector
+        self.timeout = timeout
+        self._pin_lock = threading.Lock()
         self._pin: str | None = None
         self._pin_refused = False  # a refused PIN is not retried: real HSMs lock after a few tries
         self._logged_in_once = False
@@ -107,7 +110,7 @@ class TokenSession:
     def use_pin(self, pin: str) -> None:
         """Set the user PIN. One process logs in to a token once (PKCS#11 login is per
         application), so a different PIN later is refused instead of silently ignored."""
-        with pm.lock():
+        with self._pin_lock:
             if self._pin is not None and hmac.compare_digest(self._pin.encode(), pin.encode()):
                 return
             if self._logged_in_once:
@@ -116,29 +119,33 @@ class TokenSession:
             self._pin, self._pin_refused = pin, False
 
     def call(self, fn: Callable[[Any], T], *, failure: type[KMSError] = SigningFailed,
-             retry: bool = True) -> T:
-        """Run `fn(session)` under the process lock; on a lost session re-open and retry once.
+             retry: bool = True, timeout: float | None = None) -> T:
+        """Run `fn(session)` on the PKCS#11 thread; on a lost session re-open and retry once.
 
-        A refused operation (bad mechanism, bad data, refused PIN) is never retried.
+        A refused operation (bad mechanism, bad data, refused PIN) is never retried. The whole
+        call, retry included, must finish within `timeout` (default: the URI's `timeout`).
         """
-        with pm.lock():
-            if self._closed:
-                raise BackendUnavailable(f"{self.describe()}: this backend was closed")
-            for attempt in (1, 2):
-                try:
-                    return fn(self._current())
-                except p11e.PKCS11Error as exc:
-                    if attempt == 1 and retry and pm.is_lost_session(exc):
-                        log.warning("%s: %s; re-opening the session and retrying once",
-                                    self.describe(), pm.error_name(exc))
-                        self._drop(reinitialize=pm.not_initialized(exc))
-                        continue
-                    if isinstance(exc, pm.PIN_REFUSED):
-                        self._pin_refused = True
-                    if pm.is_lost_session(exc):
-                        self._drop(reinitialize=False)
-                    raise pm.translate(exc, failure, self.describe()) from exc
-            raise AssertionError("unreachable")
+        return pm.run(lambda: self._call(fn, failure, retry), timeout=timeout or self.timeout,
+                      what=self.describe())
+
+    def _call(self, fn: Callable[[Any], T], failure: type[KMSError], retry: bool) -> T:
+        if self._closed:
+            raise BackendUnavailable(f"{self.describe()}: this backend was closed")
+        for attempt in (1, 2):
+            try:
+                return fn(self._current())
+            except p11e.PKCS11Error as exc:
+                if attempt == 1 and retry and pm.is_lost_session(exc):
+                    log.warning("%s: %s; re-opening the session and retrying once",
+                                self.describe(), pm.error_name(exc))
+                    self._drop(reinitialize=pm.not_initialized(exc))
+                    continue
+                if isinstance(exc, pm.PIN_REFUSED):
+                    self._pin_refused = True
+                if pm.is_lost_session(exc):
+                    self._drop(reinitialize=False)
+                raise pm.translate(exc, failure, self.describe()) from exc
+        raise AssertionError("unreachable")
 
     def find(self, session: Any, ref: KeyRef, cls: ObjectClass = ObjectClass.PRIVATE_KEY) -> Any:
         """The one object of class `cls` matching `ref`, from the handle cache when possible."""
@@ -171,20 +178,21 @@ class TokenSession:
         """A cheap check (token info; the open session, if any, is exercised and healed)."""
         report: dict[str, Any] = {"backend": "pkcs11", "module": self.module,
                                   "token": str(self.selector), "ok": False, "detail": ""}
-        try:
-            with pm.lock():
-                token = self._token(pm.loaded_module(self.module), rescan_if_missing=False)
-                if token.flags & TokenFlag.USER_PIN_LOCKED:
-                    report["detail"] = "the token's user PIN is locked"
-                    return report
-                if self._pin_refused:
-                    report["detail"] = "the token refused the configured PIN"
-                    return report
-                if self._session is None:
-                    report.update(ok=True, detail="token present; no session open yet")
-                    return report
+
+        def check() -> None:
+            token = self._token(pm.loaded_module(self.module), rescan_if_missing=False)
+            if token.flags & TokenFlag.USER_PIN_LOCKED:
+                report["detail"] = "the token's user PIN is locked"
+            elif self._pin_refused:
+                report["detail"] = "the token refused the configured PIN"
+            elif self._session is None:
+                report.update(ok=True, detail="token present; no session open yet")
+            else:
                 self.call(_probe, failure=BackendUnavailable)
                 report.update(ok=True, detail="token present; session ok")
+
+        try:
+            pm.run(check, timeout=self.timeout, what=self.describe())
         except KMSError as exc:
             report["detail"] = exc.reason
         except p11e.PKCS11Error as exc:
@@ -193,7 +201,7 @@ class TokenSession:
 
     def close(self) -> None:
         """Log out and close the session (only if it belongs to this process); final."""
-        with pm.lock():
+        def close() -> None:
             self._closed = True
             session, self._session = self._session, None
             self._handles.clear()
@@ -203,7 +211,13 @@ class TokenSession:
                 except p11e.PKCS11Error as exc:
                     log.debug("closing %s: %s", self.describe(), pm.error_name(exc))
 
-    # -- internals (all called with the lock held) --
+        try:
+            pm.run(close, timeout=self.timeout, what=self.describe())
+        except BackendUnavailable as exc:
+            self._closed = True
+            log.warning("closing %s: %s", self.describe(), exc.reason)
+
+    # -- internals (all called on the PKCS#11 thread) --
 
     def _current(self) -> Any:
         m = pm.loaded_module(self.module)

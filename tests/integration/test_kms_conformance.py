@@ -36,6 +36,7 @@ from kms import azure_backend
 from kms.errors import BackendUnavailable, KeyExists, KeyNotFound, SigningFailed, UnsupportedAlgorithm
 from kms.keyspec import KeySpec
 from kms.signer import spec_of_public
+from tests.integration import p11kit
 from tests.integration.conftest import REPO, free_port
 from tests.integration.test_kms_aws import AWS_ENV, AWS_UNSET, Moto
 from tests.integration.test_kms_azure import DENIED, StaticCredential
@@ -59,7 +60,6 @@ ALL_SPECS = list(KeySpec)
 NO_ED25519 = [s for s in KeySpec if s is not KeySpec.ED25519]
 SUPPORTED: dict[str, list[KeySpec]] = {"pkcs11": ALL_SPECS, "vault": ALL_SPECS, "awskms": NO_ED25519,
                                        "gcpkms": NO_ED25519, "azurekv": NO_ED25519}
-PKCS11_NO_FREEZE = "an in-process library: session loss is tested in test_kms_pkcs11.py"
 MOTO_PSS = ("moto signs PSS with the maximum salt, not salt = digest length (as AWS does), so the adapter's "
             "local verification refuses the signature; PSS on AWS is checked with botocore's Stubber in "
             "test_kms_aws.py")
@@ -86,6 +86,9 @@ class Harness:
     missing_uri: Callable[[], str]
     freeze: Callable[[], None] | None = None  # SIGSTOP the server process (None: no server to stop)
     thaw: Callable[[], None] | None = None
+    frozen_uri: str | None = None  # the key the frozen-server test signs with (default: the shared EC-P256 key)
+    fast_fail: str = "is failing"  # what the error says while the backend is known to be down (the breaker)
+    no_freeze: str = ""  # why this backend cannot be frozen here
     pss: str = "same key"  # "same key", "own key" (a PSS-only key, Cloud KMS) or a reason PSS is skipped
     create_query: str = f"timeout={CREATE_TIMEOUT}"  # replaces SHORT in the URI a key is created through
     shared: dict[KeySpec, str] = field(default_factory=dict)  # a key URI per spec, made once, signed with often
@@ -159,8 +162,23 @@ class Servers:
 
     def _start_pkcs11(self) -> Harness:
         token = self.token_factory()
-        return Harness("pkcs11", SUPPORTED["pkcs11"], lambda name, spec, pss: token.key_uri(name),
-                       lambda: token.key_uri(f"missing-{secrets.token_hex(4)}"))
+        harness = Harness("pkcs11", SUPPORTED["pkcs11"], lambda name, spec, pss: token.key_uri(name),
+                          lambda: token.key_uri(f"missing-{secrets.token_hex(4)}"),
+                          fast_fail="not waiting behind it")
+        # For the frozen-server test, a second token behind p11-kit's RPC server: the module in this process
+        # is then p11-kit-client.so, and stopping the server stops the "HSM" in the middle of a call.
+        if why := p11kit.missing():
+            harness.no_freeze = why
+            return harness
+        served = self.token_factory()
+        server = p11kit.start(served, self.tmp.mktemp("conformance-p11kit"))
+        self.restore.append(server.stop)
+        self._setenv({"P11_KIT_SERVER_ADDRESS": server.address})
+        uri = server.key_uri(served, "frozen-ec", f"timeout={TIMEOUT}")
+        kms.create_key(uri, KeySpec.EC_P256)
+        harness.freeze, harness.thaw = server.freeze, server.thaw
+        harness.frozen_uri = uri
+        return harness
 
     def _start_vault(self) -> Harness:
         if BAO is None:
@@ -378,8 +396,8 @@ def test_a_missing_key_is_key_not_found(backend: Harness) -> None:
 def test_a_frozen_server_is_unavailable_in_time_then_the_breaker_fails_fast_then_signing_resumes(
         backend: Harness) -> None:
     if backend.freeze is None or backend.thaw is None:
-        pytest.skip(PKCS11_NO_FREEZE)
-    key = backend.key(KeySpec.EC_P256)
+        pytest.skip(backend.no_freeze)
+    key = kms.open_key(backend.frozen_uri) if backend.frozen_uri else backend.key(KeySpec.EC_P256)
     _sign_and_verify(key, b"before")
     backend.freeze()
     try:
@@ -388,7 +406,7 @@ def test_a_frozen_server_is_unavailable_in_time_then_the_breaker_fails_fast_then
             _sign_and_verify(key, b"during")
         took = time.monotonic() - start
         start = time.monotonic()
-        with pytest.raises(BackendUnavailable, match="is failing"):  # the breaker is open: the server is not asked
+        with pytest.raises(BackendUnavailable, match=backend.fast_fail):  # known down: the server is not asked
             _sign_and_verify(key, b"breaker open")
         fast = time.monotonic() - start
     finally:
@@ -398,4 +416,4 @@ def test_a_frozen_server_is_unavailable_in_time_then_the_breaker_fails_fast_then
     assert fast < 0.5, f"{backend.name}: the open breaker took {fast:.2f} s"
     time.sleep(COOLDOWN + 0.1)  # the cooldown; then one trial call, which succeeds and closes the breaker
     _sign_and_verify(key, b"after")
-    _sign_and_verify(kms.open_key(backend.shared[KeySpec.EC_P256]), b"after, opened again")
+    _sign_and_verify(kms.open_key(backend.frozen_uri or backend.shared[KeySpec.EC_P256]), b"after, opened again")

@@ -8,6 +8,7 @@ import datetime
 import multiprocessing
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -480,3 +481,66 @@ def test_module_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pkcs11_module.module_path() == "/opt/vendor/libvendor.so"
     assert pkcs11_module.module_path("/explicit/lib.so") == "/explicit/lib.so"
 
+
+
+def test_a_stopped_network_hsm_gives_503_in_time_and_issuance_resumes(
+        softhsm_token_factory: Callable[[], SoftHSMToken], tmp_path: Path) -> None:
+    """The intermediate key on a token behind p11-kit's RPC server (as on a network HSM): `hsmca serve` signs
+    through p11-kit-client.so; the server is stopped (SIGSTOP: the PKCS#11 call blocks in C, the worst case)
+    and continued while the CA keeps running."""
+    from tests.integration import p11kit
+    from tests.integration.conftest import init_with_intermediate_key, issue_through, start_server
+
+    if why := p11kit.missing():
+        pytest.skip(why)
+    token = softhsm_token_factory()
+    server = p11kit.start(token, tmp_path)
+    env = {"P11_KIT_SERVER_ADDRESS": server.address}
+    try:
+        uri = server.key_uri(token, "intermediate", "timeout=2")
+        ca = init_with_intermediate_key(tmp_path / "ca", uri, env)
+        running = start_server(ca, env=env, workers=1)
+        try:
+            issue_through(running, "before.internal", env)
+            server.freeze()
+            try:
+                started = time.monotonic()
+                down = running.post("/1.0/sign", json={"csr": "", "ott": ""})  # refused before any signing
+                assert down.status_code == 400
+                down = _sign_request(running, ca, "during.internal")
+                took = time.monotonic() - started
+                started = time.monotonic()
+                fast = _sign_request(running, ca, "during-2.internal")
+                fast_took = time.monotonic() - started
+                sick = running.get("/health", timeout=30)
+            finally:
+                server.thaw()
+            assert down.status_code == 503, down.text
+            assert "signing backend unavailable" in down.json()["message"]
+            assert f"token={token.label}" in down.json()["message"] and "within 2 s" in down.json()["message"]
+            assert took < 6, f"the 503 took {took:.1f} s; the key URI's timeout is 2 s"
+            assert fast.status_code == 503 and "not waiting behind it" in fast.json()["message"], fast.text
+            assert fast_took < 1, fast_took
+            assert sick.status_code == 503
+            issue_through(running, "after.internal", env)  # the stuck call returned: no restart needed
+            print(f"PKCS#11 (p11-kit) stopped: 503 after {took:.2f} s, next {fast_took * 1000:.0f} ms")
+        finally:
+            running.stop()
+    finally:
+        server.stop()
+
+
+def _sign_request(running: Any, ca: Any, name: str) -> Any:
+    """POST /1.0/sign with a fresh token and CSR: what `hsmca certificate` sends, minus the retries."""
+    from appliance.certutil import fingerprint, load_certificates
+    from appliance.client.http import CAClient
+    from appliance.client.keys import build_csr
+    from appliance.client.tokens import provisioner_key, sign_token
+    from tests.integration.conftest import PASSWORD
+
+    kid, prov = provisioner_key(CAClient(running.url, ca.root), "admin", PASSWORD, None)
+    csr = build_csr(ec.generate_private_key(ec.SECP256R1()), name, [name])
+    ott = sign_token(prov, kid, "admin", name, [name], f"{running.url}/1.0/sign",
+                     fingerprint(load_certificates(ca.root)[0]))
+    return running.post("/1.0/sign", json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                                           "ott": ott})
