@@ -9,8 +9,15 @@ the current one then), so a new version made in the vault never changes the key 
 
 Credentials never come from the URI: azure-identity's DefaultAzureCredential (environment, workload identity,
 managed identity, …). Query: `timeout` (seconds per HTTP call, default 10), `ca-file` (a PEM bundle to trust
-instead of the system's), `hsm=1`. The SDK's own retries are off; transient failures (429, 5xx, connection
-errors, timeouts) are retried here, twice, with jitter.
+instead of the system's), `hsm=1`, `verify-challenge=0`. The SDK's own retries are off; transient failures (429,
+5xx, connection errors, timeouts) are retried here, twice, with jitter.
+
+The SDK checks that the resource named in the vault's 401 challenge is a parent domain of the vault's host
+(`ca.vault.azure.net` under `https://vault.azure.net`), so that a mistyped or hostile vault URL never obtains a
+token good for every vault. Every real vault passes, private endpoints included (they keep the
+`*.vault.azure.net` name). A vault addressed otherwise (an emulator on `https://127.0.0.1:PORT`, a host behind a
+name of one's own) cannot: `verify-challenge=0` turns the check off for that vault, and each backend made with it
+logs a warning. It is for emulators and such endpoints only; the token then goes to whatever the URL names.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0  # seconds per HTTP call; a signature takes milliseconds
 DEFAULT_COOLDOWN = 5.0  # seconds a failing vault is left alone before one trial call
 MAX_RETRY_AFTER = 2.0  # seconds: a longer Retry-After means the vault is unavailable for this request
-QUERY = frozenset({"timeout", "ca-file", "hsm", "cooldown"})
+QUERY = frozenset({"timeout", "ca-file", "hsm", "cooldown", "verify-challenge"})
 _CURVES = {KeySpec.EC_P256: "P-256", KeySpec.EC_P384: "P-384"}
 _EC_ALGORITHMS = {(KeySpec.EC_P256, "sha256"): SignatureAlgorithm.es256,
                   (KeySpec.EC_P384, "sha384"): SignatureAlgorithm.es384}
@@ -78,11 +85,9 @@ def _default_credential() -> TokenCredential:
 
 
 credential_factory: Callable[[], TokenCredential] = _default_credential
-"""Where each backend gets its credential. Tests against the emulator set a static-token credential."""
+"""Where each backend gets its credential. In-process tests against the emulator set a static-token credential;
+a served CA (and its tests) uses DefaultAzureCredential, e.g. a managed identity found through the environment."""
 
-verify_challenge_resource = True
-"""The SDK refuses a 401 challenge whose resource the vault's host is not under, so that a mistyped vault URL
-never obtains a token good for every vault. A loopback emulator cannot be under vault.azure.net: tests turn it off."""
 
 
 def split_resource(uri: KeyURI) -> tuple[str, str, str | None]:
@@ -112,18 +117,24 @@ class AzureKeyVaultBackend:
 
     @staticmethod
     def identity(uri: KeyURI) -> Hashable:
-        return (split_resource(uri)[0], uri.query.get("ca-file"), _timeout(uri), _hsm(uri))
+        return (split_resource(uri)[0], uri.query.get("ca-file"), _timeout(uri), _hsm(uri), _verify_challenge(uri))
 
     def __init__(self, uri: KeyURI) -> None:
         self.vault = split_resource(uri)[0]
         self.timeout = _timeout(uri)
         self.hsm = _hsm(uri)
+        checked = _verify_challenge(uri)
+        self.verify_challenge = checked
+        if not checked:
+            log.warning("azure key vault %s: verify-challenge=0, so the vault's 401 challenge is not checked against "
+                        "its host name and a token for the challenge's resource goes to whatever this URL names; "
+                        "for emulators and endpoints outside *.vault.azure.net only", self.vault)
         self._credential = credential_factory()
         # One transport for the key client and every key's cryptography client: one connection pool.
         self._transport = RequestsTransport(connection_timeout=self.timeout, read_timeout=self.timeout,
                                             connection_verify=uri.query.get("ca-file") or True)
         self._options: dict[str, Any] = {"transport": self._transport, "retry_total": 0,
-                                         "verify_challenge_resource": verify_challenge_resource}
+                                         "verify_challenge_resource": self.verify_challenge}
         self.client = KeyClient(self.vault, self._credential, **self._options)
         self._probe: str | None = None  # a key that health() may read: this identity can get it
         try:
@@ -207,6 +218,12 @@ class AzureKeyVaultBackend:
                 raise self._refusal(what, exc) from None
             return _describe(exc)
         if isinstance(exc, (AzureError, ValueError)):  # ValueError: the SDK refused the vault's challenge
+            if isinstance(exc, ValueError) and "does not match the requested domain" in str(exc):
+                # The SDK's own advice names its constructor argument; the key URI's is verify-challenge=0.
+                raise KMSError(f"azure key vault {self.vault} while {what}: {str(exc).split('. ')[0]}: the vault's "
+                               "401 challenge names a resource its host is not under, so no token is sent to it "
+                               "(for an emulator or an endpoint outside *.vault.azure.net, add verify-challenge=0 "
+                               "to the key URI)") from None
             raise KMSError(f"azure key vault {self.vault} while {what}: {_describe(exc)}") from None
         return None
 
@@ -297,6 +314,13 @@ def _timeout(uri: KeyURI) -> float:
 def _hsm(uri: KeyURI) -> bool:
     host = urlsplit(split_resource(uri)[0]).hostname or ""
     return uri.query.get("hsm", "").lower() in ("1", "true", "yes") or host.endswith(".managedhsm.azure.net")
+
+
+def _verify_challenge(uri: KeyURI) -> bool:
+    value = uri.query.get("verify-challenge", "1").lower()
+    if value not in ("0", "1", "false", "true", "no", "yes"):
+        raise InvalidKeyURI("azurekv key URI: verify-challenge is 1 (the default) or 0")
+    return value in ("1", "true", "yes")
 
 
 def _transient_status(status: int | None) -> bool:

@@ -1,10 +1,16 @@
 """The Azure Key Vault backend through Microsoft's real client library (azure-keyvault-keys, over HTTPS with its
 401 bearer challenge) against tests/emulators/azure_kv.py, a small local emulator of the documented REST API:
-Key Vault has no server that installs here, so this is not Microsoft's service. Certificates checked with openssl."""
+Key Vault has no server that installs here, so this is not Microsoft's service. Certificates checked with openssl.
+
+In this process the backend gets a static-token credential (`azure_backend.credential_factory`); the served CA
+(`hsmca init`, `hsmca serve`) gets nothing injected: azure-identity's DefaultAzureCredential finds the emulator's
+App Service managed-identity endpoint through IDENTITY_ENDPOINT and IDENTITY_HEADER, as it would on Azure. The
+emulator's loopback host cannot pass the SDK's challenge-resource check, so its URIs carry `verify-challenge=0`."""
 
 from __future__ import annotations
 
 import datetime
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,12 +37,19 @@ from kms.errors import (
     InvalidKeyURI,
     KeyExists,
     KeyNotFound,
+    KMSError,
     PermissionDenied,
     SigningFailed,
     UnsupportedAlgorithm,
 )
 from kms.registry import backend_for
-from tests.integration.conftest import REPO, free_port
+from tests.integration.conftest import (
+    REPO,
+    free_port,
+    init_with_intermediate_key,
+    issue_through,
+    start_server,
+)
 
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 DENIED = "denied-token"
@@ -52,42 +65,88 @@ class StaticCredential:
         return AccessToken(self.token, int(time.time()) + 3600)
 
 
+# What DefaultAzureCredential would try before managed identity, or that would make it another kind of managed
+# identity (Service Fabric, Arc, Azure ML): unset for the served CA, whatever the developer's shell has.
+NOT_APP_SERVICE_IDENTITY = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET",
+                            "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_USERNAME", "AZURE_PASSWORD",
+                            "AZURE_FEDERATED_TOKEN_FILE", "AZURE_TOKEN_CREDENTIALS", "AZURE_AUTHORITY_HOST",
+                            "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET",
+                            "IDENTITY_ENDPOINT", "IDENTITY_HEADER")
+
+
 @dataclass
 class Emulator:
     proc: subprocess.Popen[bytes]
     port: int
     cert: Path
     log: Path
+    host: str = "localhost"
+    identity_endpoint: str | None = None  # with --identity-port: App Service's token endpoint, and its secret
+    identity_header: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
 
     def uri(self, name: str, **query: str) -> str:
-        params = "&".join(f"{k.replace('_', '-')}={v}" for k, v in {"ca_file": str(self.cert), **query}.items())
-        return f"azurekv:https://localhost:{self.port}/keys/{name}?{params}"
+        # verify-challenge=0: the emulator's challenge names https://vault.azure.net, as Key Vault's does, which no
+        # loopback host is under (see kms/azure_backend.py)
+        params = "&".join(f"{k.replace('_', '-')}={v}"
+                          for k, v in {"ca_file": str(self.cert), "verify_challenge": "0", **query}.items())
+        return f"azurekv:{self.url}/keys/{name}?{params}"
 
     def throttle(self, count: int) -> None:
-        requests.post(f"https://localhost:{self.port}/_emulator/throttle", json={"count": count},
-                      verify=str(self.cert), timeout=5).raise_for_status()
+        requests.post(f"{self.url}/_emulator/throttle", json={"count": count}, verify=str(self.cert),
+                      timeout=5).raise_for_status()
+
+    def stats(self) -> dict[str, Any]:
+        answer = requests.get(f"{self.url}/_emulator/stats", verify=str(self.cert), timeout=5)
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def identity_env(self) -> dict[str, str]:
+        """What App Service puts in a process's environment for its managed identity."""
+        assert self.identity_endpoint and self.identity_header
+        return {"IDENTITY_ENDPOINT": self.identity_endpoint, "IDENTITY_HEADER": self.identity_header}
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_emulator(tmp: Path, *, host: str = "localhost", managed_identity: bool = False) -> Emulator:
+    """The emulator in its own process; with `managed_identity`, it also serves App Service's token endpoint and
+    its vault then takes only the tokens that endpoint issued."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    port, cert, log = free_port(), tmp / "emulator.pem", tmp / "emulator.log"
+    args = ["--port", str(port), "--cert-out", str(cert), "--denied-token", DENIED]
+    endpoint = header = None
+    if managed_identity:
+        identity_port, header = free_port(), secrets.token_urlsafe(24)
+        endpoint = f"http://127.0.0.1:{identity_port}/msi/token"
+        args += ["--identity-port", str(identity_port), "--identity-header", header]
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "tests.emulators.azure_kv", *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not cert.exists():  # written once both ports listen
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return Emulator(proc, port, cert, log, host, endpoint, header)
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    tmp = tmp_path_factory.mktemp("azure-kv")
-    port, cert, log = free_port(), tmp / "emulator.pem", tmp / "emulator.log"
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "tests.emulators.azure_kv", "--port", str(port), "--cert-out",
-                                 str(cert), "--denied-token", DENIED], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not cert.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    saved = azure_backend.credential_factory, azure_backend.verify_challenge_resource
+    """The module's emulator, taking any bearer token but DENIED; this process's backends get StaticCredential."""
+    started = start_emulator(tmp_path_factory.mktemp("azure-kv"))
+    saved = azure_backend.credential_factory
     azure_backend.credential_factory = StaticCredential
-    azure_backend.verify_challenge_resource = False  # a loopback host cannot be under vault.azure.net
-    yield Emulator(proc, port, cert, log)
+    yield started
     kms.close_all()
-    azure_backend.credential_factory, azure_backend.verify_challenge_resource = saved
-    proc.send_signal(signal.SIGCONT)
-    proc.terminate()
-    proc.wait(timeout=10)
+    azure_backend.credential_factory = saved
+    started.stop()
 
 
 def _name(cn: str) -> x509.Name:
@@ -229,3 +288,55 @@ def test_a_frozen_vault_is_reported_in_time_and_signing_resumes(emulator: Emulat
     time.sleep(1.1)  # the cooldown; one trial call then closes the breaker
     sig = key.sign(b"x", padding.PKCS1v15(), hashes.SHA256())
     key.public_key().verify(sig, b"x", padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_the_challenge_resource_is_checked_unless_the_uri_says_otherwise(emulator: Emulator) -> None:
+    """The SDK's check stays on by default: the emulator's challenge (https://vault.azure.net, as Key Vault's) does not
+    cover a loopback host, and the error says which URI option a vault outside *.vault.azure.net needs."""
+    kms.create_key(emulator.uri("checked"), "EC-P256")  # verify-challenge=0: the challenge is not checked
+    checked = f"azurekv:{emulator.url}/keys/checked?ca-file={emulator.cert}"
+    with pytest.raises(KMSError, match=r"challenge resource 'vault\.azure\.net' does not match the requested domain: "
+                                       r".*add verify-challenge=0 to the key URI"):
+        kms.open_key(checked)
+    with pytest.raises(InvalidKeyURI, match="verify-challenge is 1 .* or 0"):
+        kms.open_key(emulator.uri("checked", verify_challenge="off"))
+
+
+def test_init_with_the_intermediate_key_in_key_vault_gives_a_working_ca(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hsmca init --intermediate-key azurekv:…` and `hsmca serve`, with no test hook in either: DefaultAzureCredential,
+    in the init process and in the gunicorn workers, finds the emulator's App Service managed-identity endpoint
+    through IDENTITY_ENDPOINT and IDENTITY_HEADER as it would on Azure (so it never asks IMDS), and this vault takes
+    only the tokens that endpoint issued. The vault's self-signed certificate is trusted through `ca-file=`;
+    openssl accepts the chains against the root."""
+    for name in NOT_APP_SERVICE_IDENTITY:
+        monkeypatch.delenv(name, raising=False)
+    vault = start_emulator(tmp_path / "emulator", host="127.0.0.1", managed_identity=True)
+    try:
+        # Nothing but the identity endpoint's tokens gets in, and that endpoint wants its header.
+        assert requests.get(f"{vault.url}/keys/any?api-version=7.5", headers={"Authorization": "Bearer test-token"},
+                            verify=str(vault.cert), timeout=5).status_code == 401
+        assert requests.get(f"{vault.identity_endpoint}?api-version=2019-08-01&resource=https://vault.azure.net",
+                            timeout=5).status_code == 401
+
+        uri = vault.uri(f"init-{secrets.token_hex(3)}")
+        ca = init_with_intermediate_key(tmp_path / "ca", uri, vault.identity_env())
+        assert ca.config.key == uri
+        signed_at_init = vault.stats()["requests"].get("sign managed-identity 200", 0)
+        running = start_server(ca, env=vault.identity_env())
+        try:
+            for name in ("azure-a.internal", "azure-b.internal"):
+                issue_through(running, name)
+        finally:
+            running.stop()
+        log = running.log()
+        stats = vault.stats()
+    finally:
+        vault.stop()
+    requests_seen = stats["requests"]
+    assert requests_seen.get("sign managed-identity 200", 0) >= signed_at_init + 2, (requests_seen, log)
+    assert requests_seen.get("create managed-identity 200") == 1, requests_seen
+    assert stats["identity"].get("issued", 0) >= 2, stats  # one for `hsmca init`, at least one for the server
+    assert {k for k in requests_seen if " rejected " in k or " bearer " in k} == {"get rejected 401"}, requests_seen
+    assert stats["identity"] == {"issued": stats["identity"]["issued"], "refused 401": 1}, stats
+    assert "verify-challenge=0" in log  # the backend says the check is off

@@ -247,14 +247,13 @@ class Servers:
         while not cert.exists():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        saved = azure_backend.credential_factory, azure_backend.verify_challenge_resource
+        saved = azure_backend.credential_factory
 
         def undo() -> None:
-            azure_backend.credential_factory, azure_backend.verify_challenge_resource = saved
+            azure_backend.credential_factory = saved
 
         self.restore.append(undo)
-        azure_backend.credential_factory = StaticCredential
-        azure_backend.verify_challenge_resource = False  # a loopback host cannot be under vault.azure.net
+        azure_backend.credential_factory = StaticCredential  # the emulator's URIs carry verify-challenge=0
         emulator = AzureEmulator(proc, port, cert, log)
         q = {"timeout": str(TIMEOUT), "cooldown": str(COOLDOWN)}
         return Harness("azurekv", SUPPORTED["azurekv"], lambda name, spec, pss: emulator.uri(name, **q),
