@@ -129,7 +129,67 @@ intermediates = sa.Table(
     sa.Column("installed_at", UTCDateTime(), nullable=True),
     # PEM of the certificates served after the intermediate's own (a cross-certificate in a root rollover).
     sa.Column("chain", BLOB, nullable=True),
+    # Bumped with every revocation of a certificate it issued; a CRL records the revision it covers.
+    sa.Column("revocation_revision", sa.BigInteger(), nullable=False, server_default="0"),
     sa.UniqueConstraint("name", name="uq_intermediates_name"),
     sa.Index("ix_intermediates_activate_at", "activate_at"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# A CRL of a million entries is ~45 MB: LONGBLOB on MySQL (MariaDB's max_allowed_packet must exceed it).
+LONG_BLOB = sa.LargeBinary(2**32 - 1).with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+# One row per revoked certificate (a certificate's own row keeps its issuance status). `not_after` lets a
+# CRL leave out entries for certificates long expired, and the issuer index streams one CRL's entries.
+revocations = sa.Table(
+    "revocations",
+    metadata,
+    sa.Column("serial", sa.String(SERIAL_LENGTH), primary_key=True),
+    sa.Column("issuer", sa.String(MAX_ISSUER_LENGTH), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=False),
+    sa.Column("reason_code", sa.Integer(), nullable=False),  # RFC 5280 CRLReason
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("source", sa.String(MAX_NAME_LENGTH), nullable=False),  # who revoked: provisioner, mtls, cli
+    sa.Column("not_after", UTCDateTime(), nullable=False),
+    sa.Index("ix_revocations_issuer", "issuer"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Every CRL signed, per intermediate; the highest number is the current one. CRL numbers only grow.
+crls = sa.Table(
+    "crls",
+    metadata,
+    sa.Column("issuer", sa.String(MAX_ISSUER_LENGTH), primary_key=True),
+    sa.Column("number", sa.BigInteger(), primary_key=True),
+    sa.Column("this_update", UTCDateTime(), nullable=False),
+    sa.Column("next_update", UTCDateTime(), nullable=False),
+    sa.Column("revision", sa.BigInteger(), nullable=False),  # intermediates.revocation_revision it covers
+    sa.Column("entries", sa.Integer(), nullable=False),
+    sa.Column("der", LONG_BLOB, nullable=False),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Pre-signed OCSP responses, one per certificate, refreshed before next_update by one replica at a time.
+ocsp_responses = sa.Table(
+    "ocsp_responses",
+    metadata,
+    sa.Column("serial", sa.String(SERIAL_LENGTH), primary_key=True),
+    sa.Column("issuer", sa.String(MAX_ISSUER_LENGTH), nullable=False),
+    sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),  # good | revoked
+    sa.Column("this_update", UTCDateTime(), nullable=False),
+    sa.Column("next_update", UTCDateTime(), nullable=False),
+    sa.Column("der", BLOB, nullable=False),
+    sa.Index("ix_ocsp_responses_next_update", "next_update"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# Work that one replica at a time should do (sign a CRL, refresh OCSP responses): the holder renews its
+# lease before expires_at; anyone may take an expired one.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(MAX_NAME_LENGTH), primary_key=True),
+    sa.Column("holder", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
     **MYSQL_TABLE_ARGS,
 )

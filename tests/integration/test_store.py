@@ -177,13 +177,13 @@ def reservation(serial: int, tbs: bytes, **over: object) -> Reservation:
 
 def test_migrate_from_empty_and_check_schema(server: Server) -> None:
     with Store(server.new_url()) as store:
-        with pytest.raises(StoreError, match=r"schema is at none .*expected 0002; run `hsmca db migrate`"):
+        with pytest.raises(StoreError, match=rf"schema is at none .*expected {head_revision()}; run `hsmca db"):
             store.check_schema()
         assert store.schema_revision() is None
         store.migrate()
         store.check_schema()
         store.migrate()  # repeatable
-        assert store.schema_revision() == head_revision() == "0002"
+        assert store.schema_revision() == head_revision() == "0003"
 
 
 def test_check_schema_refuses_unknown_revision(server: Server) -> None:
