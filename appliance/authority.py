@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptography import x509
 
+from appliance import metrics
 from appliance.active_issuer import ActiveIssuer
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
 from appliance.certutil import fingerprint, load_certificates
@@ -203,7 +204,8 @@ class Authority:
         """"ok" or "unavailable: why" per dependency; the signing backends this worker has opened.
 
         A backend is only asked once a key on it has been opened (after the first issuance in
-        this worker), so /health never opens a KMS session of its own.
+        this worker), so /health never opens a KMS session of its own. Each check also sets
+        `hsmca_kms_backend_up`, so a CA that signs nothing still reports its backends' state.
         """
         detail: dict[str, Any] = {"db": "ok", "kms": "ok"}
         try:
@@ -211,6 +213,7 @@ class Authority:
         except StoreError as exc:
             detail["db"] = f"unavailable: {exc}"
         reports = backends_health()
+        metrics.backends_checked((str(r.get("backend") or "unknown"), _backend_ok(r)) for r in reports)
         down = [r for r in reports if not _backend_ok(r)]
         if down:
             detail["kms"] = "unavailable: " + "; ".join(

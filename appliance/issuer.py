@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance import tbs
+from appliance import metrics, tbs
 from appliance.errors import CAError, ServiceUnavailable, Unauthorized
 from appliance.failpoints import failpoint
 from appliance.names import RequestedNames
@@ -135,6 +135,8 @@ class Issuer:
             self._abandon(serial, f"signing backend unavailable: {exc}")
             raise ServiceUnavailable(f"signing backend unavailable: {exc}") from None
         except (KMSError, tbs.TBSMismatch, InvalidSignature) as exc:
+            if isinstance(exc, InvalidSignature):
+                metrics.signature_rejected(metrics.backend_of(self.key))
             self._abandon(serial, f"signing failed: {exc}")
             raise CAError(f"signing failed: {exc}") from None
         failpoint("issuer.after-sign")
@@ -144,6 +146,7 @@ class Issuer:
             # Signed but not marked issued: the certificate is never handed out, and the
             # reservation (with its TBS) is resolved by the housekeeping sweep.
             raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
+        metrics.certificate_issued(provisioner)
         return cert
 
     def _check_signature(self, cert: x509.Certificate) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from appliance import metrics
 from kms.signer import CAKey
 
 SignFn = Callable[[bytes, Callable[[], bytes]], bytes]
@@ -141,11 +142,16 @@ def capture(key: CAKey, build: Callable[[CAKey], object]) -> bytes:
 
 
 def guarded(key: CAKey, expected: bytes) -> CAKey:
-    """A key that signs `expected` through the real key, and refuses anything else."""
+    """A key that signs `expected` through the real key, and refuses anything else.
+
+    This is where every CA signature reaches kms, so it is timed here (`hsmca_kms_sign_seconds`);
+    a refused mismatch never reaches the backend and is not counted as a backend failure.
+    """
+    backend = metrics.backend_of(key)
 
     def on_sign(data: bytes, real: Callable[[], bytes]) -> bytes:
         if data != expected:
             raise TBSMismatch("the to-be-signed bytes differ from those recorded; not signing")
-        return real()
+        return metrics.timed_signature(backend, real)
 
     return _proxy(key, on_sign)

@@ -7,6 +7,7 @@ from typing import Any
 import falcon
 
 from appliance.api import ca, errors, sign
+from appliance.api.metrics import Metrics, RequestMetrics
 from appliance.api.middleware import BodyLimit, RequestContext
 from appliance.authority import Authority
 
@@ -14,7 +15,7 @@ PREFIXES = ("", "/1.0")  # every step route answers at / and at /1.0
 
 
 def _new_app(max_body: int) -> falcon.App:
-    middleware: list[Any] = [RequestContext(), BodyLimit(max_body)]
+    middleware: list[Any] = [RequestMetrics(), RequestContext(), BodyLimit(max_body)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     errors.install(app)
@@ -35,15 +36,21 @@ def create_app(authority: Authority) -> falcon.App:
         app.add_route(f"{p}/provisioners", ca.ProvisionerList(authority))
         app.add_route(f"{p}/provisioners/{{kid}}/encrypted-key", ca.ProvisionerKey(authority))
         app.add_route(f"{p}/sign", sign.Sign(authority))
+        app.add_route(f"{p}/metrics", Metrics())
     return app
 
 
 def create_http_app(authority: Authority) -> falcon.App:
-    """Plain HTTP: what relying parties fetch without TLS (CA certificates; OCSP/CRL later)."""
+    """Plain HTTP: what relying parties fetch without TLS (CA certificates; OCSP/CRL later).
+
+    `/metrics` too: a scraper need not trust the CA's root, and under `hsmca serve` every process
+    reads the same metrics directory, so this listener's scrape includes the HTTPS workers.
+    """
     app = _new_app(64 * 1024)
     app.add_route("/health", ca.Health(authority))
     app.add_route("/roots.pem", ca.CertFile(authority, "roots"))
     app.add_route("/root.crt", ca.CertFile(authority, "roots", der=True))
     app.add_route("/intermediates.pem", ca.CertFile(authority, "intermediates"))
     app.add_route("/intermediate.crt", ca.CertFile(authority, "intermediates", der=True))
+    app.add_route("/metrics", Metrics())
     return app

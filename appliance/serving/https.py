@@ -2,6 +2,8 @@
 
 Without `preload_app`, gunicorn calls `load()` in every worker after forking, so PKCS#11 is
 initialised in the worker, never inherited across fork (SoftHSM does not survive that).
+Metrics: the supervisor put PROMETHEUS_MULTIPROC_DIR in this process's environment, so each
+worker writes its samples there; `child_exit` drops an exited worker's live gauges.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import falcon
 from gunicorn.app.base import BaseApplication
 
+from appliance import metrics
 from appliance.api import create_app
 from appliance.authority import Authority
 from appliance.config import CAConfig, load_config, split_address
@@ -53,6 +56,11 @@ class HTTPSApplication(BaseApplication):
         return create_app(authority)
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's hook, in the master, after a worker exited: its `hsmca_kms_backend_up` no longer counts."""
+    metrics.mark_process_dead(worker.pid)
+
+
 def gunicorn_options(config: CAConfig, *, address: str, workers: int, cert: Path, key: Path) -> dict[str, Any]:
     server = config.server
     tls = config.tls
@@ -80,6 +88,7 @@ def gunicorn_options(config: CAConfig, *, address: str, workers: int, cert: Path
         "proc_name": "hsmca-https",
         "preload_app": False,
         "control_socket_disable": True,  # gunicorn >= 25 opens ~/.gunicorn/gunicorn.ctl otherwise
+        "child_exit": child_exit,
     }
 
 

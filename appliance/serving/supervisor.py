@@ -6,12 +6,16 @@ Children are separate interpreters (fork + exec), so nothing PKCS#11 opened here
 - housekeeping: periodic sweeps
 SIGTERM/SIGINT stop everything gracefully; SIGHUP makes gunicorn reload ca.json in new workers.
 A child that dies is restarted with backoff; one that keeps dying stops the server.
+Every child gets PROMETHEUS_MULTIPROC_DIR (a fresh $HSMCA_PATH/run/metrics) in its environment
+from its first instruction, so prometheus_client starts in multi-process mode in all of them and
+a scrape of any listener merges every process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance import metrics
 from appliance.authority import Authority
 from appliance.config import CAConfig, split_address
 from appliance.intermediates import bootstrap
@@ -38,11 +43,12 @@ RESTART_WINDOW = 60.0
 class Child:
     name: str
     argv: list[str]
+    env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv)
+        self.proc = subprocess.Popen(self.argv, env=self.env)
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
 
@@ -89,18 +95,36 @@ def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
         authority.close()
 
 
+def fresh_metrics_dir(path: Path) -> Path:
+    """An empty directory, mode 0700, for the children's metric files.
+
+    Wiped at every start: files left by a previous run's processes would otherwise be summed into
+    this run's counters. Private, because the files are mapped into every child's memory.
+    """
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)  # whatever the umask
+    return path
+
+
 class Supervisor:
-    def __init__(self, config: CAConfig, opts: ServeOptions, cert: Path, key: Path):
+    def __init__(self, config: CAConfig, opts: ServeOptions, cert: Path, key: Path, metrics_dir: Path):
         py = sys.executable
         cfg = str(opts.config_path)
         self.graceful = config.server.gracefulTimeout
+        self.metrics_dir = metrics_dir
+        env = {**os.environ, metrics.MULTIPROC_ENV: str(metrics_dir)}
         self.children = [
             Child("https", [py, "-m", "appliance.serving.https", "--config", cfg, "--address",
                             opts.address, "--workers", str(opts.workers), "--cert", str(cert),
-                            "--key", str(key)]),
+                            "--key", str(key)], env),
             Child("http", [py, "-m", "appliance.serving.http", "--config", cfg, "--address",
-                           opts.http_address]),
-            Child("housekeeping", [py, "-m", "appliance.serving.housekeeping", "--config", cfg]),
+                           opts.http_address], env),
+            Child("housekeeping", [py, "-m", "appliance.serving.housekeeping", "--config", cfg], env),
         ]
         self.stopping = False
 
@@ -132,6 +156,8 @@ class Supervisor:
                     log.error("%s keeps dying; stopping the server", c.name)
                     self.stopping, code = True, 1
                     break
+                # A dead gunicorn master leaves its workers' live gauges behind (no child_exit ran).
+                metrics.reap_dead_processes(self.metrics_dir)
                 time.sleep(min(2 ** len(c.restarts) / 4, 10))
                 c.start()
         self.shutdown()
@@ -156,6 +182,7 @@ class Supervisor:
 
 def serve(config: CAConfig, opts: ServeOptions) -> int:
     cert, key = prepare(config, opts)
+    metrics_dir = fresh_metrics_dir(config.base_dir / "run" / "metrics")
     log.info("HTTPS on %s (%d workers), plain HTTP on %s; pid %d", opts.address, opts.workers,
              opts.http_address, os.getpid())
-    return Supervisor(config, opts, cert, key).run()
+    return Supervisor(config, opts, cert, key, metrics_dir).run()
