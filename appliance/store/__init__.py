@@ -19,6 +19,7 @@ from .records import (
     Reservation,
     intermediate_state,
 )
+from .revocations import RevocationReason, RevocationRecord, Revoked
 from .store import STALE_REASON, Store
 
 __all__ = [
@@ -33,6 +34,9 @@ __all__ = [
     "InvalidTransition",
     "OneTimeToken",
     "Reservation",
+    "RevocationReason",
+    "RevocationRecord",
+    "Revoked",
     "SerialCollision",
     "Store",
     "StoreError",

@@ -16,7 +16,9 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from . import intermediates as _intermediates
+from . import leases as _leases
 from . import migrate as _migrate
+from . import revocations as _revocations
 from .engine import DEFAULT_TIMEOUT, WRITE, create_engine, database_errors
 from .errors import (
     CertificateNotFound,
@@ -377,6 +379,33 @@ class Store:
         return _intermediates.count_issued_by_issuer(self._read)
 
     # -- helpers ----------------------------------------------------------------------------
+
+    # -- revocations, leases (see revocations.py, leases.py) ---------------------------------------
+
+    def revoke(self, serial: int, *, reason_code: int = 0, reason: str | None = None, source: str,
+               at: datetime | None = None) -> _revocations.Revoked:
+        """Revoke an issued certificate (idempotent: the first revocation stands)."""
+        return _revocations.revoke(self._read, self._write, serial, reason_code=reason_code, reason=reason,
+                                   source=source, at=at or _now())
+
+    def get_revocation(self, serial: int) -> _revocations.RevocationRecord | None:
+        return _revocations.get(self._read, serial)
+
+    def revocation_revision(self, issuer: str) -> int:
+        return _revocations.revision(self._read, issuer)
+
+    def stream_revocations(self, issuer: str, *, expired_before: datetime | None = None
+                           ) -> Iterator[_revocations.RevocationRecord]:
+        return _revocations.stream(self._read, issuer, expired_before=expired_before)
+
+    def take_lease(self, name: str, holder: str, ttl: timedelta, now: datetime | None = None) -> bool:
+        return _leases.take(self._write, name, holder, ttl, now or _now())
+
+    def release_lease(self, name: str, holder: str) -> None:
+        _leases.release(self._write, name, holder)
+
+    def lease_holder(self, name: str, now: datetime | None = None) -> str | None:
+        return _leases.holder(self._read, name, now or _now())
 
     @staticmethod
     def _token_row(token: OneTimeToken) -> dict[str, Any]:

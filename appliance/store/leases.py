@@ -1,0 +1,56 @@
+"""Leases: work that one replica at a time should do (sign a CRL, refresh OCSP responses).
+
+A holder takes a named lease for `ttl` and renews it by taking it again before it expires; anyone may take
+an expired one. The database decides every race (the lease is a row with a primary key), so replicas need
+no other coordination. A holder that dies simply stops renewing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from .errors import StoreError
+from .intermediates import Transaction
+from .records import MAX_NAME_LENGTH, check_text, utc
+from .schema import leases
+
+_l = leases.c
+
+
+def take(write: Transaction, name: str, holder: str, ttl: timedelta, now: datetime) -> bool:
+    """Take or renew the lease `name` for `holder` until now + ttl; False if someone else holds it."""
+    check_text(name, "lease name", MAX_NAME_LENGTH)
+    check_text(holder, "lease holder", MAX_NAME_LENGTH)
+    now = utc(now, "now")
+    until = now + ttl
+    try:
+        with write("taking a lease") as conn:
+            # Renew ours, or take one that has expired: one conditional UPDATE decides between replicas.
+            done = conn.execute(leases.update()
+                                .where(_l.name == name, sa.or_(_l.holder == holder, _l.expires_at <= now))
+                                .values(holder=holder, expires_at=until)).rowcount
+            if done == 1:
+                return True
+            if conn.execute(sa.select(_l.name).where(_l.name == name)).first() is not None:
+                return False
+            conn.execute(leases.insert(), {"name": name, "holder": holder, "expires_at": until})
+            return True
+    except StoreError as exc:
+        if isinstance(exc.__cause__, sa.exc.IntegrityError):  # another replica inserted it first
+            return False
+        raise
+
+
+def release(write: Transaction, name: str, holder: str) -> None:
+    """Give the lease up now (if `holder` has it), so another replica need not wait for it to expire."""
+    with write("releasing a lease") as conn:
+        conn.execute(leases.delete().where(_l.name == name, _l.holder == holder))
+
+
+def holder(read: Transaction, name: str, now: datetime) -> str | None:
+    """Who holds `name` now (None when free or expired)."""
+    with read("reading a lease") as conn:
+        row = conn.execute(sa.select(_l.holder, _l.expires_at).where(_l.name == name)).one_or_none()
+    return None if row is None or row.expires_at <= utc(now, "now") else str(row.holder)
