@@ -21,26 +21,15 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.parser import text_string_to_metric_families
 
 from appliance import jose
 from appliance.client.keys import build_csr
 from tests.integration.conftest import DevCA, Server, start_server
+from tests.unit.test_metrics import parse, value
 
 pytestmark = pytest.mark.slow
 
-Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
 FIRST, SECOND = 3, 2
-
-
-def parse(text: str) -> Scrape:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(scrape: Scrape, name: str, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, ls), v in scrape.items() if n == name and want <= ls)
 
 
 @pytest.fixture(scope="module")
