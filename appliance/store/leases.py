@@ -38,9 +38,18 @@ def take(write: Transaction, name: str, holder: str, ttl: timedelta, now: dateti
             conn.execute(leases.insert(), {"name": name, "holder": holder, "expires_at": until})
             return True
     except StoreError as exc:
-        if isinstance(exc.__cause__, sa.exc.IntegrityError):  # another replica inserted it first
+        if _lost_race(exc.__cause__):
             return False
         raise
+
+
+def _lost_race(exc: BaseException | None) -> bool:
+    """Another replica took the lease in the same instant: it inserted the row first, or (InnoDB, whose
+    gap locks make racing insert-if-absent transactions deadlock) the database chose us as the victim."""
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True
+    code = getattr(getattr(exc, "orig", None), "args", (None,))[0] if isinstance(exc, sa.exc.OperationalError) else None
+    return code in (1213, 1205)  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
 
 
 def release(write: Transaction, name: str, holder: str) -> None:

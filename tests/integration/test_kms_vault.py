@@ -177,7 +177,8 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
     answering (SIGSTOP: connections hang, the worst case) and comes back while the CA keeps running."""
     ca = make_ca(tmp_path / "ca")
     env = bao.env()
-    hsmca(ca, "intermediate", "csr", "--key", "vault:transit/keys/issuing?timeout=2&cooldown=1", "--subject",
+    # A cooldown longer than a CLI start-up on a loaded machine, so the second request meets the open breaker.
+    hsmca(ca, "intermediate", "csr", "--key", "vault:transit/keys/issuing?timeout=2&cooldown=4", "--subject",
           "CN=Vault Issuing CA,O=hsmca tests", "--out", str(tmp_path / "int.csr"), env=env)
     csr = x509.load_pem_x509_csr((tmp_path / "int.csr").read_bytes())
     ca.config.apply_kms_environment()
@@ -219,7 +220,7 @@ def test_a_frozen_server_gives_503_in_time_and_issuance_resumes_when_back(bao: B
         assert fast.returncode != 0 and "(503)" in fast.stderr and "is failing" in fast.stderr, fast.stderr
         assert fast_took < took, (fast_took, took)
 
-        time.sleep(1.2)  # the URI's cooldown: then one trial call, which succeeds and closes the breaker
+        time.sleep(4.2)  # the URI's cooldown: then one trial call, which succeeds and closes the breaker
         back = _issue(ca, running.url, "vault-3.internal", env)
         assert back.returncode == 0, back.stderr
         print(f"vault frozen: first 503 after {took:.2f} s, next {fast_took:.2f} s (client start-up included)")
