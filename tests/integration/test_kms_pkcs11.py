@@ -490,6 +490,7 @@ def test_a_stopped_network_hsm_gives_503_in_time_and_issuance_resumes(
     and continued while the CA keeps running."""
     from tests.integration import p11kit
     from tests.integration.conftest import init_with_intermediate_key, issue_through, start_server
+    from tests.integration.signing import sign_bodies
 
     if why := p11kit.missing():
         pytest.skip(why)
@@ -502,15 +503,16 @@ def test_a_stopped_network_hsm_gives_503_in_time_and_issuance_resumes(
         running = start_server(ca, env=env, workers=1)
         try:
             issue_through(running, "before.internal", env)
+            during, during_2 = sign_bodies(running, ["during.internal", "during-2.internal"])
             server.freeze()
             try:
                 started = time.monotonic()
                 down = running.post("/1.0/sign", json={"csr": "", "ott": ""})  # refused before any signing
                 assert down.status_code == 400
-                down = _sign_request(running, ca, "during.internal")
+                down = running.post("/1.0/sign", json=during)
                 took = time.monotonic() - started
                 started = time.monotonic()
-                fast = _sign_request(running, ca, "during-2.internal")
+                fast = running.post("/1.0/sign", json=during_2)
                 fast_took = time.monotonic() - started
                 sick = running.get("/health", timeout=30)
             finally:
@@ -529,18 +531,3 @@ def test_a_stopped_network_hsm_gives_503_in_time_and_issuance_resumes(
     finally:
         server.stop()
 
-
-def _sign_request(running: Any, ca: Any, name: str) -> Any:
-    """POST /1.0/sign with a fresh token and CSR: what `hsmca certificate` sends, minus the retries."""
-    from appliance.certutil import fingerprint, load_certificates
-    from appliance.client.http import CAClient
-    from appliance.client.keys import build_csr
-    from appliance.client.tokens import provisioner_key, sign_token
-    from tests.integration.conftest import PASSWORD
-
-    kid, prov = provisioner_key(CAClient(running.url, ca.root), "admin", PASSWORD, None)
-    csr = build_csr(ec.generate_private_key(ec.SECP256R1()), name, [name])
-    ott = sign_token(prov, kid, "admin", name, [name], f"{running.url}/1.0/sign",
-                     fingerprint(load_certificates(ca.root)[0]))
-    return running.post("/1.0/sign", json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
-                                           "ott": ott})
