@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from cryptography import x509
 
+from appliance.cert_urls import certificate_urls
 from appliance.config import CAConfig, ConfigError
 from appliance.errors import ServiceUnavailable
 from appliance.intermediates import listing
@@ -60,7 +61,8 @@ class ActiveIssuer:
                                              f"{exc}") from None
                 cert = x509.load_der_x509_certificate(rec.certificate)
                 extra = x509.load_pem_x509_certificates(rec.chain) if rec.chain else []
-                issuer = self._issuers[rec.id] = Issuer(key, cert, self.store, issuer_id=rec.id, chain=extra)
+                issuer = self._issuers[rec.id] = Issuer(key, cert, self.store, issuer_id=rec.id, chain=extra,
+                                                         urls=certificate_urls(self.config))
             return issuer
 
     def published(self, now: datetime | None = None) -> list[x509.Certificate]:

@@ -13,18 +13,22 @@ from typing import Any
 
 from cryptography import x509
 
-from appliance import metrics
+from appliance import metrics, renewal, x5c_token
 from appliance.active_issuer import ActiveIssuer
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
 from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
+from appliance.crl import PublishedCRLs
 from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
 from appliance.issuer import Issuer, LeafProfile
 from appliance.names import RequestedNames, split_sans
+from appliance.ocsp import OCSPResponder
 from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
-from appliance.provisioners.base import sign_audiences
-from appliance.store import OneTimeToken, Store, StoreError
+from appliance.provisioners.base import endpoint_audiences, sign_audiences
+from appliance.revocation import RevokeRequest, revoke_with_certificate, revoke_with_token
+from appliance.store import CRLRecord, OneTimeToken, Revoked, Store, StoreError
 from appliance.validity import parse_time_or_duration
+from appliance.x5c_token import X5CToken
 from kms import backends_health
 from policy import Policy, Request, key_info
 
@@ -53,6 +57,8 @@ class Authority:
         self.audit = audit
         self.roots = load_certificates(config.resolve(config.root))
         self.active = ActiveIssuer(config, store)
+        self.crls = PublishedCRLs(store)  # the CRLs the housekeeping process signed
+        self.ocsp = OCSPResponder(config, store, self.active)  # answers from the pre-signed cache
         self.provisioners = Provisioners.from_config(config.authority.provisioners)
         self.audiences = sign_audiences(config.dnsNames)
         self._policies = {p.name: self._policy_for(p) for p in self.provisioners}
@@ -118,6 +124,50 @@ class Authority:
         self._audit("x509.sign", "allowed", ctx, auth, names, serial=str(cert.serial_number),
                     status=201, issuer=issuer.id)
         return SignResult(cert, (cert, *issuer.chain))
+
+    def renew(self, certificate: x509.Certificate, token: X5CToken | None, ctx: RequestContext,
+              csr: x509.CertificateSigningRequest | None = None) -> SignResult:
+        """Renew (or, with `csr`, rekey) a certificate its holder proved to own (appliance/renewal.py)."""
+        cred = renewal.Credential(certificate, token)
+        return renewal.renew(self, cred, ctx, csr=csr, action="x509.rekey" if csr is not None else "x509.renew")
+
+    def verify_renew_token(self, token: str, endpoint: str) -> X5CToken:
+        """An x5c bearer token for `/1.0/<endpoint>`, signed by the key of the certificate it carries."""
+        return x5c_token.verify(token, endpoint_audiences(self.config.dnsNames, endpoint),
+                                datetime.now(timezone.utc))
+
+    def policy_for(self, provisioner: str) -> Policy | None:
+        """The policy a provisioner's certificates are judged by (None for an unknown name)."""
+        return self._policies.get(provisioner)
+
+    def record(self, event: AuditEvent) -> None:
+        """Write an audit record; a trail that cannot be written stops the request (503)."""
+        try:
+            self.audit.record(event)
+        except OSError as exc:  # the audit trail must not silently vanish
+            log.error("cannot write the audit record: %s", exc)
+            raise ServiceUnavailable(f"audit trail unavailable: {exc}") from None
+
+    def revoke_with_token(self, request: RevokeRequest, ott: str, ctx: RequestContext) -> Revoked:
+        """Revoke `request.serial` on the word of a one-time token whose subject is that serial."""
+        return revoke_with_token(self, request, ott, ctx)
+
+    def revoke_with_certificate(self, request: RevokeRequest, certificate: x509.Certificate,
+                                ctx: RequestContext) -> Revoked:
+        """Revoke `request.serial` on the word of that very certificate (mTLS)."""
+        return revoke_with_certificate(self, request, certificate, ctx)
+
+    def current_crl(self, issuer_id: str | None = None) -> CRLRecord:
+        """The latest CRL of `issuer_id`, by default of the active intermediate (503 before the first)."""
+        if issuer_id is None:
+            try:
+                active = self.store.active_intermediate_id(datetime.now(timezone.utc))
+            except StoreError as exc:
+                raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
+            if active is None:
+                raise ServiceUnavailable("no active intermediate, so no CRL to serve")
+            issuer_id = active[0]
+        return self.crls.latest(issuer_id)
 
     def reject(self, action: str, ctx: RequestContext, error: CAError) -> None:
         """Audit a request the web layer refused before it reached the rules (bad JSON, size)."""

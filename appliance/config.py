@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,6 +115,20 @@ class AuthorityConfig(_Strict):
     policy: PolicyConfig | None = None
     # hsmca: hardened deployments switch this off; clients then need the provisioner key file.
     publishEncryptedKeys: bool = True
+    # hsmca: how long after expiry a certificate may still be renewed (step's allowRenewalAfterExpiry,
+    # bounded); none by default, since an expired certificate no longer vouches for its holder.
+    renewalGracePeriod: str = "0s"
+
+    @field_validator("renewalGracePeriod")
+    @classmethod
+    def _grace(cls, v: str) -> str:
+        if parse_duration(v).total_seconds() < 0:
+            raise ValueError("renewalGracePeriod cannot be negative")
+        return v
+
+    @property
+    def renewal_grace(self) -> timedelta:
+        return parse_duration(self.renewalGracePeriod)
 
     @field_validator("provisioners")
     @classmethod
@@ -159,6 +174,63 @@ class AuditConfig(_Strict):
     path: str = "audit/audit.jsonl"
 
 
+class DelegatedResponder(_Strict):
+    """hsmca: a delegated OCSP responder (made by `hsmca ocsp-responder`): its kms key and its certificate."""
+
+    key: str
+    certificate: str
+
+
+class OCSPConfig(_Strict):
+    """hsmca: the OCSP responder. Responses are pre-signed and cached; `validity` is their nextUpdate - thisUpdate
+    (re-signed past half of it). `echoNonce` signs every request that carries a nonce (a KMS signature each)."""
+
+    validity: str = "24h"
+    echoNonce: bool = False
+    presignBatch: int = Field(default=500, ge=1, le=100_000)
+    responders: list[DelegatedResponder] = Field(default_factory=list)
+
+    @field_validator("validity")
+    @classmethod
+    def _validity(cls, v: str) -> str:
+        if not 60 <= parse_duration(v).total_seconds() <= 7 * 86400:
+            raise ValueError("ocsp.validity must be between 1m and 168h")
+        return v
+
+
+class CRLConfig(_Strict):
+    """hsmca: CRLs. `validity` is nextUpdate - thisUpdate; the housekeeping process signs a new one past half
+    of it, and within seconds of a revocation."""
+
+    validity: str = "24h"
+
+    @field_validator("validity")
+    @classmethod
+    def _validity(cls, v: str) -> str:
+        if not 300 <= parse_duration(v).total_seconds() <= 31 * 86400:
+            raise ValueError("crl.validity must be between 5m and 744h")
+        return v
+
+
+class CertificateURLs(_Strict):
+    """hsmca: the URLs written into issued certificates (CRL distribution point, AIA OCSP and caIssuers).
+
+    Unset: `publicURL` + /crl, /ocsp, /intermediate.crt, else the plain-HTTP listener's address
+    (see appliance/cert_urls.py). An empty string leaves that URL out of certificates.
+    """
+
+    crl: str | None = None
+    ocsp: str | None = None
+    caIssuers: str | None = None
+
+    @field_validator("crl", "ocsp", "caIssuers")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v and not v.startswith(("http://", "https://", "ldap://")):
+            raise ValueError("must be an http://, https:// or ldap:// URL (or empty to leave it out)")
+        return v
+
+
 class CAConfig(_Strict):
     root: str
     # The first intermediate (step-ca's fields). Intermediates live in the database; these are
@@ -179,6 +251,9 @@ class CAConfig(_Strict):
     publicURL: str | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    crl: CRLConfig = Field(default_factory=CRLConfig)
+    certificateURLs: CertificateURLs = Field(default_factory=CertificateURLs)
+    ocsp: OCSPConfig = Field(default_factory=OCSPConfig)
     _base_dir: Path | None = PrivateAttr(default=None)
 
     @field_validator("address", "httpAddress")

@@ -18,9 +18,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from appliance import metrics, tbs
+from appliance.cert_urls import CertificateURLs
 from appliance.errors import CAError, ServiceUnavailable, Unauthorized
 from appliance.failpoints import failpoint
 from appliance.names import RequestedNames
@@ -75,7 +76,7 @@ class Issuer:
     """One intermediate: its KMS key adapter, its certificate, and the store it records into."""
 
     def __init__(self, key: CAKey, certificate: x509.Certificate, store: Store, *, issuer_id: str | None = None,
-                 chain: Sequence[x509.Certificate] = ()):
+                 chain: Sequence[x509.Certificate] = (), urls: CertificateURLs | None = None):
         self.key = key
         self.certificate = certificate
         self.chain = (certificate, *chain)  # what follows a leaf it signs: itself, then any cross-certificate
@@ -84,6 +85,7 @@ class Issuer:
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         self.id = issuer_id or ski.digest.hex()
+        self._url_extensions = _url_extensions(urls) if urls else ()
 
     def _builder(self, p: LeafProfile, serial: int) -> x509.CertificateBuilder:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, p.common_name)]) \
@@ -107,6 +109,8 @@ class Issuer:
         if names:
             # An empty subject needs a critical SAN (RFC 5280 §4.2.1.6).
             b = b.add_extension(x509.SubjectAlternativeName(names), critical=not p.common_name)
+        for value in self._url_extensions:
+            b = b.add_extension(value, critical=False)
         for ext in p.extra_extensions:
             b = b.add_extension(ext.value, critical=ext.critical)
         return b
@@ -168,6 +172,21 @@ class Issuer:
             self.store.mark_abandoned(serial, reason)
         except StoreError:
             log.warning("could not mark reservation %s abandoned; the sweep will", serial)
+
+
+def _url_extensions(urls: CertificateURLs) -> tuple[x509.ExtensionType, ...]:
+    """CRL distribution point and AIA (OCSP, caIssuers), built once per intermediate."""
+    out: list[x509.ExtensionType] = []
+    if urls.crl:
+        out.append(x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(urls.crl)], relative_name=None, reasons=None,
+            crl_issuer=None)]))
+    access = [x509.AccessDescription(oid, x509.UniformResourceIdentifier(url)) for oid, url in (
+        (AuthorityInformationAccessOID.OCSP, urls.ocsp),
+        (AuthorityInformationAccessOID.CA_ISSUERS, urls.ca_issuers)) if url]
+    if access:
+        out.append(x509.AuthorityInformationAccess(access))
+    return tuple(out)
 
 
 def builder_subject(p: LeafProfile) -> str:

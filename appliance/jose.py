@@ -16,6 +16,8 @@ from joserfc import jwe, jwt
 from joserfc.errors import JoseError
 from joserfc.jwe import JWERegistry
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
+from joserfc.registry import HeaderParameter, is_list_str
 
 PublicKey = ECKey | RSAKey | OKPKey
 
@@ -112,11 +114,24 @@ def decrypt_jwk(token: str, password: bytes) -> PublicKey:
     return import_jwk(data)
 
 
+# step's renew token carries its certificate chain in this header (see appliance/x5c_token.py).
+X5C_INSECURE = "x5cInsecure"
+MAX_HEADER_LENGTH = 12 * 1024
+
+
+def _registry(algorithms: list[str]) -> JWSRegistry:
+    """joserfc refuses header names it does not know; `x5cInsecure` is step's, so it is declared."""
+    registry = JWSRegistry(header_registry={X5C_INSECURE: HeaderParameter("step's certificate chain", is_list_str)},
+                           algorithms=algorithms)
+    registry.max_header_length = MAX_HEADER_LENGTH  # a chain of DER certificates is a few KiB
+    return registry
+
+
 def sign_token(key: PublicKey, claims: dict[str, Any], *, kid: str | None = None,
                header: dict[str, Any] | None = None) -> str:
     hdr = {"alg": allowed_algorithms(key)[0], "typ": "JWT", "kid": kid or key.thumbprint()}
     hdr.update(header or {})
-    return jwt.encode(hdr, claims, key, algorithms=[hdr["alg"]])
+    return jwt.encode(hdr, claims, key, algorithms=[hdr["alg"]], registry=_registry([hdr["alg"]]))
 
 
 def _b64json(part: str) -> dict[str, Any]:
@@ -146,7 +161,7 @@ def verify_token(token: str, key: PublicKey) -> tuple[dict[str, Any], dict[str, 
         raise JOSEError(f"token algorithm {header.get('alg')!r} is not allowed for this key "
                         f"(allowed: {', '.join(algs)})")
     try:
-        tok = jwt.decode(token, key, algorithms=algs)
+        tok = jwt.decode(token, key, algorithms=algs, registry=_registry(algs))
     except JoseError as exc:
         raise JOSEError(f"token signature is not valid: {exc.error or exc}") from None
     except ValueError as exc:

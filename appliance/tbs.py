@@ -155,3 +155,22 @@ def guarded(key: CAKey, expected: bytes) -> CAKey:
         return metrics.timed_signature(backend, real)
 
     return _proxy(key, on_sign)
+
+
+def timed(key: CAKey) -> CAKey:
+    """A key that signs whatever it is given, timed like `guarded` (OCSP responses: nothing to record first)."""
+    backend = metrics.backend_of(key)
+    return _proxy(key, lambda _data, real: metrics.timed_signature(backend, real))
+
+
+def recording(key: CAKey, seen: list[tuple[bytes, bytes]]) -> CAKey:
+    """A key that signs whatever it is given, timed like `guarded`, and appends (data, signature) to `seen`:
+    the caller checks the signature over exactly those bytes, without re-encoding a large structure (a CRL)."""
+    backend = metrics.backend_of(key)
+
+    def on_sign(data: bytes, real: Callable[[], bytes]) -> bytes:
+        signature = metrics.timed_signature(backend, real)
+        seen.append((data, signature))
+        return signature
+
+    return _proxy(key, on_sign)

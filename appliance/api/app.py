@@ -6,9 +6,10 @@ from typing import Any
 
 import falcon
 
-from appliance.api import ca, errors, sign
+from appliance.api import ca, crl, errors, renew, revoke, sign
 from appliance.api.metrics import Metrics, RequestMetrics
 from appliance.api.middleware import BodyLimit, RequestContext
+from appliance.api.ocsp import add_ocsp_routes
 from appliance.authority import Authority
 
 PREFIXES = ("", "/1.0")  # every step route answers at / and at /1.0
@@ -36,7 +37,12 @@ def create_app(authority: Authority) -> falcon.App:
         app.add_route(f"{p}/provisioners", ca.ProvisionerList(authority))
         app.add_route(f"{p}/provisioners/{{kid}}/encrypted-key", ca.ProvisionerKey(authority))
         app.add_route(f"{p}/sign", sign.Sign(authority))
+        app.add_route(f"{p}/revoke", revoke.Revoke(authority))
+        app.add_route(f"{p}/crl", crl.CRL(authority))
+        app.add_route(f"{p}/renew", renew.Renew(authority))
+        app.add_route(f"{p}/rekey", renew.Rekey(authority))
         app.add_route(f"{p}/metrics", Metrics())
+    add_ocsp_routes(app, authority, PREFIXES)
     return app
 
 
@@ -52,5 +58,7 @@ def create_http_app(authority: Authority) -> falcon.App:
     app.add_route("/root.crt", ca.CertFile(authority, "roots", der=True))
     app.add_route("/intermediates.pem", ca.CertFile(authority, "intermediates"))
     app.add_route("/intermediate.crt", ca.CertFile(authority, "intermediates", der=True))
+    app.add_route("/crl", crl.CRL(authority))
     app.add_route("/metrics", Metrics())
+    add_ocsp_routes(app, authority)
     return app

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 import appliance
-from appliance.cli import client, intermediate, kms, server
+from appliance.cli import client, intermediate, kms, renew, revocation, server
+from appliance.cli import ocsp as ocsp_command
 from ceremony.cli import ceremony
 
 
@@ -19,16 +20,20 @@ def main() -> None:
     Rotate:       hsmca intermediate csr|install|list|activate|retire
     Keys:         hsmca kms create-key|public-key|check
     Offline:      hsmca ceremony plan|root|sign-intermediate|verify
-    Get certs:    hsmca bootstrap, hsmca certificate, hsmca token
-    Look inside:  hsmca inspect
+    Get certs:    hsmca bootstrap, hsmca certificate, hsmca token, hsmca renew
+    Revocation:   hsmca revoke, hsmca crl
+    Look inside:  hsmca inspect, hsmca ocsp
 
     The CA's files live under $HSMCA_PATH (default ~/.hsmca).
     """
 
 
 for command in (server.init, server.serve, server.db, intermediate.intermediate, kms.kms, ceremony, client.certificate,
-                client.token, client.bootstrap, client.inspect):
+                client.token, client.bootstrap, client.inspect, renew.renew,
+                revocation.revoke, revocation.crl):
     main.add_command(command)
+main.add_command(ocsp_command.ocsp)
+main.add_command(ocsp_command.ocsp_responder)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,13 @@ def strip_port(url: str) -> str:
 
 def sign_audiences(dns_names: list[str]) -> frozenset[str]:
     """The `aud` values a sign token may carry for this CA (port stripped)."""
+    return endpoint_audiences(dns_names, "sign")
+
+
+def endpoint_audiences(dns_names: list[str], endpoint: str) -> frozenset[str]:
+    """The `aud` values a token for `/1.0/<endpoint>` may carry (a token is good for one endpoint only)."""
     out: set[str] = set()
     for name in dns_names:
         host = f"[{name}]" if ":" in name else name
-        out.update({f"https://{host}/1.0/sign", f"https://{host}/sign"})
+        out.update({f"https://{host}/1.0/{endpoint}", f"https://{host}/{endpoint}"})
     return frozenset(out)

@@ -79,7 +79,7 @@ class JWKProvisioner:
 
         got = _audiences(claims)
         if not any(strip_port(a) in audiences for a in got):
-            raise Unauthorized(f"token audience {got} is not this CA's sign endpoint "
+            raise Unauthorized(f"token audience {got} is not this CA's endpoint for this request "
                                f"(expected one of {sorted(audiences)})")
 
         subject = claims.get("sub")

@@ -1,5 +1,7 @@
 """Background work off the request path: resolve reservations left by killed workers, purge
-expired token ids. (Server-certificate renewal, CRL and OCSP pre-signing join it later.)"""
+expired token ids, renew the HTTPS listener's own certificate at 2/3 of its lifetime (the workers
+pick the new files up for new connections: see serving/tls.py), sign CRLs (appliance/crl_publisher.py, polled
+every second in a thread of its own) and pre-sign OCSP responses."""
 
 from __future__ import annotations
 
@@ -7,12 +9,18 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from appliance.config import load_config
+from appliance.authority import Authority
+from appliance.config import CAConfig, load_config
+from appliance.crl_publisher import CRLPublisher
+from appliance.errors import CAError
 from appliance.serving import logs
+from appliance.serving.ocsp_refresh import refresher_for
+from appliance.serving.tls import issue_server_certificate, renewal_due, tls_directory
 from appliance.store import Store, StoreError
 from policy import parse_duration
 
@@ -45,13 +53,60 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    tls = ServerCertificateRenewer(config)
+    ocsp = refresher_for(config, store)
+    # CRLs are polled every second (a revocation must show within seconds), in a thread of their own.
+    crls = threading.Thread(target=CRLPublisher(config, store).run, args=(stop,), name="crl", daemon=True)
+    crls.start()
+    next_sweep = 0.0
     while not stop.is_set():
-        try:
-            sweep(store, config.server.reservationTimeout)
-        except StoreError as exc:
-            log.error("housekeeping sweep failed: %s", exc)
-        stop.wait(interval)
+        if time.monotonic() >= next_sweep:
+            next_sweep = time.monotonic() + interval
+            try:
+                sweep(store, config.server.reservationTimeout)
+            except StoreError as exc:
+                log.error("housekeeping sweep failed: %s", exc)
+            ocsp.run()  # re-sign and pre-sign OCSP responses under the lease (logs its own failures)
+        tls_wait = tls.run()
+        stop.wait(max(0.5, min(next_sweep - time.monotonic(), tls_wait)))
+    crls.join(timeout=30)
+    tls.close()
     store.close()
+
+
+class ServerCertificateRenewer:
+    """Re-issue the listener's certificate when 2/3 of its lifetime has passed; retry soon on failure."""
+
+    RETRY = 5.0  # seconds
+
+    def __init__(self, config: CAConfig):
+        self.config = config
+        self.directory = tls_directory(config)
+        self.lifetime = parse_duration(config.server.tlsCertificateLifetime)
+        self._authority: Authority | None = None  # opened on first renewal: the KMS key is only needed then
+
+    def run(self) -> float:
+        """Renew if due; return the seconds until the next look."""
+        due = renewal_due(self.directory / "server.crt")
+        left = (due - datetime.now(timezone.utc)).total_seconds()
+        if left > 0:
+            return left
+        try:
+            if self._authority is None:
+                self.config.apply_kms_environment()
+                self._authority = Authority.from_config(self.config)
+            cert, _ = issue_server_certificate(self._authority, self.directory, self.lifetime)
+        except (CAError, StoreError, OSError) as exc:
+            log.error("renewing the server's TLS certificate failed (retrying in %.0f s): %s", self.RETRY,
+                      getattr(exc, "message", exc))
+            return self.RETRY
+        log.info("renewed the server's TLS certificate (%s), next renewal at %s", cert,
+                 renewal_due(cert).isoformat(timespec="seconds"))
+        return max(0.5, (renewal_due(cert) - datetime.now(timezone.utc)).total_seconds())
+
+    def close(self) -> None:
+        if self._authority is not None:
+            self._authority.close()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ Without `preload_app`, gunicorn calls `load()` in every worker after forking, so
 initialised in the worker, never inherited across fork (SoftHSM does not survive that).
 Metrics: the supervisor put PROMETHEUS_MULTIPROC_DIR in this process's environment, so each
 worker writes its samples there; `child_exit` drops an exited worker's live gauges.
+TLS: optional client certificates (the credential of renew, rekey and revoke over mTLS) and a
+per-worker context that picks up the renewed server certificate (serving/tls.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from appliance.authority import Authority
 from appliance.config import CAConfig, load_config, split_address
 from appliance.errors import CAError
 from appliance.serving import logs
-from appliance.serving.tls import configure_context
+from appliance.serving.tls import ServerContext
 
 log = logging.getLogger("hsmca.https")
 
@@ -65,8 +67,11 @@ def gunicorn_options(config: CAConfig, *, address: str, workers: int, cert: Path
     server = config.server
     tls = config.tls
 
+    # One context per worker process, reloaded when housekeeping replaces the files (serving/tls.py).
+    server_context = ServerContext(cert, key, config.resolve(config.root), tls)
+
     def ssl_context(conf: Any, default_factory: Any) -> ssl.SSLContext:
-        return configure_context(default_factory(), tls)
+        return server_context.get()
 
     return {
         "bind": [bind_address(address)],

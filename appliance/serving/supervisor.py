@@ -30,7 +30,7 @@ from appliance.authority import Authority
 from appliance.config import CAConfig, split_address
 from appliance.intermediates import bootstrap
 from appliance.serving.housekeeping import sweep
-from appliance.serving.tls import issue_server_certificate
+from appliance.serving.tls import issue_server_certificate, tls_directory
 from policy import parse_duration
 
 log = logging.getLogger("hsmca.serve")
@@ -88,7 +88,7 @@ def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
         stale = sweep(authority.store, config.server.reservationTimeout)
         if stale:
             log.warning("resolved %d reservation(s) left by an interrupted issuance", len(stale))
-        run_dir = config.base_dir / "run" / "tls"
+        run_dir = tls_directory(config)
         return issue_server_certificate(authority, run_dir,
                                         parse_duration(config.server.tlsCertificateLifetime))
     finally:

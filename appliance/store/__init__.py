@@ -1,5 +1,6 @@
 """The storage authority (SA): certificates recorded before signing, single-use tokens, intermediates."""
 
+from .crls import CRLInfo, CRLNumberTaken, CRLRecord
 from .errors import (
     CertificateNotFound,
     IntermediateExists,
@@ -26,6 +27,9 @@ __all__ = [
     "STALE_REASON",
     "CertificateNotFound",
     "CertificateRecord",
+    "CRLInfo",
+    "CRLNumberTaken",
+    "CRLRecord",
     "CertificateStatus",
     "IntermediateExists",
     "IntermediateNotFound",

@@ -15,9 +15,11 @@ from cryptography import x509
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from . import crls as _crls
 from . import intermediates as _intermediates
 from . import leases as _leases
 from . import migrate as _migrate
+from . import ocsp as _ocsp
 from . import revocations as _revocations
 from .engine import DEFAULT_TIMEOUT, WRITE, create_engine, database_errors
 from .errors import (
@@ -406,6 +408,58 @@ class Store:
 
     def lease_holder(self, name: str, now: datetime | None = None) -> str | None:
         return _leases.holder(self._read, name, now or _now())
+
+    # -- CRLs (see crls.py) ------------------------------------------------------------------------
+
+    def add_crl(self, rec: _crls.CRLRecord) -> None:
+        """Store a signed CRL (CRLNumberTaken when its number is not above the issuer's highest)."""
+        _crls.add(self._write, rec)
+
+    def latest_crl_info(self, issuer: str) -> _crls.CRLInfo | None:
+        """The issuer's current CRL without its bytes (cheap enough to poll every second)."""
+        return _crls.latest_info(self._read, issuer)
+
+    def get_crl(self, issuer: str, number: int) -> _crls.CRLRecord | None:
+        return _crls.get(self._read, issuer, number)
+
+    def next_crl_number(self, issuer: str) -> int:
+        return _crls.next_number(self._read, issuer)
+
+    def stream_crl_entries(self, issuer: str, *, expired_before: datetime | None = None
+                           ) -> Iterator[tuple[int, datetime, int]]:
+        """(serial, revoked_at as naive UTC, reason code) per revocation of `issuer`, lean enough for a
+        million-entry CRL."""
+        return _crls.entries(self._read, issuer, expired_before)
+
+    def count_crls(self, issuer: str) -> int:
+        return _crls.count(self._read, issuer)
+
+    # -- pre-signed OCSP responses (see ocsp.py) ---------------------------------------------------
+
+    def cached_ocsp_response(self, serial: int) -> _ocsp.CachedResponse | None:
+        """The stored response for `serial`, with whether it is revoked now (one query, on every OCSP request)."""
+        return _ocsp.cached(self._read, serial)
+
+    def ocsp_status(self, serial: int) -> _ocsp.CertificateStatusRow | None:
+        """Issuer, issuance and revocation of `serial` in one query (what a response says)."""
+        return _ocsp.status(self._read, serial)
+
+    def put_ocsp_response(self, serial: int, issuer: str, status: str, this_update: datetime,
+                          next_update: datetime, der: bytes) -> bool:
+        """Store or replace a response; False (nothing stored) for a "good" one of a revoked serial."""
+        return _ocsp.put(self._write, serial, issuer, status, this_update, next_update, der)
+
+    def ocsp_responses_due(self, before: datetime, limit: int, now: datetime | None = None) -> list[int]:
+        """Unexpired certificates whose stored response's nextUpdate is before `before`, soonest first."""
+        return _ocsp.due(self._read, before, now or _now(), limit)
+
+    def certificates_without_ocsp_response(self, limit: int, *, reserved_since: datetime | None = None,
+                                           now: datetime | None = None) -> list[int]:
+        """Unexpired issued or revoked certificates with no stored response (what pre-signing covers)."""
+        return _ocsp.missing(self._read, now or _now(), limit, reserved_since=reserved_since)
+
+    def purge_expired_ocsp_responses(self, now: datetime | None = None) -> int:
+        return _ocsp.purge_expired(self._write, now or _now())
 
     @staticmethod
     def _token_row(token: OneTimeToken) -> dict[str, Any]:

@@ -148,8 +148,9 @@ class Server:
 
 
 def start_server(ca: DevCA, *, workers: int = 2, env: dict[str, str] | None = None,
-                 timeout: float = 60) -> Server:
-    port, http_port = free_port(), free_port()
+                 timeout: float = 60, port: int | None = None, http_port: int | None = None) -> Server:
+    """`hsmca serve` on free ports, or on the given ones (to restart a CA where its clients expect it)."""
+    port, http_port = port or free_port(), http_port or free_port()
     log_path = ca.base / f"serve-{port}.log"
     proc = subprocess.Popen(
         [HSMCA, "serve", "--address", f"127.0.0.1:{port}",

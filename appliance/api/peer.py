@@ -1,0 +1,36 @@
+"""The TLS client certificate of the request, as gunicorn's TLS handshake verified it.
+
+The HTTPS listener asks every client for a certificate but requires none (CERT_OPTIONAL, trusting
+the CA's roots; see appliance/serving/tls.py), so a client without one is served as before. The
+handshake checks the chain to a root but *not* the validity period: the endpoints that accept a
+client certificate (renew, rekey, revoke) check expiry themselves, so that an expired certificate
+gets a clear JSON refusal (or the configured renewal grace) instead of a bare TLS alert.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import falcon
+from cryptography import x509
+
+from appliance.errors import BadRequest
+
+SOCKET_KEY = "gunicorn.socket"  # gunicorn puts the connection's socket in the WSGI environ
+
+
+def client_certificate(req: falcon.Request) -> x509.Certificate | None:
+    """The verified peer certificate, or None (no certificate, plain HTTP, or not under gunicorn)."""
+    sock = req.env.get(SOCKET_KEY)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    try:
+        der = sock.getpeercert(binary_form=True)
+    except (ValueError, OSError):  # the connection went away
+        return None
+    if not der:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise BadRequest(f"the TLS client certificate cannot be parsed: {exc}") from None

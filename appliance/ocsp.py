@@ -1,0 +1,323 @@
+"""The OCSP responder (RFC 6960, RFC 5019 profile): parse, find the issuing intermediate, answer from cache or sign.
+
+Serving must not cost a KMS signature, so a response for a SHA-1 CertID (what RFC 5019 clients send) is
+pre-signed per certificate and stored (`ocsp_responses`); a request reads it with one query that also joins
+the revocations, so a revocation changes the answer at once. A miss, a stale row, a SHA-256 CertID (the cache
+holds one CertID form per serial), an unknown serial and an echoed nonce are signed on the spot, by the
+issuing intermediate's key through kms, or by a delegated responder (ocsp_delegation.py); responderID by key hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509 import ocsp
+
+from appliance import tbs
+from appliance.active_issuer import ActiveIssuer
+from appliance.config import CAConfig
+from appliance.errors import CAError
+from appliance.issuer import Issuer
+from appliance.ocsp_delegation import Delegate, delegate_for, load_delegates, open_delegate_key
+from appliance.store import IntermediateRecord, RevocationReason, Store, StoreError
+from appliance.store.records import MAX_SERIAL
+from kms import default_hash
+from kms.errors import KMSError
+from kms.keyspec import SigningHash
+from kms.signer import CAKey
+from policy import parse_duration
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 4096  # one CertID and a nonce take ~120 bytes; RFC 5019 GETs stay under 255
+ISSUER_INDEX_TTL = 60.0  # seconds before the intermediates are read again
+ISSUER_MISS_PAUSE = 5.0  # at most one re-read per this many seconds for an issuer hash we do not know
+UNKNOWN_MEMO_SIZE = 10_000  # per process: random serials must not each cost a KMS signature
+UNKNOWN_MEMO_SECONDS = 300
+CERT_ID_HASHES: tuple[hashes.HashAlgorithm, ...] = (hashes.SHA1(), hashes.SHA256())
+
+REASONS: dict[RevocationReason, x509.ReasonFlags] = {
+    RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
+    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
+    RevocationReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
+    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
+    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
+    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
+    RevocationReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
+    RevocationReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
+    RevocationReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
+}
+
+
+def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(Encoding.DER)
+
+
+MALFORMED = _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+UNAUTHORIZED = _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+TRY_LATER = _unsuccessful(ocsp.OCSPResponseStatus.TRY_LATER)
+INTERNAL_ERROR = _unsuccessful(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The DER to send; the times bound how long HTTP caches may keep it (None: do not cache)."""
+
+    der: bytes
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+    cached: bool = False
+    status: str = "error"  # good | revoked | unknown | malformed | unauthorized | tryLater | internalError
+
+
+@dataclass(frozen=True)
+class KnownIssuer:
+    """An intermediate we answer for, and its CertID hashes (SHA-1 and SHA-256)."""
+
+    record: IntermediateRecord
+    certificate: x509.Certificate
+    cert_ids: dict[str, tuple[bytes, bytes]]  # hash name -> (issuer name hash, issuer key hash)
+    delegate: Delegate | None = None  # a delegated responder that signs in its place
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+def cert_id_hashes(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[bytes, bytes]:
+    """RFC 6960 §4.1.1: hash of the issuer's DER name and of its public key's BIT STRING value."""
+    name = issuer.subject.public_bytes()
+    key = _key_bits(issuer.public_key())
+    return _digest(algorithm, name), _digest(algorithm, key)
+
+
+def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
+    h = hashes.Hash(algorithm)
+    h.update(data)
+    return h.finalize()
+
+
+def _key_bits(public_key: object) -> bytes:
+    """The subjectPublicKey BIT STRING's content, in the encoding each key family puts there."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return public_key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return public_key.public_bytes(Encoding.DER, PublicFormat.PKCS1)
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    raise TypeError(f"unsupported intermediate key type {type(public_key).__name__}")
+
+
+class OCSPResponder:
+    """Answers OCSP requests for the intermediates in the store (active, or retired and unexpired)."""
+
+    def __init__(self, config: CAConfig, store: Store, issuers: ActiveIssuer):
+        self.store, self.issuers = store, issuers
+        self.validity = parse_duration(config.ocsp.validity)
+        self.echo_nonce = config.ocsp.echoNonce
+        self.config = config
+        self.delegates = load_delegates(config)
+        self._delegate_keys: dict[str, CAKey] = {}
+        self._index: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
+        self._by_id: dict[str, KnownIssuer] = {}
+        self._read_at = -1e9
+        self._miss_at = -1e9
+        self._lock = threading.Lock()
+        self._unknown: OrderedDict[tuple[str, str, int], Answer] = OrderedDict()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def respond(self, request_der: bytes, now: datetime | None = None) -> Answer:
+        """The response to one DER request; never raises (errors become unsigned OCSP error responses)."""
+        now = now or datetime.now(UTC)
+        try:
+            req = ocsp.load_der_ocsp_request(request_der)
+            serial, algorithm = req.serial_number, req.hash_algorithm
+            name_hash, key_hash = req.issuer_name_hash, req.issuer_key_hash
+            nonce = _nonce(req)
+        except UnsupportedAlgorithm:  # a CertID hash we do not index: not for us to answer
+            return Answer(UNAUTHORIZED, status="unauthorized")
+        except (ValueError, NotImplementedError):  # bad DER, several CertIDs, duplicate extensions
+            return Answer(MALFORMED, status="malformed")
+        try:
+            known = self._issuer_for(algorithm.name, name_hash, key_hash, now)
+            if known is None:
+                return Answer(UNAUTHORIZED, status="unauthorized")
+            echo = nonce is not None and self.echo_nonce
+            cacheable = isinstance(algorithm, hashes.SHA1) and not echo
+            if cacheable and 0 < serial <= MAX_SERIAL:
+                hit = self.store.cached_ocsp_response(serial)
+                if hit is not None and hit.issuer == known.id and not (hit.status == "good" and hit.revoked) \
+                        and hit.next_update - now > self.validity / 4:
+                    return Answer(hit.der, hit.this_update, hit.next_update, cached=True, status=hit.status)
+            memo_key = (algorithm.name, known.id, serial)
+            if not echo:
+                memo = self._unknown_memo(memo_key, now)
+                if memo is not None:
+                    return memo
+            answer = self._sign(known, serial, algorithm, now, nonce=nonce if echo else None, store=cacheable)
+            if answer.status == "unknown" and not echo:
+                self._remember_unknown(memo_key, answer)
+            return answer
+        except (StoreError, KMSError, CAError) as exc:  # database or signing backend down
+            log.warning("OCSP request for serial %x answered tryLater: %s", serial, exc)
+            return Answer(TRY_LATER, status="tryLater")
+
+    # -- pre-signing (housekeeping) ----------------------------------------------------------
+
+    def presign(self, serial: int, now: datetime | None = None) -> str | None:
+        """Sign and store the SHA-1 CertID response for `serial`; its status, or None if not ours to cache."""
+        now = now or datetime.now(UTC)
+        row = self.store.ocsp_status(serial)
+        if row is None or not row.issued:
+            return None
+        known = self._known_by_id(row.issuer, now)
+        if known is None:
+            return None
+        return self._sign(known, serial, hashes.SHA1(), now, nonce=None, store=True).status
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _sign(self, known: KnownIssuer, serial: int, algorithm: hashes.HashAlgorithm, now: datetime, *,
+              nonce: bytes | None, store: bool) -> Answer:
+        row = self.store.ocsp_status(serial) if 0 < serial <= MAX_SERIAL else None
+        if row is None or row.issuer != known.id or not row.issued:
+            status, cert_status = "unknown", ocsp.OCSPCertStatus.UNKNOWN
+        elif row.revoked_at is not None:
+            status, cert_status = "revoked", ocsp.OCSPCertStatus.REVOKED
+        else:
+            status, cert_status = "good", ocsp.OCSPCertStatus.GOOD
+        this_update = now.replace(microsecond=0)
+        next_update = this_update + self.validity
+        if known.delegate is not None:  # never vouch past the responder certificate's own validity
+            next_update = min(next_update, known.delegate.certificate.not_valid_after_utc)
+        name_hash, key_hash = known.cert_ids[algorithm.name]
+        reason = None
+        if row is not None and row.reason_code not in (None, RevocationReason.UNSPECIFIED):
+            reason = REASONS[row.reason_code]
+        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+            issuer_name_hash=name_hash, issuer_key_hash=key_hash, serial_number=serial, algorithm=algorithm,
+            cert_status=cert_status, this_update=this_update, next_update=next_update,
+            revocation_time=row.revoked_at if status == "revoked" and row else None,
+            revocation_reason=reason if status == "revoked" else None,
+        )
+        key, algorithm_hash, signer_cert = self._signing_key(known)
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, signer_cert)
+        if known.delegate is not None:  # the relying party needs its certificate to check the signature
+            builder = builder.certificates([signer_cert])
+        if nonce is not None:
+            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+        response = builder.sign(tbs.timed(key), algorithm_hash)
+        _check_signature(response, signer_cert)
+        der = response.public_bytes(Encoding.DER)
+        if store and status != "unknown":
+            self.store.put_ocsp_response(serial, known.id, status, this_update, next_update, der)
+        return Answer(der, this_update, next_update, status=status)
+
+    def _unknown_memo(self, key: tuple[str, str, int], now: datetime) -> Answer | None:
+        """A recent `unknown` answer for the same CertID (nobody but the CA knows a serial before it is issued)."""
+        with self._lock:
+            found = self._unknown.get(key)
+        if found is None or found.this_update is None \
+                or (now - found.this_update).total_seconds() > UNKNOWN_MEMO_SECONDS:
+            return None
+        return found
+
+    def _remember_unknown(self, key: tuple[str, str, int], answer: Answer) -> None:
+        with self._lock:
+            self._unknown[key] = answer
+            while len(self._unknown) > UNKNOWN_MEMO_SIZE:
+                self._unknown.popitem(last=False)
+
+    def _signing_key(self, known: KnownIssuer) -> tuple[CAKey, SigningHash | None, x509.Certificate]:
+        """The delegated responder's key when one is configured for this intermediate, else the intermediate's
+        (either opened once per process)."""
+        if known.delegate is None:
+            issuer: Issuer = self.issuers.issuer_for(known.record)
+            return issuer.key, issuer.hash, known.certificate
+        uri = known.delegate.key_uri
+        with self._lock:
+            key = self._delegate_keys.get(uri)
+            if key is None:
+                key = self._delegate_keys[uri] = open_delegate_key(self.config, known.delegate)
+        return key, default_hash(key), known.delegate.certificate
+
+    def _issuer_for(self, hash_name: str, name_hash: bytes, key_hash: bytes, now: datetime) -> KnownIssuer | None:
+        key = (hash_name, name_hash, key_hash)
+        self._refresh(now, force=False)
+        found = self._index.get(key)
+        if found is None and time.monotonic() - self._miss_at > ISSUER_MISS_PAUSE:
+            self._miss_at = time.monotonic()  # a new intermediate may have been installed since the last read
+            self._refresh(now, force=True)
+            found = self._index.get(key)
+        if found is not None and not _serves(found.record, now):
+            return None
+        return found
+
+    def _known_by_id(self, ident: str, now: datetime) -> KnownIssuer | None:
+        self._refresh(now, force=ident not in self._by_id)
+        found = self._by_id.get(ident)
+        return found if found is not None and _serves(found.record, now) else None
+
+    def _refresh(self, now: datetime, *, force: bool) -> None:
+        if not force and time.monotonic() - self._read_at < ISSUER_INDEX_TTL:
+            return
+        with self._lock:
+            index: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
+            by_id: dict[str, KnownIssuer] = {}
+            for rec in self.store.list_intermediates():
+                if rec.certificate is None or not _serves(rec, now):
+                    continue
+                cert = x509.load_der_x509_certificate(rec.certificate)
+                ids = {h.name: cert_id_hashes(cert, h) for h in CERT_ID_HASHES}
+                known = by_id[rec.id] = KnownIssuer(rec, cert, ids, delegate_for(self.delegates, cert, now))
+                for name, (nh, kh) in ids.items():
+                    index[(name, nh, kh)] = known
+            self._index, self._by_id, self._read_at = index, by_id, time.monotonic()
+
+
+def _serves(rec: IntermediateRecord, now: datetime) -> bool:
+    """Active or retired (it signed certificates), and not expired: RFC 6960 needs a valid signer."""
+    return rec.certificate is not None and rec.activate_at is not None and rec.activate_at <= now \
+        and (rec.not_after is None or rec.not_after > now)
+
+
+def _nonce(req: ocsp.OCSPRequest) -> bytes | None:
+    try:
+        return req.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _check_signature(response: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
+    """Verify what the KMS returned before it is stored or sent (a faulty signer is caught here)."""
+    pub = signer.public_key()
+    data, sig, alg = response.tbs_response_bytes, response.signature, response.signature_hash_algorithm
+    try:
+        if isinstance(pub, ec.EllipticCurvePublicKey) and alg is not None:
+            pub.verify(sig, data, ec.ECDSA(alg))
+        elif isinstance(pub, rsa.RSAPublicKey) and alg is not None:
+            pub.verify(sig, data, padding.PKCS1v15(), alg)
+        elif isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(sig, data)
+        else:
+            raise InvalidSignature("unsupported issuer key")
+    except InvalidSignature:
+        raise CAError("the OCSP response's signature does not verify with its signer's key") from None
+
+
+def sha1(data: bytes) -> bytes:
+    """SHA-1 of `data` (ETags of GET responses)."""
+    return hashlib.sha1(data, usedforsecurity=False).digest()
+

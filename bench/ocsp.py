@@ -1,0 +1,304 @@
+"""OCSP responses per second: hsmca's responder (plain-HTTP listener) beside OpenSSL's (`openssl ocsp -index`).
+
+Creates a throwaway CA (own $HSMCA_PATH and SoftHSM token, EC P-256 intermediate), starts `hsmca serve`, issues
+COUNT certificates through the API, and builds one SHA-1 CertID request per certificate before the clock starts.
+Then, with C client processes (one keep-alive connection each, the same client code for both responders):
+
+- hsmca, cache hit: every response pre-signed and stored, so serving reads one row and signs nothing;
+- hsmca, cache miss: the cached rows deleted first, so every request signs through SoftHSM and stores its row
+  (one pass over the certificates: a miss happens once per certificate and validity period);
+- OpenSSL: `openssl ocsp -index index.txt -port N -rsigner -rkey -CA` with a software P-256 issuer of the same
+  subject and an index.txt holding the same serials; it signs every response (it has no cache).
+
+Both with POST and with GET (RFC 5019 URL form). Housekeeping's interval is set to a day, so no background
+pre-signing runs during the measurements. The ratio printed is hsmca from cache over OpenSSL; measured, not
+asserted (the goal is 10x).
+
+    .venv/bin/python bench/ocsp.py --count 500 --seconds 5 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from issue import cpu_seconds, free_port, pct, prepare, process_tree, run_load  # noqa: E402
+
+from appliance.certutil import load_certificates  # noqa: E402
+from appliance.store import Store  # noqa: E402
+from appliance.store.schema import ocsp_responses  # noqa: E402
+
+HSMCA = str(Path(sys.executable).parent / "hsmca")
+Request = tuple[str, str, bytes]  # method, path, body
+
+
+# -- the client: C processes, one persistent connection each ---------------------------------------
+
+
+def _client(host: str, port: int, requests_: list[Request], seconds: float, out: multiprocessing.Queue,  # type: ignore[type-arg,unused-ignore]
+            check: bool) -> None:
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    latencies: list[float] = []
+    errors = 0
+    i = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        method, path, body = requests_[i % len(requests_)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            headers = {"Content-Type": "application/ocsp-request"} if body else {}
+            conn.request(method, path, body=body or None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200 or not data or resp.getheader("Connection", "").lower() == "close" \
+                    or resp.will_close:
+                conn.close()  # OpenSSL's responder closes after every response: reconnect
+            ok = resp.status == 200 and (not check or ocsp.load_der_ocsp_response(data).response_status ==
+                                         ocsp.OCSPResponseStatus.SUCCESSFUL)
+        except (OSError, http.client.HTTPException, ValueError):
+            conn.close()
+            ok = False
+        latencies.append(time.perf_counter() - t0)
+        errors += not ok
+    out.put((latencies, errors))
+
+
+def load(host: str, port: int, requests_: list[Request], seconds: float, concurrency: int, *,
+         check: bool = True) -> tuple[float, list[float], int]:
+    """Run C client processes for `seconds`; returns (responses/s, latencies, errors)."""
+    out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg,unused-ignore]
+    share = [requests_[i::concurrency] or requests_ for i in range(concurrency)]
+    procs = [multiprocessing.Process(target=_client, args=(host, port, share[i], seconds, out, check))
+             for i in range(concurrency)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    latencies = [x for lat, _ in results for x in lat]
+    return len(latencies) / elapsed, latencies, sum(e for _, e in results)
+
+
+def one_pass(host: str, port: int, requests_: list[Request], concurrency: int) -> tuple[float, list[float], int]:
+    """Every request exactly once (the cache-miss round); returns (responses/s, latencies, errors)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = requests.Session()
+    latencies: list[float] = []
+    errors = 0
+
+    def go(r: Request) -> None:
+        nonlocal errors
+        method, path, body = r
+        t0 = time.perf_counter()
+        resp = session.request(method, f"http://{host}:{port}{path}", data=body or None, timeout=30,
+                               headers={"Content-Type": "application/ocsp-request"})
+        latencies.append(time.perf_counter() - t0)
+        if resp.status_code != 200 or resp.headers.get("X-OCSP-Cache") != "miss":
+            errors += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(go, requests_))
+    return len(requests_) / (time.perf_counter() - t0), latencies, errors
+
+
+def forms(ders: list[bytes], prefix: str = "/ocsp") -> dict[str, list[Request]]:
+    return {"POST": [("POST", prefix, d) for d in ders],
+            "GET": [("GET", f"{prefix}/{quote(base64.b64encode(d).decode(), safe='')}", b"") for d in ders]}
+
+
+def requests_for(certs: list[x509.Certificate], issuer: x509.Certificate) -> list[bytes]:
+    return [ocsp.OCSPRequestBuilder().add_certificate(c, issuer, hashes.SHA1()).build()
+            .public_bytes(serialization.Encoding.DER) for c in certs]
+
+
+# -- hsmca ----------------------------------------------------------------------------------------
+
+
+def start_hsmca(base: Path, workers: int) -> tuple[subprocess.Popen[bytes], str, int]:
+    env = {**os.environ, "HSMCA_PATH": str(base), "HSMCA_LOG_LEVEL": "WARNING"}
+    env.pop("SOFTHSM2_CONF", None)
+    pw = base / "pw"
+    pw.write_text("bench-password\n")
+    subprocess.run([HSMCA, "init", "--password-file", str(pw), "--kty", "EC"], env=env, check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    config = base / "config" / "ca.json"
+    data = json.loads(config.read_text())
+    data.setdefault("server", {})["housekeepingInterval"] = "24h"
+    config.write_text(json.dumps(data, indent=2))
+    port, http_port = free_port(), free_port()
+    proc = subprocess.Popen([HSMCA, "serve", "--address", f"127.0.0.1:{port}", "--http-address",
+                             f"127.0.0.1:{http_port}", "--workers", str(workers)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=open(base / "serve.log", "wb"))
+    url = f"https://localhost:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{http_port}/health", timeout=2).ok and \
+                    requests.get(f"{url}/health", verify=str(base / "certs" / "root_ca.crt"), timeout=2).ok:
+                return proc, url, http_port
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise SystemExit(f"the CA did not start; see {base / 'serve.log'}")
+
+
+def issued_certificates(base: Path, count: int) -> list[x509.Certificate]:
+    with Store(f"sqlite:///{base / 'db' / 'hsmca.sqlite'}") as store:
+        recs = store.list_certificates("issued", limit=count + 10)
+    certs = [x509.load_der_x509_certificate(r.der) for r in recs if r.der]
+    return [c for c in certs if c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False][:count]
+
+
+def drop_cache(base: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{base / 'db' / 'hsmca.sqlite'}")
+    with engine.begin() as conn:
+        conn.execute(ocsp_responses.delete())
+    engine.dispose()
+
+
+# -- OpenSSL's responder --------------------------------------------------------------------------
+
+
+def openssl_responder(base: Path, intermediate: x509.Certificate, certs: list[x509.Certificate],
+                      port: int) -> tuple[subprocess.Popen[bytes], x509.Certificate]:
+    """A software P-256 issuer with the intermediate's subject, and an index.txt of the same serials."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(intermediate.subject).issuer_name(intermediate.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    d = base / "openssl"
+    d.mkdir()
+    (d / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+    lines = []
+    for c in certs:
+        expiry = c.not_valid_after_utc.strftime("%y%m%d%H%M%SZ")
+        cn = c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        subject = f"/CN={cn[0].value!s}" if cn else "/"
+        lines.append(f"V\t{expiry}\t\t{c.serial_number:X}\tunknown\t{subject}\n")
+    (d / "index.txt").write_text("".join(lines))
+    (d / "index.txt.attr").write_text("unique_subject = no\n")
+    proc = subprocess.Popen(["openssl", "ocsp", "-index", str(d / "index.txt"), "-port", str(port),
+                             "-rsigner", str(d / "ca.crt"), "-rkey", str(d / "ca.key"), "-CA", str(d / "ca.crt"),
+                             "-ndays", "1", "-ignore_err"],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "ocsp.log", "wb"))
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            probe = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            probe.request("GET", "/")  # a request, not a bare connection: it serves one connection at a time
+            probe.getresponse().read()
+            probe.close()
+            return proc, cert
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"openssl ocsp did not start; see {d / 'ocsp.log'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=500, help="certificates (one request each)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each timed run")
+    ap.add_argument("--concurrency", type=int, default=8, help="client processes")
+    ap.add_argument("--workers", type=int, default=2, help="HTTPS worker processes (OCSP here is plain HTTP)")
+    args = ap.parse_args()
+    c = args.concurrency
+
+    with tempfile.TemporaryDirectory(prefix="hsmca-bench-ocsp-") as tmp:
+        base = Path(tmp)
+        proc, url, http_port = start_hsmca(base, args.workers)
+        root = base / "certs" / "root_ca.crt"
+        intermediate = load_certificates(base / "certs" / "intermediate_ca.crt")[0]
+        rows = []
+        try:
+            run_load(url, root, prepare(url, root, args.count), 8)
+            certs = issued_certificates(base, args.count)
+            ders = requests_for(certs, intermediate)
+            print(f"OCSP benchmark: {len(certs)} certificates, {c} client processes (keep-alive), "
+                  f"{os.cpu_count()} CPUs shared by clients and servers; EC P-256 issuer on both sides")
+            print(f"{'responder':<34} {'form':<5} {'resp/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+                  f"{'server CPU ms/resp':>18} {'errors':>6}")
+
+            def row(name: str, form: str, rate: float, lat: list[float], errors: int, cpu: float, n: int) -> None:
+                rows.append((name, form, rate))
+                print(f"{name:<34} {form:<5} {rate:>8.0f} {pct(lat, 50) * 1000:>7.2f} {pct(lat, 99) * 1000:>7.2f} "
+                      f"{cpu * 1000 / max(n, 1):>18.3f} {errors:>6}")
+
+            for form, reqs in forms(ders).items():
+                drop_cache(base)
+                pids = process_tree(proc.pid)
+                cpu0 = cpu_seconds(pids)
+                rate, lat, errors = one_pass("127.0.0.1", http_port, reqs, c)
+                row("hsmca, cache miss (signs+stores)", form, rate, lat, errors, cpu_seconds(pids) - cpu0, len(reqs))
+            # The serving layer's floor: a static file from the same listener (no database, no OCSP).
+            floor = [("GET", "/roots.pem", b"")]
+            pids = process_tree(proc.pid)
+            cpu0 = cpu_seconds(pids)
+            rate, lat, errors = load("127.0.0.1", http_port, floor, args.seconds, c, check=False)
+            row("hsmca floor: GET /roots.pem", "GET", rate, lat, errors, cpu_seconds(pids) - cpu0, len(lat))
+            for form, reqs in forms(ders).items():
+                load("127.0.0.1", http_port, reqs[:50], 1.0, c)  # warm
+                pids = process_tree(proc.pid)
+                cpu0 = cpu_seconds(pids)
+                rate, lat, errors = load("127.0.0.1", http_port, reqs, args.seconds, c)
+                row("hsmca, cache hit", form, rate, lat, errors, cpu_seconds(pids) - cpu0, len(lat))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+        port = free_port()
+        oproc, ocert = openssl_responder(base, intermediate, certs, port)
+        try:
+            for form, reqs in forms(requests_for(certs, ocert), prefix="").items():
+                reqs = [(m, p or "/", b) for m, p, b in reqs]
+                cpu0 = cpu_seconds([oproc.pid])
+                rate, lat, errors = load("127.0.0.1", port, reqs, args.seconds, c)
+                row("openssl ocsp -index (1 process)", form, rate, lat, errors,
+                    cpu_seconds([oproc.pid]) - cpu0, len(lat))
+        finally:
+            oproc.terminate()
+            oproc.wait(timeout=10)
+
+        rates = {(n, f): r for n, f, r in rows}
+        for form in ("POST", "GET"):
+            hit, miss = rates.get(("hsmca, cache hit", form)), rates.get(("hsmca, cache miss (signs+stores)", form))
+            ossl = rates.get(("openssl ocsp -index (1 process)", form))
+            if hit and ossl:
+                print(f"{form}: hsmca from cache / OpenSSL = {hit / ossl:.1f}x"
+                      f" (cache miss / OpenSSL = {(miss or 0) / ossl:.2f}x; goal >= 10x from cache)")
+
+
+if __name__ == "__main__":
+    main()

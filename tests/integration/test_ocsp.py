@@ -1,0 +1,279 @@
+"""The OCSP responder of a running `hsmca serve`, asked by `openssl ocsp` and by cryptography-built requests.
+
+Revocations go through `Store.revoke` on the CA's database (what `hsmca revoke` does). The KMS signature
+count comes from `/metrics` (`hsmca_kms_sign_seconds_count`, every process merged).
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+
+from appliance.certutil import load_certificates
+from appliance.store import Store
+from tests.integration.conftest import DevCA, Server, hsmca, issue_through, make_ca, start_server
+from tests.unit.test_metrics import parse, value
+
+pytestmark = pytest.mark.slow
+
+OCSP_REQUEST = {"Content-Type": "application/ocsp-request"}
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
+    ca = make_ca(tmp_path_factory.mktemp("ocsp-ca"))
+    ca.edit_config(lambda c: c.setdefault("server", {}).update(housekeepingInterval="1s"))
+    return ca
+
+
+@pytest.fixture(scope="module")
+def server(ca: DevCA) -> Iterator[Server]:
+    s = start_server(ca)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def store(ca: DevCA) -> Iterator[Store]:
+    config = ca.config
+    with Store.from_config(config.db.model_dump(), config.base_dir) as s:
+        yield s
+
+
+def leaf_of(path: Path) -> tuple[x509.Certificate, Path]:
+    """The leaf alone (the issued file holds the chain)."""
+    cert = load_certificates(path)[0]
+    out = path.with_suffix(".leaf.pem")
+    out.write_bytes(cert.public_bytes(Encoding.PEM))
+    return cert, out
+
+
+def openssl_ocsp(ca: DevCA, leaf: Path, url: str, *extra: str) -> str:
+    """`openssl ocsp` as a relying party runs it; `extra` goes before -cert (where a -sha256 must be)."""
+    done = subprocess.run(["openssl", "ocsp", "-issuer", str(ca.intermediate), *extra, "-cert", str(leaf),
+                           "-url", url, "-CAfile", str(ca.root)], capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
+
+
+def request_der(ca: DevCA, cert: x509.Certificate, algorithm: hashes.HashAlgorithm | None = None,
+                nonce: bytes | None = None) -> bytes:
+    issuer = load_certificates(ca.intermediate)[0]
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm or hashes.SHA1())
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(Encoding.DER)
+
+
+def post(url: str, der: bytes) -> requests.Response:
+    resp = requests.post(url, data=der, headers=OCSP_REQUEST, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"] == "application/ocsp-response"
+    return resp
+
+
+def kms_signatures(server: Server) -> float:
+    return value(parse(requests.get(f"{server.http_url}/metrics", timeout=10).text), "hsmca_kms_sign_seconds_count")
+
+
+def wait_presigned(store: Store, serial: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while store.cached_ocsp_response(serial) is None:
+        assert time.monotonic() < deadline, f"no pre-signed OCSP response for {serial} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_openssl_sees_good_then_revoked_with_the_reason_at_once(server: Server, ca: DevCA, store: Store) -> None:
+    cert, leaf = leaf_of(issue_through(server, "good.example"))
+    out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp")
+    assert "Response verify OK" in out and f"{leaf}: good" in out, out
+    out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp", "-sha256")  # a SHA-256 CertID
+    assert "Response verify OK" in out and f"{leaf}: good" in out, out
+    wait_presigned(store, cert.serial_number)
+
+    store.revoke(cert.serial_number, reason_code=1, reason="key on a stolen laptop", source="test")
+    out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp")
+    assert "Response verify OK" in out and f"{leaf}: revoked" in out and "Reason: keyCompromise" in out, out
+    out = openssl_ocsp(ca, leaf, f"{server.url.replace('localhost', '127.0.0.1')}/1.0/ocsp",
+                       "-VAfile", str(ca.intermediate))  # HTTPS listener too (openssl does not check its TLS)
+    assert f"{leaf}: revoked" in out, out
+
+
+def test_get_form_with_url_encoded_base64(server: Server, ca: DevCA, tmp_path: Path) -> None:
+    cert, leaf = leaf_of(issue_through(server, "get.example"))
+    der = request_der(ca, cert)
+    encoded = base64.b64encode(der).decode()
+    for path in (quote(encoded, safe=""), encoded):  # RFC 5019 url-encodes; some clients do not
+        resp = requests.get(f"{server.http_url}/ocsp/{path}", timeout=30)
+        assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/ocsp-response"
+        control = resp.headers["Cache-Control"]
+        assert "public" in control and "no-transform" in control and "max-age=" in control, control
+        max_age = int(control.split("max-age=")[1].split(",")[0])
+        assert 23 * 3600 < max_age <= 24 * 3600
+        assert resp.headers["Last-Modified"] and resp.headers["Expires"] and resp.headers["ETag"]
+        out_file = tmp_path / "resp.der"
+        out_file.write_bytes(resp.content)
+        done = subprocess.run(["openssl", "ocsp", "-respin", str(out_file), "-issuer", str(ca.intermediate),
+                               "-cert", str(leaf), "-CAfile", str(ca.root)], capture_output=True, text=True,
+                              timeout=60)
+        assert "Response verify OK" in done.stderr + done.stdout and f"{leaf}: good" in done.stdout, done
+    https = requests.get(f"{server.url}/ocsp/{quote(encoded, safe='')}", verify=str(ca.root), timeout=30)
+    assert ocsp.load_der_ocsp_response(https.content).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+
+def test_base64_with_slash_and_plus_routes(server: Server, ca: DevCA) -> None:
+    """Requests whose base64 holds `/`, `//`, `+` and ends in `/` (found by varying the nonce)."""
+    cert, _ = leaf_of(issue_through(server, "b64.example"))
+    wanted = {"/": False, "//": False, "+": False, "end/": False}
+    for _ in range(5000):
+        der = request_der(ca, cert, nonce=secrets.token_bytes(16 + secrets.randbelow(3)))  # some lengths pad
+        text = base64.b64encode(der).decode()
+        kinds = [k for k in ("/", "//", "+") if k in text] + (["end/"] if text.endswith("/") else [])
+        if not kinds or all(wanted[k] for k in kinds):
+            continue
+        for k in kinds:
+            wanted[k] = True
+        for path in (quote(text, safe=""), text):
+            resp = requests.get(f"{server.http_url}/ocsp/{path}", timeout=30)
+            got = ocsp.load_der_ocsp_response(resp.content)
+            assert got.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL, (path, resp.content)
+            assert got.serial_number == cert.serial_number
+        if all(wanted.values()):
+            break
+    assert all(wanted.values()), wanted
+
+
+def test_tampered_and_unknown_and_foreign_requests(server: Server, ca: DevCA, tmp_path: Path) -> None:
+    cert, _ = leaf_of(issue_through(server, "other.example"))
+    der = request_der(ca, cert)
+    tampered = der[:2] + b"\x31" + der[3:]  # the inner SEQUENCE tag becomes a SET
+    resp = post(f"{server.http_url}/ocsp", tampered)
+    assert ocsp.load_der_ocsp_response(resp.content).response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    (tmp_path / "bad.der").write_bytes(resp.content)
+    done = subprocess.run(["openssl", "ocsp", "-respin", str(tmp_path / "bad.der"), "-resp_text"],
+                          capture_output=True, text=True, timeout=60)
+    assert "malformedrequest" in (done.stdout + done.stderr).lower(), done
+    truncated = post(f"{server.http_url}/ocsp", der[:-5])
+    assert ocsp.load_der_ocsp_response(truncated.content).response_status == \
+        ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    garbage = requests.get(f"{server.http_url}/ocsp/not*base64", timeout=30)
+    assert ocsp.load_der_ocsp_response(garbage.content).response_status == \
+        ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+    issuer = load_certificates(ca.intermediate)[0]
+    name_hash, key_hash = _hashes(issuer)
+    unknown = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash, key_hash, secrets.randbits(126) + 1, hashes.SHA1()).build().public_bytes(Encoding.DER)
+    got = ocsp.load_der_ocsp_response(post(f"{server.http_url}/ocsp", unknown).content)
+    assert got.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert got.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    assert got.responder_key_hash == x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest
+
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Some Other CA")])
+    foreign = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        _digest(other.public_bytes()), x509.SubjectKeyIdentifier.from_public_key(other_key.public_key()).digest,
+        cert.serial_number, hashes.SHA1()).build().public_bytes(Encoding.DER)
+    got = ocsp.load_der_ocsp_response(post(f"{server.http_url}/ocsp", foreign).content)
+    assert got.response_status == ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+    big = requests.post(f"{server.http_url}/ocsp", data=b"\x30" * 5000, headers=OCSP_REQUEST, timeout=30)
+    assert big.status_code == 413
+
+
+def test_presigned_response_is_served_without_a_kms_signature(server: Server, ca: DevCA, store: Store) -> None:
+    cert, leaf = leaf_of(issue_through(server, "cached.example"))
+    wait_presigned(store, cert.serial_number)  # housekeeping pre-signed it: the first request is a hit
+    der = request_der(ca, cert)
+    before = kms_signatures(server)
+    for _ in range(5):
+        resp = post(f"{server.http_url}/ocsp", der)
+        assert resp.headers["X-OCSP-Cache"] == "hit"
+        get = requests.get(f"{server.http_url}/ocsp/{quote(base64.b64encode(der).decode(), safe='')}", timeout=30)
+        assert get.headers["X-OCSP-Cache"] == "hit" and get.content == resp.content
+    out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp", "-no_nonce")
+    assert f"{leaf}: good" in out, out
+    assert kms_signatures(server) == before
+
+    # A nonce is ignored by default (RFC 5019): still the cached, nonce-less response.
+    with_nonce = post(f"{server.http_url}/ocsp", request_der(ca, cert, nonce=b"0123456789abcdef"))
+    assert with_nonce.headers["X-OCSP-Cache"] == "hit"
+    with pytest.raises(x509.ExtensionNotFound):
+        ocsp.load_der_ocsp_response(with_nonce.content).extensions.get_extension_for_class(x509.OCSPNonce)
+    assert kms_signatures(server) == before
+
+    store.revoke(cert.serial_number, reason_code=4, source="test")  # superseded
+    got = ocsp.load_der_ocsp_response(post(f"{server.http_url}/ocsp", der).content)
+    assert got.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert got.revocation_reason == x509.ReasonFlags.superseded
+    # Signed once (by this request, or by housekeeping pre-signing it first; both at once at worst), then cached.
+    signed = kms_signatures(server)
+    assert before + 1 <= signed <= before + 2
+    again = post(f"{server.http_url}/ocsp", der)
+    assert again.headers["X-OCSP-Cache"] == "hit"
+    assert kms_signatures(server) == signed
+
+
+def _digest(data: bytes) -> bytes:
+    h = hashes.Hash(hashes.SHA1())
+    h.update(data)
+    return h.finalize()
+
+
+def _hashes(issuer: x509.Certificate) -> tuple[bytes, bytes]:
+    return _digest(issuer.subject.public_bytes()), \
+        x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest
+
+
+def test_hsmca_ocsp_command(server: Server, ca: DevCA, store: Store) -> None:
+    path = issue_through(server, "cli.example")  # leaf then intermediate: the issuer comes from the file
+    cert = load_certificates(path)[0]
+    url = f"{server.http_url}/ocsp"
+    done = hsmca(ca, "ocsp", str(path), "--url", url, "--nonce")
+    assert f"{path}: good" in done.stdout and f"responder:   {url}" in done.stdout, done.stdout
+    store.revoke(cert.serial_number, reason_code=5, source="test")
+    done = hsmca(ca, "ocsp", str(path), "--url", url, "--issuer", str(ca.intermediate), check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{path}: revoked" in done.stdout and "cessation_of_operation" in done.stdout, done.stdout
+    other = make_ca(ca.base.parent / "other-ca")  # an issuer this CA does not answer for
+    done = hsmca(ca, "ocsp", str(path), "--url", url, "--issuer", str(other.intermediate), check=False)
+    assert done.returncode == 1 and "refused: unauthorized" in done.stderr, done.stdout + done.stderr
+
+
+def test_delegated_responder_made_by_the_cli_signs_and_openssl_accepts_it(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "delegated-ca")
+    made = hsmca(ca, "ocsp-responder", "pkcs11:object=ocsp-responder", "--lifetime", "720h")
+    assert "Added to ocsp.responders" in made.stdout, made.stdout
+    entry = ca.config.ocsp.responders[0]
+    responder = load_certificates(ca.config.resolve(entry.certificate))[0]
+    ekus = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(ekus) == [x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING]
+    responder.extensions.get_extension_for_class(x509.OCSPNoCheck)
+    events = [e for e in ca.audit_events() if e["action"] == "x509.sign.ocsp-responder"]
+    assert len(events) == 1 and events[0]["serial"] == str(responder.serial_number)
+    server = start_server(ca)
+    try:
+        path = issue_through(server, "delegated.example")
+        cert, leaf = leaf_of(path)
+        out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp")
+        assert "Response verify OK" in out and f"{leaf}: good" in out, out
+        got = ocsp.load_der_ocsp_response(post(f"{server.http_url}/ocsp", request_der(ca, cert)).content)
+        assert got.responder_key_hash == x509.SubjectKeyIdentifier.from_public_key(responder.public_key()).digest
+        assert got.certificates == [responder]
+        done = hsmca(ca, "ocsp", str(path), "--url", f"{server.http_url}/ocsp")  # the client checks delegation
+        assert f"{path}: good" in done.stdout, done.stdout
+    finally:
+        server.stop()

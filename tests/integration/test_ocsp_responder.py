@@ -1,0 +1,151 @@
+"""The responder and the housekeeping refresher in this process: the dev CA's intermediate key in SoftHSM,
+its SQLite database. (The HTTP side, with `openssl ocsp`, is test_ocsp.py.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+from prometheus_client import REGISTRY
+
+from appliance.active_issuer import ActiveIssuer
+from appliance.certutil import load_certificates
+from appliance.config import CAConfig
+from appliance.issuer import Issuer, LeafProfile
+from appliance.ocsp import OCSPResponder
+from appliance.serving.ocsp_refresh import LEASE, OCSPRefresher
+from appliance.store import Store
+from tests.integration.conftest import DevCA
+
+
+@pytest.fixture(scope="module")
+def config(dev_ca: DevCA) -> CAConfig:
+    config = dev_ca.config
+    config.apply_kms_environment()
+    return config
+
+
+@pytest.fixture
+def store(config: CAConfig) -> Iterator[Store]:
+    with Store.from_config(config.db.model_dump(), config.base_dir) as s:
+        yield s
+
+
+@pytest.fixture
+def issuers(config: CAConfig, store: Store) -> ActiveIssuer:
+    return ActiveIssuer(config, store)
+
+
+def responder(config: CAConfig, store: Store, issuers: ActiveIssuer, **ocsp_block: object) -> OCSPResponder:
+    changed = config.model_copy(update={"ocsp": config.ocsp.model_copy(update=ocsp_block)})
+    return OCSPResponder(changed, store, issuers)
+
+
+def issue(issuer: Issuer, name: str) -> x509.Certificate:
+    now = datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    return issuer.issue(LeafProfile(common_name=name, public_key=key.public_key(), not_before=now,
+                                    not_after=now + timedelta(hours=1), dns_names=(name,)),
+                        provisioner="test", request_id=None)
+
+
+def request(dev_ca: DevCA, cert: x509.Certificate, nonce: bytes | None = None,
+            algorithm: hashes.HashAlgorithm | None = None) -> bytes:
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, load_certificates(dev_ca.intermediate)[0],
+                                                        algorithm or hashes.SHA1())
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(Encoding.DER)
+
+
+def nonce_of(der: bytes) -> bytes | None:
+    try:
+        return ocsp.load_der_ocsp_response(der).extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
+    except x509.ExtensionNotFound:
+        return None
+
+
+def test_nonce_is_ignored_by_default_and_echoed_when_asked(dev_ca: DevCA, config: CAConfig, store: Store,
+                                                          issuers: ActiveIssuer) -> None:
+    cert = issue(issuers.current(), "nonce.internal")
+    default = responder(config, store, issuers)
+    first = default.respond(request(dev_ca, cert, b"n" * 16))
+    assert first.status == "good" and not first.cached and nonce_of(first.der) is None
+    again = default.respond(request(dev_ca, cert, b"m" * 16))
+    assert again.cached and again.der == first.der
+
+    echoing = responder(config, store, issuers, echoNonce=True)
+    for n in (b"a" * 16, b"b" * 20):
+        answer = echoing.respond(request(dev_ca, cert, n))
+        assert not answer.cached and nonce_of(answer.der) == n
+    assert echoing.respond(request(dev_ca, cert)).cached  # no nonce: the cache serves
+
+
+def test_sha256_cert_ids_are_answered_in_kind(dev_ca: DevCA, config: CAConfig, store: Store,
+                                              issuers: ActiveIssuer) -> None:
+    cert = issue(issuers.current(), "sha256.internal")
+    answer = responder(config, store, issuers).respond(request(dev_ca, cert, algorithm=hashes.SHA256()))
+    got = ocsp.load_der_ocsp_response(answer.der)
+    assert answer.status == "good" and isinstance(got.hash_algorithm, hashes.SHA256)
+    assert got.serial_number == cert.serial_number
+    assert store.cached_ocsp_response(cert.serial_number) is None  # the cache holds SHA-1 CertIDs only
+
+
+def test_refresher_presigns_new_certificates_and_resigns_past_half_validity(
+        dev_ca: DevCA, config: CAConfig, store: Store, issuers: ActiveIssuer) -> None:
+    resp = responder(config, store, issuers, validity="1h")
+    refresher = OCSPRefresher(store, resp, batch=2, lease_ttl=timedelta(minutes=1),
+                              reservation_timeout=timedelta(minutes=2), holder="replica-a")
+    first = refresher.run()  # whatever earlier tests left without a response
+    assert first is not None and first.complete
+    fresh = [issue(issuers.current(), f"presign{i}.internal") for i in range(5)]
+    done = refresher.run()
+    assert done is not None and done.complete and done.presigned == 5 and done.resigned == 0  # batches of 2
+    for cert in fresh:
+        hit = resp.respond(request(dev_ca, cert))
+        assert hit.cached and hit.status == "good"
+    store.revoke(fresh[0].serial_number, reason_code=1, source="test")
+    done = refresher.run()
+    assert done is not None and done.presigned == 1 and done.statuses == {"revoked": 1}
+    assert store.cached_ocsp_response(fresh[0].serial_number).status == "revoked"  # type: ignore[union-attr]
+
+    # 31 minutes on, every 1-hour response is past half its validity: re-signed (and still cached).
+    before = store.cached_ocsp_response(fresh[1].serial_number)
+    done = refresher.run(datetime.now(UTC) + timedelta(minutes=31))
+    assert done is not None and done.resigned >= 5
+    row = store.cached_ocsp_response(fresh[1].serial_number)
+    assert row is not None and before is not None and row.der != before.der  # a new signature
+
+    # One replica at a time: another holder waits for the lease.
+    other = OCSPRefresher(store, resp, batch=2, lease_ttl=timedelta(minutes=1),
+                          reservation_timeout=timedelta(minutes=2), holder="replica-b")
+    assert other.run() is None
+    store.release_lease(LEASE, "replica-a")
+    assert other.run() is not None
+
+
+def signatures() -> float:
+    return REGISTRY.get_sample_value("hsmca_kms_sign_seconds_count", {"backend": "pkcs11"}) or 0.0
+
+
+def test_unknown_serials_are_signed_once_per_process_for_a_while(dev_ca: DevCA, config: CAConfig, store: Store,
+                                                                 issuers: ActiveIssuer) -> None:
+    resp = responder(config, store, issuers)
+    issuer = load_certificates(dev_ca.intermediate)[0]
+    name_hash = hashes.Hash(hashes.SHA1())
+    name_hash.update(issuer.subject.public_bytes())
+    key_hash = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest
+    der = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash.finalize(), key_hash, 2**120 + 77, hashes.SHA1()).build().public_bytes(Encoding.DER)
+    first = resp.respond(der)
+    assert first.status == "unknown"
+    before = signatures()
+    assert resp.respond(der).der == first.der and signatures() == before
+    later = datetime.now(UTC) + timedelta(minutes=6)  # past the memo: signed again
+    assert resp.respond(der, later).der != first.der and signatures() == before + 1
