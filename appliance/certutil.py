@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 
 class CertificateFileError(Exception):
@@ -36,3 +38,17 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 def pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def verify_signature(public: object, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None,
+                     parameters: object) -> None:
+    """InvalidSignature unless `signature` is the issuer key's over `data` (ECDSA, RSA PKCS#1/PSS, Ed25519)."""
+    if isinstance(public, ec.EllipticCurvePublicKey) and algorithm is not None:
+        public.verify(signature, data, ec.ECDSA(algorithm))
+    elif isinstance(public, rsa.RSAPublicKey) and algorithm is not None:
+        pad = parameters if isinstance(parameters, padding.PSS) else padding.PKCS1v15()
+        public.verify(signature, data, pad, algorithm)
+    elif isinstance(public, ed25519.Ed25519PublicKey):
+        public.verify(signature, data)
+    else:
+        raise InvalidSignature(f"cannot check a signature by a {type(public).__name__}")

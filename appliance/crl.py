@@ -14,29 +14,19 @@ from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance import tbs
+from appliance.certutil import verify_signature
 from appliance.errors import CAError, ServiceUnavailable
 from appliance.issuer import Issuer
 from appliance.store import CRLInfo, CRLRecord, RevocationReason, Store, StoreError
 from kms.errors import BackendUnavailable, KMSError
 
-_FLAGS = {
-    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
-    RevocationReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
-    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
-    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
-    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
-    RevocationReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
-    RevocationReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
-    RevocationReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
-}
 # One shared extension list per reason; unspecified has none (RFC 5280 §5.3.1: the extension SHOULD be absent).
 _REASON_EXTENSIONS: dict[int, list[x509.Extension[x509.ExtensionType]]] = {
-    code: [x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(flag))] for code, flag in _FLAGS.items()}
+    code: [x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(code.flag))]
+    for code in RevocationReason if code is not RevocationReason.UNSPECIFIED}
 _NO_EXTENSIONS: list[x509.Extension[x509.ExtensionType]] = []
 
 
@@ -69,20 +59,6 @@ def build_crl(issuer: Issuer, entries: list[x509.RevokedCertificate], number: in
     verify_signature(issuer.key.public_key(), signature, data, crl.signature_hash_algorithm,
                      crl.signature_algorithm_parameters)
     return crl
-
-
-def verify_signature(public: object, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None,
-                     parameters: object) -> None:
-    """InvalidSignature unless `signature` is the issuer key's over `data` (ECDSA, RSA PKCS#1/PSS, Ed25519)."""
-    if isinstance(public, ec.EllipticCurvePublicKey) and algorithm is not None:
-        public.verify(signature, data, ec.ECDSA(algorithm))
-    elif isinstance(public, rsa.RSAPublicKey) and algorithm is not None:
-        pad = parameters if isinstance(parameters, padding.PSS) else padding.PKCS1v15()
-        public.verify(signature, data, pad, algorithm)
-    elif isinstance(public, ed25519.Ed25519PublicKey):
-        public.verify(signature, data)
-    else:
-        raise InvalidSignature(f"cannot check a signature by a {type(public).__name__}")
 
 
 def sign_crl(issuer: Issuer, store: Store, *, number: int, revision: int, validity: timedelta,

@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 
 from appliance import tbs
 from appliance.active_issuer import ActiveIssuer
+from appliance.certutil import verify_signature
 from appliance.config import CAConfig
 from appliance.errors import CAError
 from appliance.issuer import Issuer
@@ -47,17 +48,6 @@ UNKNOWN_MEMO_SIZE = 10_000  # per process: random serials must not each cost a K
 UNKNOWN_MEMO_SECONDS = 300
 CERT_ID_HASHES: tuple[hashes.HashAlgorithm, ...] = (hashes.SHA1(), hashes.SHA256())
 
-REASONS: dict[RevocationReason, x509.ReasonFlags] = {
-    RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
-    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
-    RevocationReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
-    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
-    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
-    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
-    RevocationReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
-    RevocationReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
-    RevocationReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
-}
 
 
 def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
@@ -205,7 +195,7 @@ class OCSPResponder:
         name_hash, key_hash = known.cert_ids[algorithm.name]
         reason = None
         if row is not None and row.reason_code not in (None, RevocationReason.UNSPECIFIED):
-            reason = REASONS[row.reason_code]
+            reason = RevocationReason(row.reason_code).flag
         builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
             issuer_name_hash=name_hash, issuer_key_hash=key_hash, serial_number=serial, algorithm=algorithm,
             cert_status=cert_status, this_update=this_update, next_update=next_update,
@@ -302,17 +292,9 @@ def _nonce(req: ocsp.OCSPRequest) -> bytes | None:
 
 def _check_signature(response: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
     """Verify what the KMS returned before it is stored or sent (a faulty signer is caught here)."""
-    pub = signer.public_key()
-    data, sig, alg = response.tbs_response_bytes, response.signature, response.signature_hash_algorithm
     try:
-        if isinstance(pub, ec.EllipticCurvePublicKey) and alg is not None:
-            pub.verify(sig, data, ec.ECDSA(alg))
-        elif isinstance(pub, rsa.RSAPublicKey) and alg is not None:
-            pub.verify(sig, data, padding.PKCS1v15(), alg)
-        elif isinstance(pub, ed25519.Ed25519PublicKey):
-            pub.verify(sig, data)
-        else:
-            raise InvalidSignature("unsupported issuer key")
+        verify_signature(signer.public_key(), response.signature, response.tbs_response_bytes,
+                         response.signature_hash_algorithm, None)
     except InvalidSignature:
         raise CAError("the OCSP response's signature does not verify with its signer's key") from None
 

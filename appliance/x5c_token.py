@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -21,7 +21,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from appliance import jose
 from appliance.errors import Unauthorized
-from appliance.provisioners.base import strip_port
+from appliance.provisioners.base import numeric_date, strip_port
 
 LEEWAY = timedelta(minutes=1)
 MAX_LIFETIME = timedelta(hours=1)  # a renew token is minted just before use; a longer one smells
@@ -61,20 +61,6 @@ def _public_jwk(cert: x509.Certificate) -> jose.PublicKey:
     raise Unauthorized("the token's certificate has a key type that cannot sign tokens")
 
 
-def _date(claims: dict[str, Any], name: str, required: bool) -> datetime | None:
-    value = claims.get(name)
-    if value is None:
-        if required:
-            raise Unauthorized(f"token has no '{name}' claim")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Unauthorized(f"token claim '{name}' must be a NumericDate (seconds since the epoch)")
-    try:
-        return datetime.fromtimestamp(value, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        raise Unauthorized(f"token claim '{name}' is out of range") from None
-
-
 def _subject_names(cert: x509.Certificate) -> set[str]:
     names = {str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)}
     try:
@@ -100,9 +86,9 @@ def verify(token: str, audiences: frozenset[str], now: datetime) -> X5CToken:
     except jose.JOSEError as exc:
         raise Unauthorized(f"bearer token is not signed by the key of the certificate it carries: {exc}") \
             from None
-    expires = _date(claims, "exp", True)
+    expires = numeric_date(claims, "exp", required=True)
     assert expires is not None
-    not_before, issued_at = _date(claims, "nbf", False), _date(claims, "iat", False)
+    not_before, issued_at = numeric_date(claims, "nbf", required=False), numeric_date(claims, "iat", required=False)
     if now > expires + LEEWAY:
         raise Unauthorized(f"token expired at {expires.isoformat()}")
     if not_before is not None and now < not_before - LEEWAY:

@@ -15,10 +15,11 @@ import requests
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+
+from appliance.certutil import verify_signature
 
 SKEW = timedelta(minutes=5)
 TIMEOUT = 15.0
@@ -111,17 +112,9 @@ def _verify(answer: ocsp.OCSPResponse, issuer: x509.Certificate) -> None:
                 from None
         if ExtendedKeyUsageOID.OCSP_SIGNING not in ekus:
             raise OCSPCheckError("the delegated responder's certificate lacks the OCSPSigning usage")
-    pub = signer.public_key()
-    data, sig, alg = answer.tbs_response_bytes, answer.signature, answer.signature_hash_algorithm
     try:
-        if isinstance(pub, ec.EllipticCurvePublicKey) and alg is not None:
-            pub.verify(sig, data, ec.ECDSA(alg))
-        elif isinstance(pub, rsa.RSAPublicKey) and alg is not None:
-            pub.verify(sig, data, padding.PKCS1v15(), alg)
-        elif isinstance(pub, ed25519.Ed25519PublicKey):
-            pub.verify(sig, data)
-        else:
-            raise OCSPCheckError("the response's signature algorithm is not supported")
+        verify_signature(signer.public_key(), answer.signature, answer.tbs_response_bytes,
+                         answer.signature_hash_algorithm, None)
     except InvalidSignature:
         raise OCSPCheckError("the response's signature does not verify") from None
 

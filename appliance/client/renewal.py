@@ -15,7 +15,6 @@ import random
 import secrets
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from appliance import jose
+from appliance.atomic_file import write_atomically
 from appliance.client.http import CAClient, ClientError
 
 log = logging.getLogger("hsmca.renew")
@@ -124,27 +124,6 @@ def renew_once(ca_url: str, root: Path | None, crt: Path, key: Path, *, bearer: 
         raise ClientError("the CA answered with a certificate for another key; not written")
     write_atomically(crt, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in new))
     return new
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file beside `path` (same file system), fsync, rename over it, fsync the directory."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.absolute().parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from appliance.errors import Unauthorized
 from policy import Claims, PolicyConfig
 
 
@@ -61,3 +62,18 @@ def endpoint_audiences(dns_names: list[str], endpoint: str) -> frozenset[str]:
         host = f"[{name}]" if ":" in name else name
         out.update({f"https://{host}/1.0/{endpoint}", f"https://{host}/{endpoint}"})
     return frozenset(out)
+
+
+def numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> datetime | None:
+    """A JWT NumericDate claim as an aware datetime; Unauthorized (with the claim named) when malformed."""
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise Unauthorized(f"token has no '{name}' claim")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Unauthorized(f"token claim '{name}' must be a NumericDate (seconds since the epoch)")
+    try:
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise Unauthorized(f"token claim '{name}' is out of range") from None

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from appliance import jose
 from appliance.errors import Unauthorized
-from appliance.provisioners.base import SignAuthorization, strip_port
+from appliance.provisioners.base import SignAuthorization, numeric_date, strip_port
 from policy import Claims, PolicyConfig
 
 LEEWAY = timedelta(minutes=1)
 MAX_JTI_LENGTH = 256
-
-
-def _numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> datetime | None:
-    value = claims.get(name)
-    if value is None:
-        if required:
-            raise Unauthorized(f"token has no '{name}' claim")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Unauthorized(f"token claim '{name}' must be a NumericDate (seconds since the epoch)")
-    try:
-        return datetime.fromtimestamp(value, tz=timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        raise Unauthorized(f"token claim '{name}' is out of range") from None
 
 
 def _audiences(claims: dict[str, Any]) -> list[str]:
@@ -66,10 +52,10 @@ class JWKProvisioner:
 
         if claims.get("iss") != self.name:
             raise Unauthorized(f"token issuer (iss) must be the provisioner name {self.name!r}")
-        expires = _numeric_date(claims, "exp", required=True)
+        expires = numeric_date(claims, "exp", required=True)
         assert expires is not None
-        not_before = _numeric_date(claims, "nbf", required=False)
-        issued_at = _numeric_date(claims, "iat", required=False)
+        not_before = numeric_date(claims, "nbf", required=False)
+        issued_at = numeric_date(claims, "iat", required=False)
         if now > expires + LEEWAY:
             raise Unauthorized(f"token expired at {expires.isoformat()}")
         if not_before is not None and now < not_before - LEEWAY:

@@ -16,9 +16,7 @@ session resumption work within a worker.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from appliance.atomic_file import write_atomically
 from appliance.authority import Authority
 from appliance.certutil import pem
 from appliance.config import CIPHER_SUITES, CAConfig, TLSOptions
@@ -55,26 +54,6 @@ def issue_server_certificate(authority: Authority, directory: Path, lifetime: ti
                                                  serialization.NoEncryption()), 0o600)
     write_atomically(cert_path, "".join(pem(c) for c in result.chain).encode(), 0o644)
     return cert_path, key_path
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory: readers see old or new."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def renewal_due(cert_path: Path) -> datetime:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography import x509
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -39,6 +40,11 @@ class RevocationReason(enum.IntEnum):
     CERTIFICATE_HOLD = 6
     PRIVILEGE_WITHDRAWN = 9
     AA_COMPROMISE = 10
+
+    @property
+    def flag(self) -> x509.ReasonFlags:
+        """cryptography's name for the reason (CRL entries, OCSP responses)."""
+        return x509.ReasonFlags[self.name.lower()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from appliance.atomic_file import write_atomically
 from appliance.config import TLSOptions
-from appliance.serving.tls import ServerContext, renewal_due, write_atomically
+from appliance.serving.tls import ServerContext, renewal_due
 
 
 def self_signed(name: str) -> tuple[bytes, bytes]:
