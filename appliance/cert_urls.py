@@ -1,6 +1,10 @@
 """The URLs written into issued certificates: where relying parties fetch the CRL, ask OCSP, and find the
 issuing intermediate. They must be reachable without TLS (a relying party checking revocation cannot
 depend on the CA's own certificate), so the default is the plain-HTTP listener.
+
+The CRL and caIssuers URLs name the issuing intermediate (`{issuer}`, its id, is filled in per
+intermediate): after a rotation, the retired intermediate's leaves must still find *its* CRL and
+certificate, not the new active one's. Operators' own URLs may use `{issuer}` too.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 from appliance.config import CAConfig, split_address
 
 _ALL_INTERFACES = ("", "0.0.0.0", "::")
+ISSUER = "{issuer}"  # placeholder for the issuing intermediate's id
 
 
 @dataclass(frozen=True)
@@ -43,5 +48,12 @@ def certificate_urls(config: CAConfig) -> CertificateURLs:
             return base + path
         return value or None  # "" leaves it out
 
-    return CertificateURLs(crl=pick(given.crl, "/crl"), ocsp=pick(given.ocsp, "/ocsp"),
-                           ca_issuers=pick(given.caIssuers, "/intermediate.crt"))
+    return CertificateURLs(crl=pick(given.crl, f"/crl/{ISSUER}"), ocsp=pick(given.ocsp, "/ocsp"),
+                           ca_issuers=pick(given.caIssuers, f"/intermediate/{ISSUER}.crt"))
+
+
+def for_issuer(urls: CertificateURLs, issuer_id: str) -> CertificateURLs:
+    """The URLs as written into the certificates of intermediate `issuer_id`."""
+    def fill(url: str | None) -> str | None:
+        return url.replace(ISSUER, issuer_id) if url else url
+    return CertificateURLs(fill(urls.crl), fill(urls.ocsp), fill(urls.ca_issuers))

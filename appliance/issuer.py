@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from appliance import metrics, tbs
-from appliance.cert_urls import CertificateURLs
+from appliance.cert_urls import CertificateURLs, for_issuer
 from appliance.errors import CAError, ServiceUnavailable, Unauthorized
 from appliance.failpoints import failpoint
 from appliance.names import RequestedNames
@@ -85,7 +85,7 @@ class Issuer:
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         self.id = issuer_id or ski.digest.hex()
-        self._url_extensions = _url_extensions(urls) if urls else ()
+        self._url_extensions = _url_extensions(for_issuer(urls, self.id)) if urls else ()
 
     def _builder(self, p: LeafProfile, serial: int) -> x509.CertificateBuilder:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, p.common_name)]) \

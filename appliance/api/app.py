@@ -39,6 +39,8 @@ def create_app(authority: Authority) -> falcon.App:
         app.add_route(f"{p}/sign", sign.Sign(authority))
         app.add_route(f"{p}/revoke", revoke.Revoke(authority))
         app.add_route(f"{p}/crl", crl.CRL(authority))
+        app.add_route(f"{p}/crl/{{issuer_id}}", crl.CRL(authority))
+        app.add_route(f"{p}/intermediate/{{issuer_id}}.crt", ca.IntermediateFile(authority))
         app.add_route(f"{p}/renew", renew.Renew(authority))
         app.add_route(f"{p}/rekey", renew.Rekey(authority))
         app.add_route(f"{p}/metrics", Metrics())
@@ -59,6 +61,8 @@ def create_http_app(authority: Authority) -> falcon.App:
     app.add_route("/intermediates.pem", ca.CertFile(authority, "intermediates"))
     app.add_route("/intermediate.crt", ca.CertFile(authority, "intermediates", der=True))
     app.add_route("/crl", crl.CRL(authority))
+    app.add_route("/crl/{issuer_id}", crl.CRL(authority))
+    app.add_route("/intermediate/{issuer_id}.crt", ca.IntermediateFile(authority))
     app.add_route("/metrics", Metrics())
     add_ocsp_routes(app, authority)
     return app

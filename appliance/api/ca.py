@@ -6,6 +6,7 @@ import falcon
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import appliance
+from appliance.api.crl import known_intermediate
 from appliance.authority import Authority
 from appliance.certutil import pem
 from appliance.errors import BadRequest, NotFound
@@ -69,6 +70,22 @@ class CertFile:
         else:
             resp.content_type = PEM_MEDIA
             resp.text = "".join(pem(c) for c in certs)
+        resp.cache_control = ["public", "max-age=3600"]
+
+
+class IntermediateFile:
+    """`/intermediate/{issuer_id}.crt`: one intermediate's certificate (DER), the caIssuers URL in its leaves,
+    so that a retired intermediate's leaves still find their issuer after a rotation."""
+
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, issuer_id: str) -> None:
+        rec = known_intermediate(self.authority, issuer_id)
+        if rec.certificate is None:
+            raise NotFound(f"intermediate {issuer_id} has no certificate installed")
+        resp.content_type = DER_CERT_MEDIA
+        resp.data = rec.certificate
         resp.cache_control = ["public", "max-age=3600"]
 
 

@@ -22,7 +22,7 @@ from falcon import testing
 from appliance import jose
 from appliance.api import create_app, create_http_app
 from appliance.authority import Authority
-from appliance.cert_urls import certificate_urls
+from appliance.cert_urls import certificate_urls, for_issuer
 from appliance.crl_publisher import CRLPublisher
 from appliance.store import RevocationReason
 from tests.integration.conftest import DevCA
@@ -165,14 +165,19 @@ def test_tokens_are_bound_to_their_endpoint(client, authority, prov_key):
 
 def test_leaves_carry_the_crl_and_aia_urls(client, prov_key, dev_ca):
     cert = issue(client, prov_key)
-    urls = certificate_urls(dev_ca.config)
-    assert urls.crl == "http://localhost:9080/crl"  # httpAddress ":9080", first DNS name
+    urls = for_issuer(certificate_urls(dev_ca.config), cert_issuer_id(cert))
+    assert urls.crl == f"http://localhost:9080/crl/{cert_issuer_id(cert)}"  # httpAddress ":9080", first DNS name
+    assert urls.ca_issuers == f"http://localhost:9080/intermediate/{cert_issuer_id(cert)}.crt"
     cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert [n.value for n in cdp[0].full_name or []] == [urls.crl]
     aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     got = {(d.access_method, d.access_location.value) for d in aia}
     assert got == {(AuthorityInformationAccessOID.OCSP, urls.ocsp),
                    (AuthorityInformationAccessOID.CA_ISSUERS, urls.ca_issuers)}
+
+
+def cert_issuer_id(cert: x509.Certificate) -> str:
+    return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier.hex()
 
 
 # --- CRL -----------------------------------------------------------------------------------------
@@ -281,3 +286,19 @@ def test_two_publishers_sharing_a_database_make_one_crl_per_revision(client, aut
         after = store.latest_crl_info(issuer_id)
         assert after is not None and after.revision == store.revocation_revision(issuer_id)
     assert store.lease_holder(f"crl:{issuer_id}", datetime.now(timezone.utc)) is None  # released
+
+
+def test_each_intermediate_has_its_own_crl_and_certificate_url(client, authority, prov_key, publisher):
+    cert = issue(client, prov_key)
+    issuer_id = cert_issuer_id(cert)
+    assert issuer_id == authority.issuer.id
+    publisher.run_once()
+    for prefix in ("", "/1.0"):
+        own = client.simulate_get(f"{prefix}/crl/{issuer_id}")
+        assert own.status_code == 200 and own.content == client.simulate_get(f"{prefix}/crl").content
+        got = client.simulate_get(f"{prefix}/intermediate/{issuer_id}.crt")
+        assert got.status_code == 200 and got.headers["content-type"] == "application/pkix-cert"
+        assert x509.load_der_x509_certificate(got.content) == authority.issuer.certificate
+    for missing in ("00" * 20, "not-hex", "A" * 40):
+        assert client.simulate_get(f"/crl/{missing}").status_code == 404
+        assert client.simulate_get(f"/intermediate/{missing}.crt").status_code == 404

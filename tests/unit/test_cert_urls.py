@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from appliance.cert_urls import CertificateURLs, certificate_urls
+from appliance.cert_urls import CertificateURLs, certificate_urls, for_issuer
 from appliance.config import CAConfig
 
 
@@ -24,19 +24,26 @@ def config(**kw: Any) -> CAConfig:
 ])
 def test_default_is_the_plain_http_listener(http_address: str, base: str) -> None:
     assert certificate_urls(config(httpAddress=http_address)) == CertificateURLs(
-        f"{base}/crl", f"{base}/ocsp", f"{base}/intermediate.crt")
+        f"{base}/crl/{{issuer}}", f"{base}/ocsp", f"{base}/intermediate/{{issuer}}.crt")
 
 
 def test_public_url_wins_over_the_listener() -> None:
     urls = certificate_urls(config(publicURL="http://pki.corp.example/", httpAddress="10.1.2.3:9080"))
-    assert urls == CertificateURLs("http://pki.corp.example/crl", "http://pki.corp.example/ocsp",
-                                   "http://pki.corp.example/intermediate.crt")
+    assert urls == CertificateURLs("http://pki.corp.example/crl/{issuer}", "http://pki.corp.example/ocsp",
+                                   "http://pki.corp.example/intermediate/{issuer}.crt")
 
 
 def test_explicit_urls_win_and_empty_leaves_one_out() -> None:
     urls = certificate_urls(config(publicURL="http://pki.corp.example",
                                    certificateURLs={"crl": "http://crl.corp.example/int.crl", "ocsp": ""}))
-    assert urls == CertificateURLs("http://crl.corp.example/int.crl", None, "http://pki.corp.example/intermediate.crt")
+    assert urls == CertificateURLs("http://crl.corp.example/int.crl", None,
+                                   "http://pki.corp.example/intermediate/{issuer}.crt")
+
+
+def test_each_intermediate_gets_its_own_crl_and_certificate_url() -> None:
+    urls = certificate_urls(config(certificateURLs={"crl": "http://cdn.example/{issuer}.crl"}))
+    assert for_issuer(urls, "ab12") == CertificateURLs("http://cdn.example/ab12.crl", "http://ca.internal:9080/ocsp",
+                                                       "http://ca.internal:9080/intermediate/ab12.crt")
 
 
 @pytest.mark.parametrize("bad", [{"crl": "ftp://x/crl"}, {"ocsp": "ocsp.example"}, {"other": "http://x"}])
