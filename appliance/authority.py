@@ -7,6 +7,7 @@ one audit record with the reasons. The web layer only parses; the rules live her
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,20 +20,29 @@ from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
 from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
 from appliance.crl import PublishedCRLs
-from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
+from appliance.errors import (
+    BadRequest,
+    CAError,
+    Forbidden,
+    NotFound,
+    PolicyDenied,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from appliance.issuer import Issuer, LeafProfile
 from appliance.names import RequestedNames, split_sans
 from appliance.ocsp import OCSPResponder
 from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
 from appliance.provisioners.base import endpoint_audiences, sign_audiences
 from appliance.revocation import RevokeRequest, revoke_with_certificate, revoke_with_token
-from appliance.store import CRLRecord, OneTimeToken, Revoked, Store, StoreError
+from appliance.store import CRLRecord, IntermediateRecord, OneTimeToken, Revoked, Store, StoreError
 from appliance.validity import parse_time_or_duration
 from appliance.x5c_token import X5CToken
 from kms import backends_health
 from policy import Policy, Request, key_info
 
 log = logging.getLogger(__name__)
+_ISSUER_ID = re.compile(r"[0-9a-f]{1,128}")  # an intermediate id: its key identifier in hex
 
 REPLAYED = "token already used (one-time tokens cannot be replayed)"
 
@@ -156,6 +166,18 @@ class Authority:
                                 ctx: RequestContext) -> Revoked:
         """Revoke `request.serial` on the word of that very certificate (mTLS)."""
         return revoke_with_certificate(self, request, certificate, ctx)
+
+    def intermediate(self, issuer_id: str) -> IntermediateRecord:
+        """The intermediate `issuer_id` names (its key identifier in lower-case hex), else 404."""
+        if not _ISSUER_ID.fullmatch(issuer_id):
+            raise NotFound(f"no intermediate {issuer_id[:40]!r}: ids are lower-case hex key identifiers")
+        try:
+            rec = self.store.get_intermediate(issuer_id)
+        except StoreError as exc:
+            raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
+        if rec is None:
+            raise NotFound(f"no intermediate {issuer_id}")
+        return rec
 
     def current_crl(self, issuer_id: str | None = None) -> CRLRecord:
         """The latest CRL of `issuer_id`, by default of the active intermediate (503 before the first)."""

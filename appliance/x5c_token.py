@@ -21,9 +21,9 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from appliance import jose
 from appliance.errors import Unauthorized
-from appliance.provisioners.base import numeric_date, strip_port
+from appliance.provisioners.base import TOKEN_LEEWAY, strip_port, token_times
 
-LEEWAY = timedelta(minutes=1)
+LEEWAY = TOKEN_LEEWAY
 MAX_LIFETIME = timedelta(hours=1)  # a renew token is minted just before use; a longer one smells
 MAX_JTI_LENGTH = 256
 MAX_CHAIN = 4
@@ -86,15 +86,7 @@ def verify(token: str, audiences: frozenset[str], now: datetime) -> X5CToken:
     except jose.JOSEError as exc:
         raise Unauthorized(f"bearer token is not signed by the key of the certificate it carries: {exc}") \
             from None
-    expires = numeric_date(claims, "exp", required=True)
-    assert expires is not None
-    not_before, issued_at = numeric_date(claims, "nbf", required=False), numeric_date(claims, "iat", required=False)
-    if now > expires + LEEWAY:
-        raise Unauthorized(f"token expired at {expires.isoformat()}")
-    if not_before is not None and now < not_before - LEEWAY:
-        raise Unauthorized(f"token is not valid before {not_before.isoformat()}")
-    if issued_at is not None and issued_at > now + LEEWAY:
-        raise Unauthorized("token was issued in the future (iat); check the client's clock")
+    expires, not_before, issued_at = token_times(claims, now)
     if expires - (issued_at or not_before or now) > MAX_LIFETIME:
         raise Unauthorized(f"token lifetime exceeds {int(MAX_LIFETIME.total_seconds())} seconds")
     aud = claims.get("aud")

@@ -6,7 +6,6 @@ import falcon
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import appliance
-from appliance.api.crl import known_intermediate
 from appliance.authority import Authority
 from appliance.certutil import pem
 from appliance.errors import BadRequest, NotFound
@@ -81,7 +80,7 @@ class IntermediateFile:
         self.authority = authority
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, issuer_id: str) -> None:
-        rec = known_intermediate(self.authority, issuer_id)
+        rec = self.authority.intermediate(issuer_id)
         if rec.certificate is None:
             raise NotFound(f"intermediate {issuer_id} has no certificate installed")
         resp.content_type = DER_CERT_MEDIA

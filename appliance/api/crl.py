@@ -7,17 +7,12 @@ keep the CRL until its nextUpdate (`Cache-Control`, `Expires`); `Last-Modified` 
 from __future__ import annotations
 
 import base64
-import re
 import textwrap
 from datetime import datetime, timezone
 
 import falcon
 
 from appliance.authority import Authority
-from appliance.errors import NotFound, ServiceUnavailable
-from appliance.store import IntermediateRecord, StoreError
-
-ISSUER_ID = re.compile(r"[0-9a-f]{1,128}")
 
 DER_TYPE = "application/pkix-crl"
 PEM_TYPE = "application/x-pem-file"
@@ -33,19 +28,6 @@ def wants_pem(req: falcon.Request) -> bool:
     return any(part.split("=", 1)[0] == "pem" for part in req.query_string.split("&"))
 
 
-def known_intermediate(authority: Authority, issuer_id: str) -> IntermediateRecord:
-    """The intermediate `issuer_id` names (a key identifier in hex), else 404."""
-    if not ISSUER_ID.fullmatch(issuer_id):
-        raise NotFound(f"no intermediate {issuer_id[:40]!r}: ids are lower-case hex key identifiers")
-    try:
-        rec = authority.store.get_intermediate(issuer_id)
-    except StoreError as exc:
-        raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
-    if rec is None:
-        raise NotFound(f"no intermediate {issuer_id}")
-    return rec
-
-
 class CRL:
     def __init__(self, authority: Authority):
         self.authority = authority
@@ -53,7 +35,7 @@ class CRL:
     def on_get(self, req: falcon.Request, resp: falcon.Response, issuer_id: str | None = None) -> None:
         """`/crl`: the active intermediate's; `/crl/{issuer_id}`: that intermediate's (the URL in its leaves)."""
         if issuer_id is not None:
-            known_intermediate(self.authority, issuer_id)
+            self.authority.intermediate(issuer_id)
         rec = self.authority.current_crl(issuer_id)
         info = rec.info
         now = datetime.now(timezone.utc)

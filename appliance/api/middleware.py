@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
 
 import falcon
 
-from appliance.errors import PayloadTooLarge
+from appliance.errors import BadRequest, PayloadTooLarge
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -62,6 +63,18 @@ def read_body(req: falcon.Request) -> bytes:
     if len(data) > limit:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
     return data
+
+
+def read_json_object(req: falcon.Request) -> dict[str, Any]:
+    """The bounded body as a JSON object; anything else is a 400 that says what was wrong."""
+    raw = read_body(req)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"error reading request body: malformed JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadRequest("error reading request body: expected a JSON object")
+    return body
 
 
 def remote_addr(req: falcon.Request) -> str | None:

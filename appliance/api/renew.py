@@ -8,12 +8,10 @@ client certificate came too: an explicit header says what the client means.
 
 from __future__ import annotations
 
-import json
-
 import falcon
 from cryptography import x509
 
-from appliance.api.middleware import read_body, remote_addr
+from appliance.api.middleware import read_body, read_json_object, remote_addr
 from appliance.api.peer import client_certificate
 from appliance.api.sign import MAX_OTT_LENGTH, parse_csr
 from appliance.authority import Authority, RequestContext, SignResult
@@ -84,12 +82,7 @@ class Rekey:
 
 
 def _parse_csr(req: falcon.Request) -> x509.CertificateSigningRequest:
-    try:
-        body = json.loads(read_body(req))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"error reading request body: malformed JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadRequest("error reading request body: expected a JSON object")
+    body = read_json_object(req)
     text = body.get("csr")
     if not text:
         raise BadRequest("missing csr (the certificate request for the new key)")

@@ -8,12 +8,11 @@ sits beside it and is chosen when the body has no `ott`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import falcon
 
-from appliance.api.middleware import read_body, remote_addr
+from appliance.api.middleware import read_json_object, remote_addr
 from appliance.api.peer import client_certificate
 from appliance.authority import Authority, RequestContext
 from appliance.errors import BadRequest, CAError, Unauthorized
@@ -21,16 +20,6 @@ from appliance.revocation import RevokeRequest, check_reason_text, parse_serial,
 
 MAX_OTT_LENGTH = 16 * 1024
 ACTION = "x509.revoke"
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"error reading request body: malformed JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise BadRequest("error reading request body: expected a JSON object")
-    return body
 
 
 def parse_request(body: dict[str, Any]) -> RevokeRequest:
@@ -71,7 +60,7 @@ class Revoke:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         try:
-            body = parse_body(read_body(req))
+            body = read_json_object(req)
             request = parse_request(body)
             ott = _ott(body)
             certificate = client_certificate(req) if ott is None else None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import falcon
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from appliance.api.middleware import read_body, remote_addr
+from appliance.api.middleware import read_json_object, remote_addr
 from appliance.authority import Authority, RequestContext
 from appliance.certutil import pem
 from appliance.errors import BadRequest, CAError
@@ -58,13 +57,7 @@ class Sign:
                       "certChain": chain, "tlsOptions": self.authority.tls_options.model_dump()}
 
     def _parse(self, req: falcon.Request) -> tuple[x509.CertificateSigningRequest, str, str | None, str | None]:
-        raw = read_body(req)
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"error reading request body: malformed JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise BadRequest("error reading request body: expected a JSON object")
+        body = read_json_object(req)
         csr_text, ott = _field(body, "csr"), _field(body, "ott")
         if not csr_text:
             raise BadRequest("missing csr")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -77,3 +77,21 @@ def numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> dateti
         return datetime.fromtimestamp(value, tz=timezone.utc)
     except (OverflowError, OSError, ValueError):
         raise Unauthorized(f"token claim '{name}' is out of range") from None
+
+
+TOKEN_LEEWAY = timedelta(minutes=1)  # clock skew allowed between client and CA
+
+
+def token_times(claims: dict[str, Any], now: datetime) -> tuple[datetime, datetime | None, datetime | None]:
+    """(exp, nbf, iat) of a JWT, refused with the reason when expired, not yet valid or issued in the future."""
+    expires = numeric_date(claims, "exp", required=True)
+    assert expires is not None
+    not_before = numeric_date(claims, "nbf", required=False)
+    issued_at = numeric_date(claims, "iat", required=False)
+    if now > expires + TOKEN_LEEWAY:
+        raise Unauthorized(f"token expired at {expires.isoformat()}")
+    if not_before is not None and now < not_before - TOKEN_LEEWAY:
+        raise Unauthorized(f"token is not valid before {not_before.isoformat()}")
+    if issued_at is not None and issued_at > now + TOKEN_LEEWAY:
+        raise Unauthorized("token was issued in the future (iat); check the client's clock")
+    return expires, not_before, issued_at

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from appliance import jose
 from appliance.errors import Unauthorized
-from appliance.provisioners.base import SignAuthorization, numeric_date, strip_port
+from appliance.provisioners.base import TOKEN_LEEWAY, SignAuthorization, strip_port, token_times
 from policy import Claims, PolicyConfig
 
-LEEWAY = timedelta(minutes=1)
+LEEWAY = TOKEN_LEEWAY
 MAX_JTI_LENGTH = 256
 
 
@@ -52,16 +52,7 @@ class JWKProvisioner:
 
         if claims.get("iss") != self.name:
             raise Unauthorized(f"token issuer (iss) must be the provisioner name {self.name!r}")
-        expires = numeric_date(claims, "exp", required=True)
-        assert expires is not None
-        not_before = numeric_date(claims, "nbf", required=False)
-        issued_at = numeric_date(claims, "iat", required=False)
-        if now > expires + LEEWAY:
-            raise Unauthorized(f"token expired at {expires.isoformat()}")
-        if not_before is not None and now < not_before - LEEWAY:
-            raise Unauthorized(f"token is not valid before {not_before.isoformat()}")
-        if issued_at is not None and issued_at > now + LEEWAY:
-            raise Unauthorized("token was issued in the future (iat); check the client's clock")
+        expires, _, _ = token_times(claims, now)
 
         got = _audiences(claims)
         if not any(strip_port(a) in audiences for a in got):
