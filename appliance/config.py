@@ -6,12 +6,13 @@ of the offending field, instead of surfacing later as a wrong certificate.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -109,8 +110,55 @@ class ProvisionerConfig(_Strict):
     policy: PolicyConfig | None = None
 
 
+ChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
+ALL_CHALLENGES: tuple[ChallengeType, ...] = ("http-01", "dns-01", "tls-alpn-01")
+
+
+class ACMEProvisionerConfig(_Strict):
+    """hsmca: an ACME (RFC 8555) provisioner at `/acme/{name}/directory`, gated by its own policy.
+
+    The validator connects to `http01Port`/`tlsalpn01Port` (80/443 as the RFCs say; other ports are for tests
+    and for sites whose front door forwards), asks `resolvers` (HOST:PORT; empty = the system's), and never
+    connects to an address in `denyValidationTo` (CIDRs), nor to unspecified or multicast addresses.
+    """
+
+    type: Literal["ACME"]
+    name: str = Field(min_length=1, max_length=128)
+    challenges: list[ChallengeType] = Field(default_factory=lambda: list(ALL_CHALLENGES))
+    http01Port: int = Field(default=80, ge=1, le=65535)
+    tlsalpn01Port: int = Field(default=443, ge=1, le=65535)
+    resolvers: list[str] = Field(default_factory=list)
+    validationTimeout: float = Field(default=10.0, gt=0, le=120)
+    denyValidationTo: list[str] = Field(default_factory=list)
+    termsOfService: str | None = None
+    # New accounts must be bound to a key made with `hsmca acme eab add` (RFC 8555 §7.3.4).
+    requireEAB: bool = False
+    claims: Claims | None = None
+    policy: PolicyConfig | None = None
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, v: list[str]) -> list[str]:
+        for r in v:
+            split_address(r)
+        return v
+
+    @field_validator("denyValidationTo")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"denyValidationTo: {exc}") from None
+        return v
+
+
+AnyProvisionerConfig = Annotated[ProvisionerConfig | ACMEProvisionerConfig, Field(discriminator="type")]
+
+
 class AuthorityConfig(_Strict):
-    provisioners: list[ProvisionerConfig] = Field(default_factory=list)
+    provisioners: list[AnyProvisionerConfig] = Field(default_factory=list)
     claims: Claims | None = None
     policy: PolicyConfig | None = None
     # hsmca: hardened deployments switch this off; clients then need the provisioner key file.
@@ -132,7 +180,7 @@ class AuthorityConfig(_Strict):
 
     @field_validator("provisioners")
     @classmethod
-    def _unique_names(cls, v: list[ProvisionerConfig]) -> list[ProvisionerConfig]:
+    def _unique_names(cls, v: list[AnyProvisionerConfig]) -> list[AnyProvisionerConfig]:
         names = [p.name for p in v]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -141,9 +189,11 @@ class AuthorityConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    """hsmca: how `hsmca serve` runs (gunicorn workers for HTTPS, waitress for plain HTTP)."""
+    """hsmca: how `hsmca serve` runs (gunicorn workers for HTTPS, `httpWorkers` asyncio processes sharing the
+    plain-HTTP port through SO_REUSEPORT)."""
 
     workers: int = Field(default=2, ge=1, le=64)
+    httpWorkers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=4, ge=1, le=64)
     requestTimeout: int = Field(default=30, ge=1, le=600)
     gracefulTimeout: int = Field(default=20, ge=1, le=600)
@@ -188,6 +238,8 @@ class OCSPConfig(_Strict):
     validity: str = "24h"
     echoNonce: bool = False
     presignBatch: int = Field(default=500, ge=1, le=100_000)
+    # hsmca: responses the plain-HTTP listener keeps in memory (0: none; every request reads the database).
+    memorySize: int = Field(default=100_000, ge=0, le=10_000_000)
     responders: list[DelegatedResponder] = Field(default_factory=list)
 
     @field_validator("validity")

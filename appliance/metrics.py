@@ -75,6 +75,10 @@ REQUESTS = Counter(
 REQUEST_SECONDS = Histogram(
     "hsmca_request_seconds", "Time to answer an HTTP request, by route template.", ["route"],
     buckets=REQUEST_BUCKETS)
+OCSP_MEMORY_ANSWERS = Counter(
+    "hsmca_ocsp_memory_answers_total",
+    "OCSP requests the plain-HTTP listener answered from its memory, on its event loop (not in "
+    "hsmca_requests_total, which counts what the application answered), by method.", ["method"])
 
 
 _write_failed = False
@@ -144,6 +148,10 @@ def backends_checked(results: Iterable[tuple[str, bool]]) -> None:
 def request_answered(route: str, method: str, status: int, seconds: float) -> None:
     _record(lambda: REQUESTS.labels(route, method, str(status)).inc())
     _record(lambda: REQUEST_SECONDS.labels(route).observe(seconds))
+
+
+def ocsp_answered_from_memory(method: str, count: int = 1) -> None:
+    _record(lambda: OCSP_MEMORY_ANSWERS.labels(method).inc(count))
 
 
 def multiprocess_dir() -> str | None:

@@ -67,8 +67,9 @@ class Answer:
     der: bytes
     this_update: datetime | None = None
     next_update: datetime | None = None
-    cached: bool = False
+    cached: bool = False  # from the database's pre-signed responses
     status: str = "error"  # good | revoked | unknown | malformed | unauthorized | tryLater | internalError
+    memory: bool = False  # from the plain-HTTP listener's memory (ocsp_memo.py)
 
 
 @dataclass(frozen=True)
@@ -131,17 +132,12 @@ class OCSPResponder:
     def respond(self, request_der: bytes, now: datetime | None = None) -> Answer:
         """The response to one DER request; never raises (errors become unsigned OCSP error responses)."""
         now = now or datetime.now(UTC)
+        parsed = parse_request(request_der)
+        if isinstance(parsed, Answer):
+            return parsed
+        serial, algorithm, nonce = parsed.serial, parsed.algorithm, parsed.nonce
         try:
-            req = ocsp.load_der_ocsp_request(request_der)
-            serial, algorithm = req.serial_number, req.hash_algorithm
-            name_hash, key_hash = req.issuer_name_hash, req.issuer_key_hash
-            nonce = _nonce(req)
-        except UnsupportedAlgorithm:  # a CertID hash we do not index: not for us to answer
-            return Answer(UNAUTHORIZED, status="unauthorized")
-        except (ValueError, NotImplementedError):  # bad DER, several CertIDs, duplicate extensions
-            return Answer(MALFORMED, status="malformed")
-        try:
-            known = self._issuer_for(algorithm.name, name_hash, key_hash, now)
+            known = self._issuer_for(algorithm.name, parsed.name_hash, parsed.key_hash, now)
             if known is None:
                 return Answer(UNAUTHORIZED, status="unauthorized")
             echo = nonce is not None and self.echo_nonce
@@ -163,6 +159,13 @@ class OCSPResponder:
         except (StoreError, KMSError, CAError) as exc:  # database or signing backend down
             log.warning("OCSP request for serial %x answered tryLater: %s", serial, exc)
             return Answer(TRY_LATER, status="tryLater")
+
+    def fresh_until(self, answer: Answer) -> datetime | None:
+        """Until when `answer` may be served again without asking: while more than a quarter of its validity
+        is left (the rule the stored responses follow); None for answers that must not be kept."""
+        if answer.status not in ("good", "revoked") or answer.next_update is None:
+            return None
+        return answer.next_update - self.validity / 4
 
     # -- pre-signing (housekeeping) ----------------------------------------------------------
 
@@ -281,6 +284,35 @@ def _serves(rec: IntermediateRecord, now: datetime) -> bool:
     """Active or retired (it signed certificates), and not expired: RFC 6960 needs a valid signer."""
     return rec.certificate is not None and rec.activate_at is not None and rec.activate_at <= now \
         and (rec.not_after is None or rec.not_after > now)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """The one CertID of a request, and its nonce."""
+
+    serial: int
+    algorithm: hashes.HashAlgorithm
+    name_hash: bytes
+    key_hash: bytes
+    nonce: bytes | None
+
+    @property
+    def cert_id(self) -> bytes:
+        """The CertID as one bytes key (0x00 first: no DER request starts with it)."""
+        return b"\x00" + self.algorithm.name.encode() + b"\x00" + self.name_hash + self.key_hash \
+            + self.serial.to_bytes(self.serial.bit_length() // 8 + 1, "big", signed=True)
+
+
+def parse_request(request_der: bytes) -> ParsedRequest | Answer:
+    """The request's CertID, or the error response it deserves."""
+    try:
+        req = ocsp.load_der_ocsp_request(request_der)
+        return ParsedRequest(req.serial_number, req.hash_algorithm, req.issuer_name_hash, req.issuer_key_hash,
+                             _nonce(req))
+    except UnsupportedAlgorithm:  # a CertID hash we do not index: not for us to answer
+        return Answer(UNAUTHORIZED, status="unauthorized")
+    except (ValueError, NotImplementedError):  # bad DER, several CertIDs, duplicate extensions
+        return Answer(MALFORMED, status="malformed")
 
 
 def _nonce(req: ocsp.OCSPRequest) -> bytes | None:

@@ -22,6 +22,7 @@ from cryptography import x509
 from appliance.audit import AuditEvent
 from appliance.errors import BadRequest, CAError, Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from appliance.provisioners.base import endpoint_audiences
+from appliance.revocation_stamp import bump, stamp_path
 from appliance.store import CertificateNotFound, InvalidTransition, RevocationReason, Revoked, StoreError
 from appliance.store.records import MAX_SERIAL
 from appliance.store.revocations import MAX_REASON_TEXT
@@ -136,6 +137,8 @@ def revoke(authority: Authority, request: RevokeRequest, *, source: str, ctx: Re
                reasons=exc.reasons, status=exc.status)
         raise
     rec = done.record
+    if done.created:  # this host's OCSP memory must not serve "good" for it one request longer
+        bump(stamp_path(authority.config.base_dir))
     _audit(authority, ctx, request, provisioner, "allowed", status=200, details={
         "issuer": rec.issuer, "source": source, "reasonCode": int(rec.reason_code),
         "alreadyRevoked": not done.created, "revokedAt": rec.revoked_at.isoformat()})

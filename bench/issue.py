@@ -12,6 +12,7 @@ which the intermediate key signs digests in SoftHSM with nothing else around it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -21,8 +22,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -88,27 +91,36 @@ def peak_rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
-def start_ca(base: Path, workers: int, kty: list[str]) -> tuple[subprocess.Popen[bytes], str, int]:
+def start_ca(base: Path, workers: int, kty: list[str], edit: Callable[[dict[str, Any]], None] | None = None,
+             ) -> tuple[subprocess.Popen[bytes], str, int, int]:
+    """`hsmca init` in `base` (its own SoftHSM token), `edit` applied to ca.json, then `hsmca serve` on free
+    loopback ports; returns the process, the HTTPS URL, and the HTTPS and plain-HTTP ports once both answer."""
     env = {**os.environ, "HSMCA_PATH": str(base), "HSMCA_LOG_LEVEL": "WARNING"}
     env.pop("SOFTHSM2_CONF", None)
     pw = base / "pw"
     pw.write_text("bench-password\n")
     subprocess.run([*HSMCA, "init", "--password-file", str(pw), *kty], env=env, check=True,
                    cwd=ROOT, stdout=subprocess.DEVNULL)
-    port = free_port()
+    if edit is not None:
+        config = base / "config" / "ca.json"
+        data = json.loads(config.read_text())
+        edit(data)
+        config.write_text(json.dumps(data, indent=2))
+    port, http_port = free_port(), free_port()
     proc = subprocess.Popen([*HSMCA, "serve", "--address", f"127.0.0.1:{port}", "--http-address",
-                             f"127.0.0.1:{free_port()}", "--workers", str(workers)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(base / "serve.log", "wb"))
+                             f"127.0.0.1:{http_port}", "--workers", str(workers)], env=env, cwd=ROOT,
+                            stdout=open(base / "serve.out", "wb"), stderr=open(base / "serve.log", "wb"))
     url = f"https://localhost:{port}"
     root = base / "certs" / "root_ca.crt"
     deadline = time.time() + 60
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         try:
-            if requests.get(f"{url}/health", verify=str(root), timeout=2).ok:
-                return proc, url, port
+            if requests.get(f"{url}/health", verify=str(root), timeout=2).ok and \
+                    requests.get(f"http://127.0.0.1:{http_port}/health", timeout=2).ok:
+                return proc, url, port, http_port
         except requests.RequestException:
             time.sleep(0.2)
-    raise SystemExit(f"the CA did not start; see {base / 'serve.log'}")
+    raise SystemExit(f"the CA did not start:\n{(base / 'serve.log').read_text(errors='replace')[-3000:]}")
 
 
 def prepare(url: str, root: Path, count: int) -> list[dict[str, str]]:
@@ -192,7 +204,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hsmca-bench-") as tmp:
         base = Path(tmp)
-        proc, url, _ = start_ca(base, args.workers, kty)
+        proc, url, _, _ = start_ca(base, args.workers, kty)
         root = base / "certs" / "root_ca.crt"
         try:
             print(f"hsmca issuance benchmark: {args.workers} HTTPS workers, CA key {args.kty}, "

@@ -7,10 +7,12 @@ from typing import Any
 import falcon
 
 from appliance.api import ca, crl, errors, renew, revoke, sign
+from appliance.api.acme import add_acme_routes
 from appliance.api.metrics import Metrics, RequestMetrics
 from appliance.api.middleware import BodyLimit, RequestContext
 from appliance.api.ocsp import add_ocsp_routes
 from appliance.authority import Authority
+from appliance.ocsp_memo import OCSPMemo
 
 PREFIXES = ("", "/1.0")  # every step route answers at / and at /1.0
 
@@ -44,11 +46,12 @@ def create_app(authority: Authority) -> falcon.App:
         app.add_route(f"{p}/renew", renew.Renew(authority))
         app.add_route(f"{p}/rekey", renew.Rekey(authority))
         app.add_route(f"{p}/metrics", Metrics())
-    add_ocsp_routes(app, authority, PREFIXES)
+    add_ocsp_routes(app, authority.ocsp.respond, PREFIXES)
+    add_acme_routes(app, authority)
     return app
 
 
-def create_http_app(authority: Authority) -> falcon.App:
+def create_http_app(authority: Authority, memo: OCSPMemo | None = None) -> falcon.App:
     """Plain HTTP: what relying parties fetch without TLS (CA certificates; OCSP/CRL later).
 
     `/metrics` too: a scraper need not trust the CA's root, and under `hsmca serve` every process
@@ -64,5 +67,5 @@ def create_http_app(authority: Authority) -> falcon.App:
     app.add_route("/crl/{issuer_id}", crl.CRL(authority))
     app.add_route("/intermediate/{issuer_id}.crt", ca.IntermediateFile(authority))
     app.add_route("/metrics", Metrics())
-    add_ocsp_routes(app, authority)
+    add_ocsp_routes(app, memo.answer if memo is not None else authority.ocsp.respond)
     return app

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
+
+if TYPE_CHECKING:
+    from appliance.config import CAConfig
+    from appliance.store import Store
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -34,3 +40,28 @@ def password_from(path: Path | None, what: str, *, confirm: bool = False) -> byt
     if not value:
         fail(f"the {what} cannot be empty")
     return str(value).encode()
+
+
+@contextmanager
+def opened_store(config_path: Path | None, *, then: Callable[[CAConfig, Store], object] | None = None,
+                 errors: tuple[type[Exception], ...] = ()) -> Iterator[tuple[CAConfig, Store]]:
+    """ca.json and its database, migrated (and `then` run), for a command that works on the store directly;
+    a configuration or database error (or one of `errors`) ends the command with its message."""
+    from appliance.config import ConfigError, load_config
+    from appliance.store import Store, StoreError
+
+    try:
+        config = load_config(config_path)
+        store = Store.from_config(config.db.model_dump(), config.base_dir)
+    except (ConfigError, StoreError) as exc:
+        fail(str(exc))
+    caught: tuple[type[Exception], ...] = (StoreError, *errors)
+    try:
+        store.migrate()
+        if then is not None:
+            then(config, store)
+        yield config, store
+    except caught as exc:
+        fail(str(exc))
+    finally:
+        store.close()

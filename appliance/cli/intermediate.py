@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.cli.common import fail
-from appliance.config import ConfigError, load_config
+from appliance.cli.common import fail, opened_store
 
 if TYPE_CHECKING:
     from appliance.config import CAConfig
@@ -37,24 +35,10 @@ def parse_when(value: str | None, option: str) -> datetime | None:
     return when.astimezone(timezone.utc)
 
 
-@contextmanager
-def _opened(config_path: Path | None) -> Iterator[tuple[CAConfig, Store]]:
+def _opened(config_path: Path | None) -> AbstractContextManager[tuple[CAConfig, Store]]:
     from appliance.intermediates import IntermediateError, bootstrap
-    from appliance.store import Store, StoreError
 
-    try:
-        config = load_config(config_path)
-        store = Store.from_config(config.db.model_dump(), config.base_dir)
-    except (ConfigError, StoreError) as exc:
-        fail(str(exc))
-    try:
-        store.migrate()
-        bootstrap(config, store)
-        yield config, store
-    except (StoreError, IntermediateError, ValueError, OSError) as exc:
-        fail(str(exc))
-    finally:
-        store.close()
+    return opened_store(config_path, then=bootstrap, errors=(IntermediateError, ValueError, OSError))
 
 
 @click.group()

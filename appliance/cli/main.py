@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 import appliance
-from appliance.cli import client, intermediate, kms, renew, revocation, server
+from appliance.cli import acme, client, intermediate, kms, provisioner, renew, revocation, server
 from appliance.cli import ocsp as ocsp_command
 from ceremony.cli import ceremony
 
@@ -20,8 +20,9 @@ def main() -> None:
     Rotate:       hsmca intermediate csr|install|list|activate|retire
     Keys:         hsmca kms create-key|public-key|check
     Offline:      hsmca ceremony plan|root|sign-intermediate|verify
-    Get certs:    hsmca bootstrap, hsmca certificate, hsmca token, hsmca renew
+    Get certs:    hsmca bootstrap, hsmca certificate, hsmca token, hsmca renew, hsmca rekey
     Revocation:   hsmca revoke, hsmca crl
+    Provisioners: hsmca provisioner add|list|remove (ACME at /acme/NAME/directory), hsmca acme eab
     Look inside:  hsmca inspect, hsmca ocsp
 
     The CA's files live under $HSMCA_PATH (default ~/.hsmca).
@@ -29,10 +30,12 @@ def main() -> None:
 
 
 for command in (server.init, server.serve, server.db, intermediate.intermediate, kms.kms, ceremony, client.certificate,
-                client.token, client.bootstrap, client.inspect, renew.renew,
+                client.token, client.bootstrap, client.inspect, renew.renew, renew.rekey,
                 revocation.revoke, revocation.crl):
     main.add_command(command)
 main.add_command(ocsp_command.ocsp)
+main.add_command(provisioner.provisioner)
+main.add_command(acme.acme)
 main.add_command(ocsp_command.ocsp_responder)
 
 

@@ -101,9 +101,9 @@ def serve(config_path: Path | None, address: str | None, http_address: str | Non
     """Run the CA: the step-compatible HTTPS API and the plain-HTTP listener.
 
     Migrates the database, resolves reservations left by a crash, issues the server's own TLS
-    certificate through the intermediate, then supervises gunicorn (HTTPS, N workers),
-    waitress (plain HTTP) and a housekeeping process. SIGTERM stops gracefully; SIGHUP reloads
-    ca.json in new workers.
+    certificate through the intermediate, then supervises gunicorn (HTTPS, N workers), a plain-HTTP
+    listener (CA certificates, CRLs, OCSP) and a housekeeping process. SIGTERM stops gracefully;
+    SIGHUP reloads ca.json in new workers.
     """
     from appliance.config import split_address
     from appliance.serving import logs

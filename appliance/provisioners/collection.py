@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from appliance import jose
-from appliance.config import ProvisionerConfig
+from appliance.acme.provisioner import ACMEProvisioner
+from appliance.config import AnyProvisionerConfig
 from appliance.errors import BadRequest, NotFound, Unauthorized
 from appliance.provisioners.base import Provisioner
 from appliance.provisioners.jwk import JWKProvisioner
@@ -14,9 +15,11 @@ from appliance.provisioners.jwk import JWKProvisioner
 MAX_PAGE = 100
 
 
-def build(cfg: ProvisionerConfig) -> Provisioner:
+def build(cfg: AnyProvisionerConfig) -> Provisioner:
     if cfg.type == "JWK":
         return JWKProvisioner(cfg.name, cfg.key, cfg.encryptedKey, cfg.claims, cfg.policy)
+    if cfg.type == "ACME":
+        return ACMEProvisioner(cfg)
     raise ValueError(f"unsupported provisioner type {cfg.type!r}")
 
 
@@ -27,7 +30,7 @@ class Provisioners:
         self._by_kid = {p.key_id: p for p in self._list}
 
     @classmethod
-    def from_config(cls, configs: list[ProvisionerConfig]) -> Provisioners:
+    def from_config(cls, configs: list[AnyProvisionerConfig]) -> Provisioners:
         return cls([build(c) for c in configs])
 
     def __iter__(self) -> Iterator[Provisioner]:

@@ -1,1 +1,1 @@
-"""`hsmca serve`: a supervisor over gunicorn (HTTPS), waitress (plain HTTP) and housekeeping."""
+"""`hsmca serve`: a supervisor over gunicorn (HTTPS), the plain-HTTP listener (http_server.py) and housekeeping."""

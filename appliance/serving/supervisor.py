@@ -2,7 +2,8 @@
 
 Children are separate interpreters (fork + exec), so nothing PKCS#11 opened here is inherited:
 - https: gunicorn master + N workers (the step API)
-- http: waitress (CA certificates for relying parties)
+- http: the plain-HTTP listener (CA certificates, CRLs, OCSP for relying parties), server.httpWorkers processes
+  on one port (SO_REUSEPORT)
 - housekeeping: periodic sweeps
 SIGTERM/SIGINT stop everything gracefully; SIGHUP makes gunicorn reload ca.json in new workers.
 A child that dies is restarted with backoff; one that keeps dying stops the server.
@@ -122,8 +123,9 @@ class Supervisor:
             Child("https", [py, "-m", "appliance.serving.https", "--config", cfg, "--address",
                             opts.address, "--workers", str(opts.workers), "--cert", str(cert),
                             "--key", str(key)], env),
-            Child("http", [py, "-m", "appliance.serving.http", "--config", cfg, "--address",
-                           opts.http_address], env),
+            *(Child(f"http.{i}" if config.server.httpWorkers > 1 else "http",
+                    [py, "-m", "appliance.serving.http", "--config", cfg, "--address", opts.http_address], env)
+              for i in range(1, config.server.httpWorkers + 1)),  # SO_REUSEPORT: the kernel spreads connections
             Child("housekeeping", [py, "-m", "appliance.serving.housekeeping", "--config", cfg], env),
         ]
         self.stopping = False
@@ -183,6 +185,6 @@ class Supervisor:
 def serve(config: CAConfig, opts: ServeOptions) -> int:
     cert, key = prepare(config, opts)
     metrics_dir = fresh_metrics_dir(config.base_dir / "run" / "metrics")
-    log.info("HTTPS on %s (%d workers), plain HTTP on %s; pid %d", opts.address, opts.workers,
-             opts.http_address, os.getpid())
+    log.info("HTTPS on %s (%d workers), plain HTTP on %s (%d processes); pid %d", opts.address, opts.workers,
+             opts.http_address, config.server.httpWorkers, os.getpid())
     return Supervisor(config, opts, cert, key, metrics_dir).run()

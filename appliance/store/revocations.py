@@ -122,6 +122,13 @@ def revision(read: Transaction, issuer: str) -> int:
     return int(value or 0)
 
 
+def epoch(read: Transaction) -> int:
+    """The sum of every intermediate's revocation revision: it changes whenever anything is revoked."""
+    with read("reading the revocation revisions") as conn:
+        value = conn.execute(sa.select(sa.func.sum(intermediates.c.revocation_revision))).scalar_one_or_none()
+    return int(value or 0)
+
+
 def stream(read: Transaction, issuer: str, *, expired_before: datetime | None = None) -> Iterator[RevocationRecord]:
     """Every revocation of `issuer`, fetched in batches from a server-side cursor where the driver has one
     (a million rows never sit in memory as rows). With `expired_before`, certificates that expired before

@@ -193,3 +193,96 @@ leases = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     **MYSQL_TABLE_ARGS,
 )
+
+# ACME (RFC 8555). Ids are random base64url strings; every state change is one transaction (store/acme.py).
+ACME_ID_LENGTH = 64
+
+acme_accounts = sa.Table(
+    "acme_accounts",
+    metadata,
+    sa.Column("id", sa.String(ACME_ID_LENGTH), primary_key=True),
+    sa.Column("provisioner", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("thumbprint", sa.String(ACME_ID_LENGTH), nullable=False),  # RFC 7638, base64url SHA-256
+    sa.Column("jwk", sa.JSON(), nullable=False),
+    sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),  # valid | deactivated | revoked
+    sa.Column("contact", sa.JSON(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("provisioner", "thumbprint", name="uq_acme_accounts_provisioner_thumbprint"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# A nonce is accepted once, by whichever replica sees it first: consuming it is a DELETE whose rowcount decides.
+acme_nonces = sa.Table(
+    "acme_nonces",
+    metadata,
+    sa.Column("value", sa.String(ACME_ID_LENGTH), primary_key=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_acme_nonces_expires_at", "expires_at"),
+    **MYSQL_TABLE_ARGS,
+)
+
+acme_orders = sa.Table(
+    "acme_orders",
+    metadata,
+    sa.Column("id", sa.String(ACME_ID_LENGTH), primary_key=True),
+    sa.Column("account_id", sa.String(ACME_ID_LENGTH), nullable=False),
+    sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),  # pending ready processing valid invalid
+    sa.Column("identifiers", sa.JSON(), nullable=False),
+    sa.Column("not_before", UTCDateTime(), nullable=True),
+    sa.Column("not_after", UTCDateTime(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("error", sa.JSON(), nullable=True),
+    sa.Column("serial", sa.String(SERIAL_LENGTH), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_acme_orders_account_id", "account_id"),
+    sa.Index("ix_acme_orders_serial", "serial"),
+    **MYSQL_TABLE_ARGS,
+)
+
+acme_authorizations = sa.Table(
+    "acme_authorizations",
+    metadata,
+    sa.Column("id", sa.String(ACME_ID_LENGTH), primary_key=True),
+    sa.Column("order_id", sa.String(ACME_ID_LENGTH), nullable=False),
+    sa.Column("account_id", sa.String(ACME_ID_LENGTH), nullable=False),
+    sa.Column("identifier_type", sa.String(STATUS_LENGTH), nullable=False),  # dns | ip
+    sa.Column("identifier_value", sa.String(MAX_NAME_LENGTH), nullable=False),  # without "*." for a wildcard
+    sa.Column("wildcard", sa.Boolean(), nullable=False),
+    sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),  # pending valid invalid deactivated
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_acme_authorizations_order_id", "order_id"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# `claimed_at` is when a validator last took the challenge: one stuck in `processing` past a cut-off (its worker
+# died) is claimed again, or failed once it has used its attempts.
+acme_challenges = sa.Table(
+    "acme_challenges",
+    metadata,
+    sa.Column("id", sa.String(ACME_ID_LENGTH), primary_key=True),
+    sa.Column("authz_id", sa.String(ACME_ID_LENGTH), nullable=False),
+    sa.Column("type", sa.String(STATUS_LENGTH), nullable=False),
+    sa.Column("token", sa.String(ACME_ID_LENGTH), nullable=False),
+    sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),  # pending processing valid invalid
+    sa.Column("validated_at", UTCDateTime(), nullable=True),
+    sa.Column("error", sa.JSON(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("claimed_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_acme_challenges_authz_id", "authz_id"),
+    sa.Index("ix_acme_challenges_status_claimed_at", "status", "claimed_at"),
+    **MYSQL_TABLE_ARGS,
+)
+
+# External account binding keys (RFC 8555 §7.3.4), made by `hsmca acme eab add`; each binds one account, once.
+acme_eab_keys = sa.Table(
+    "acme_eab_keys",
+    metadata,
+    sa.Column("key_id", sa.String(ACME_ID_LENGTH), primary_key=True),
+    sa.Column("provisioner", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("hmac_key", sa.String(ACME_ID_LENGTH * 2), nullable=False),  # base64url, as clients are given it
+    sa.Column("reference", sa.String(MAX_NAME_LENGTH), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("account_id", sa.String(ACME_ID_LENGTH), nullable=True),
+    sa.Column("bound_at", UTCDateTime(), nullable=True),
+    **MYSQL_TABLE_ARGS,
+)

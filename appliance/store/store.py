@@ -21,6 +21,7 @@ from . import leases as _leases
 from . import migrate as _migrate
 from . import ocsp as _ocsp
 from . import revocations as _revocations
+from .acme import ACMEStore
 from .engine import DEFAULT_TIMEOUT, WRITE, create_engine, database_errors
 from .errors import (
     CertificateNotFound,
@@ -70,6 +71,7 @@ class Store:
         self._serialise_writes = self.backend == "sqlite"  # see writelock.py
         self._write_lock_pid = 0
         self._write_lock_obj: AbstractContextManager[Any] = nullcontext()
+        self.acme = ACMEStore(self._read, self._write)  # ACME accounts, nonces, orders (see acme.py)
 
     @property
     def _write_lock(self) -> AbstractContextManager[Any]:
@@ -395,6 +397,10 @@ class Store:
 
     def revocation_revision(self, issuer: str) -> int:
         return _revocations.revision(self._read, issuer)
+
+    def revocation_epoch(self) -> int:
+        """A number that grows with every revocation of any intermediate (the sum of their revisions)."""
+        return _revocations.epoch(self._read)
 
     def stream_revocations(self, issuer: str, *, expired_before: datetime | None = None
                            ) -> Iterator[_revocations.RevocationRecord]:

@@ -20,7 +20,7 @@ import requests
 
 from appliance import jose
 from appliance.certutil import fingerprint, load_certificates
-from appliance.config import CAConfig, load_config
+from appliance.config import CAConfig, ProvisionerConfig, load_config
 from appliance.devca import InitOptions, init_ca
 from kms import KeySpec
 from kms.uri import parse_key_uri
@@ -65,7 +65,7 @@ class DevCA:
 
     def provisioner_key(self) -> jose.PublicKey:
         prov = self.config.authority.provisioners[0]
-        assert prov.encryptedKey
+        assert isinstance(prov, ProvisionerConfig) and prov.encryptedKey, "the first provisioner is hsmca init's JWK"
         return jose.decrypt_jwk(prov.encryptedKey, PASSWORD)
 
     def edit_config(self, change: Callable[[dict[str, Any]], None]) -> None:
@@ -177,6 +177,29 @@ def server(dev_ca: DevCA) -> Iterator[Server]:
     s = start_server(dev_ca)
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def short_lived_ca(dev_ca: DevCA) -> DevCA:
+    """The module's CA, allowing certificates down to one second (renewal tests need them to age quickly)."""
+    dev_ca.edit_config(lambda cfg: cfg["authority"].update(claims={"minTLSCertDuration": "1s"}))
+    return dev_ca
+
+
+@pytest.fixture(scope="module")
+def short_lived_server(short_lived_ca: DevCA) -> Iterator[Server]:
+    s = start_server(short_lived_ca)
+    yield s
+    s.stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def hsmca(ca: DevCA, *args: str, check: bool = True, input: str | None = None,

@@ -1,7 +1,9 @@
 """The OCSP responder of a running `hsmca serve`, asked by `openssl ocsp` and by cryptography-built requests.
 
-Revocations go through `Store.revoke` on the CA's database (what `hsmca revoke` does). The KMS signature
-count comes from `/metrics` (`hsmca_kms_sign_seconds_count`, every process merged).
+The acceptance case revokes with `hsmca revoke` (through the API). Elsewhere `revoke_here` writes the
+revocation to the CA's database and rewrites this host's revocation stamp, which is what the API's revoke does
+after its commit; a bare `Store.revoke` plays a revocation made by another replica (no stamp here). The KMS
+signature count comes from `/metrics` (`hsmca_kms_sign_seconds_count`, every process merged).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from appliance.certutil import load_certificates
+from appliance.ocsp_memo import POLL_SECONDS
+from appliance.revocation_stamp import bump, stamp_path
 from appliance.store import Store
 from tests.integration.conftest import DevCA, Server, hsmca, issue_through, make_ca, start_server
 from tests.unit.test_metrics import parse, value
@@ -78,8 +82,10 @@ def request_der(ca: DevCA, cert: x509.Certificate, algorithm: hashes.HashAlgorit
     return builder.build().public_bytes(Encoding.DER)
 
 
-def post(url: str, der: bytes) -> requests.Response:
-    resp = requests.post(url, data=der, headers=OCSP_REQUEST, timeout=30)
+def post(url: str, der: bytes, session: requests.Session | None = None) -> requests.Response:
+    """One OCSP POST (with `session`, on its keep-alive connection: the same listener process, whose memory
+    then holds what it answered; `hsmca serve` runs server.httpWorkers of them)."""
+    resp = (session or requests).post(url, data=der, headers=OCSP_REQUEST, timeout=30)
     assert resp.status_code == 200, resp.text
     assert resp.headers["Content-Type"] == "application/ocsp-response"
     return resp
@@ -96,6 +102,12 @@ def wait_presigned(store: Store, serial: int, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
+def revoke_here(ca: DevCA, store: Store, serial: int, reason_code: int) -> None:
+    """A revocation committed on this host, as the API's revoke makes it (database, then stamp)."""
+    store.revoke(serial, reason_code=reason_code, source="test")
+    bump(stamp_path(ca.base))
+
+
 def test_openssl_sees_good_then_revoked_with_the_reason_at_once(server: Server, ca: DevCA, store: Store) -> None:
     cert, leaf = leaf_of(issue_through(server, "good.example"))
     out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp")
@@ -104,7 +116,10 @@ def test_openssl_sees_good_then_revoked_with_the_reason_at_once(server: Server, 
     assert "Response verify OK" in out and f"{leaf}: good" in out, out
     wait_presigned(store, cert.serial_number)
 
-    store.revoke(cert.serial_number, reason_code=1, reason="key on a stolen laptop", source="test")
+    for _ in range(3):  # in the listener's memory by now
+        assert f"{leaf}: good" in openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp", "-no_nonce")
+    hsmca(ca, "revoke", str(cert.serial_number), "--reason-code", "1", "--reason", "key on a stolen laptop",
+          "--ca-url", server.url, "--root", str(ca.root), "--password-file", str(ca.password_file))
     out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp")
     assert "Response verify OK" in out and f"{leaf}: revoked" in out and "Reason: keyCompromise" in out, out
     out = openssl_ocsp(ca, leaf, f"{server.url.replace('localhost', '127.0.0.1')}/1.0/ocsp",
@@ -198,32 +213,33 @@ def test_presigned_response_is_served_without_a_kms_signature(server: Server, ca
     cert, leaf = leaf_of(issue_through(server, "cached.example"))
     wait_presigned(store, cert.serial_number)  # housekeeping pre-signed it: the first request is a hit
     der = request_der(ca, cert)
+    session = requests.Session()  # one listener process (see `post`)
     before = kms_signatures(server)
     for _ in range(5):
-        resp = post(f"{server.http_url}/ocsp", der)
-        assert resp.headers["X-OCSP-Cache"] == "hit"
-        get = requests.get(f"{server.http_url}/ocsp/{quote(base64.b64encode(der).decode(), safe='')}", timeout=30)
-        assert get.headers["X-OCSP-Cache"] == "hit" and get.content == resp.content
+        resp = post(f"{server.http_url}/ocsp", der, session)
+        assert resp.headers["X-OCSP-Cache"] in ("hit", "memory")  # the database's copy, then the listener's
+        get = session.get(f"{server.http_url}/ocsp/{quote(base64.b64encode(der).decode(), safe='')}", timeout=30)
+        assert get.headers["X-OCSP-Cache"] in ("hit", "memory") and get.content == resp.content
     out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp", "-no_nonce")
     assert f"{leaf}: good" in out, out
     assert kms_signatures(server) == before
 
     # A nonce is ignored by default (RFC 5019): still the cached, nonce-less response.
-    with_nonce = post(f"{server.http_url}/ocsp", request_der(ca, cert, nonce=b"0123456789abcdef"))
-    assert with_nonce.headers["X-OCSP-Cache"] == "hit"
+    with_nonce = post(f"{server.http_url}/ocsp", request_der(ca, cert, nonce=b"0123456789abcdef"), session)
+    assert with_nonce.headers["X-OCSP-Cache"] == "memory"  # found by its CertID
     with pytest.raises(x509.ExtensionNotFound):
         ocsp.load_der_ocsp_response(with_nonce.content).extensions.get_extension_for_class(x509.OCSPNonce)
     assert kms_signatures(server) == before
 
-    store.revoke(cert.serial_number, reason_code=4, source="test")  # superseded
-    got = ocsp.load_der_ocsp_response(post(f"{server.http_url}/ocsp", der).content)
+    revoke_here(ca, store, cert.serial_number, 4)  # superseded
+    got = ocsp.load_der_ocsp_response(post(f"{server.http_url}/ocsp", der, session).content)
     assert got.certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert got.revocation_reason == x509.ReasonFlags.superseded
     # Signed once (by this request, or by housekeeping pre-signing it first; both at once at worst), then cached.
     signed = kms_signatures(server)
     assert before + 1 <= signed <= before + 2
-    again = post(f"{server.http_url}/ocsp", der)
-    assert again.headers["X-OCSP-Cache"] == "hit"
+    again = post(f"{server.http_url}/ocsp", der, session)
+    assert again.headers["X-OCSP-Cache"] in ("hit", "memory")
     assert kms_signatures(server) == signed
 
 
@@ -244,7 +260,7 @@ def test_hsmca_ocsp_command(server: Server, ca: DevCA, store: Store) -> None:
     url = f"{server.http_url}/ocsp"
     done = hsmca(ca, "ocsp", str(path), "--url", url, "--nonce")
     assert f"{path}: good" in done.stdout and f"responder:   {url}" in done.stdout, done.stdout
-    store.revoke(cert.serial_number, reason_code=5, source="test")
+    revoke_here(ca, store, cert.serial_number, 5)
     done = hsmca(ca, "ocsp", str(path), "--url", url, "--issuer", str(ca.intermediate), check=False)
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"{path}: revoked" in done.stdout and "cessation_of_operation" in done.stdout, done.stdout
@@ -277,3 +293,47 @@ def test_delegated_responder_made_by_the_cli_signs_and_openssl_accepts_it(tmp_pa
         assert f"{path}: good" in done.stdout, done.stdout
     finally:
         server.stop()
+
+
+def test_the_listener_answers_repeats_from_memory_and_forgets_at_a_revocation(
+        server: Server, ca: DevCA, store: Store) -> None:
+    cert, _ = leaf_of(issue_through(server, "memory.example"))
+    url = f"{server.http_url}/ocsp"
+    session = requests.Session()
+    for algorithm in (hashes.SHA1(), hashes.SHA256()):  # SHA-256 CertIDs are signed once, then remembered
+        der = request_der(ca, cert, algorithm)
+        first = post(url, der, session)
+        before = kms_signatures(server)
+        for _ in range(3):
+            again = post(url, der, session)
+            assert again.headers["X-OCSP-Cache"] == "memory" and again.content == first.content
+        get = session.get(f"{url}/{quote(base64.b64encode(der).decode(), safe='')}", timeout=30)
+        assert get.headers["X-OCSP-Cache"] == "memory" and get.content == first.content
+        assert "max-age=" in get.headers["Cache-Control"] and get.headers["ETag"] and get.headers["Expires"]
+        assert kms_signatures(server) == before
+    der = request_der(ca, cert)
+    revoke_here(ca, store, cert.serial_number, 1)
+    got = post(url, der, session)
+    assert got.headers["X-OCSP-Cache"] != "memory"  # the revocation emptied that process's memory
+    assert ocsp.load_der_ocsp_response(got.content).certificate_status == ocsp.OCSPCertStatus.REVOKED
+    for _ in range(4):  # and every other listener process's: whichever a new connection reaches
+        got = post(url, der)
+        assert ocsp.load_der_ocsp_response(got.content).certificate_status == ocsp.OCSPCertStatus.REVOKED
+
+
+def test_a_revocation_by_another_replica_reaches_the_memory_within_the_poll(
+        server: Server, ca: DevCA, store: Store) -> None:
+    cert, _ = leaf_of(issue_through(server, "replica.example"))
+    url = f"{server.http_url}/ocsp"
+    der = request_der(ca, cert)
+    session = requests.Session()
+    post(url, der, session)
+    assert post(url, der, session).headers["X-OCSP-Cache"] == "memory"
+    store.revoke(cert.serial_number, reason_code=1, source="another replica")  # no stamp on this host
+    revoked_at = time.monotonic()
+    while True:
+        status = ocsp.load_der_ocsp_response(post(url, der, session).content).certificate_status
+        if status == ocsp.OCSPCertStatus.REVOKED:
+            break
+        assert time.monotonic() - revoked_at < POLL_SECONDS + 4, "still good long after the poll interval"
+        time.sleep(0.05)

@@ -13,7 +13,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -29,23 +29,17 @@ from appliance.authority import Authority
 from appliance.client.keys import build_csr
 from appliance.client.renewal import renew_token
 from appliance.store import Store
-from tests.integration.conftest import DevCA, Server, hsmca, openssl_verify_chain, start_server
+from tests.integration.conftest import DevCA, Server, hsmca, openssl_verify_chain
 
 
 @pytest.fixture(scope="module")
-def ca(dev_ca: DevCA) -> DevCA:
-    def short_lived(cfg: dict[str, Any]) -> None:
-        cfg["authority"]["claims"] = {"minTLSCertDuration": "1s"}
-
-    dev_ca.edit_config(short_lived)
-    return dev_ca
+def ca(short_lived_ca: DevCA) -> DevCA:
+    return short_lived_ca
 
 
 @pytest.fixture(scope="module")
-def served(ca: DevCA) -> Iterator[Server]:
-    s = start_server(ca)
-    yield s
-    s.stop()
+def served(short_lived_server: Server) -> Server:
+    return short_lived_server
 
 
 def issue(server: Server, name: str, *extra: str) -> tuple[Path, Path]:

@@ -16,14 +16,14 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 from cryptography import x509
 
-from tests.integration.conftest import HSMCA, DevCA, hsmca, make_ca, openssl_verify_chain, start_server
+from tests.integration.conftest import HSMCA, DevCA, hsmca, make_ca, openssl_verify_chain, start_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +36,6 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
 
     ca.edit_config(short_lived)
     return ca
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Reader(threading.Thread):

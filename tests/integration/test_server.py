@@ -1,4 +1,4 @@
-"""`hsmca serve` for real (gunicorn workers over TLS, waitress, housekeeping) and the client
+"""`hsmca serve` for real (gunicorn workers over TLS, the plain-HTTP listener, housekeeping) and the client
 commands run as a user runs them; every chain checked with `openssl verify`."""
 
 from __future__ import annotations

@@ -504,7 +504,7 @@ def test_migrate_upgrades_a_database_at_0002_to_the_lifecycle_tables(server: Ser
         engine.dispose()
     with Store(url) as s:
         s.migrate()
-        assert s.schema_revision() == "0003"
+        assert s.schema_revision() == "0004"
         s.check_schema()
         assert _diff(url) == []
         old = s.get_intermediate("ab12")  # existing rows survive the new column

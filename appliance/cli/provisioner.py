@@ -1,0 +1,94 @@
+"""`hsmca provisioner add|list|remove`: edit ca.json's provisioners (running servers reload on SIGHUP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from appliance.cli.common import fail
+from appliance.config import (
+    ACMEProvisionerConfig,
+    CAConfig,
+    ConfigError,
+    default_config_path,
+    load_config,
+    save_config,
+)
+
+CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                      help="Path to ca.json [default: $HSMCA_PATH/config/ca.json].")
+
+
+@click.group()
+def provisioner() -> None:
+    """Add, list and remove provisioners in ca.json."""
+
+
+@provisioner.command("add")
+@click.argument("name")
+@click.option("--type", "kind", type=click.Choice(["ACME"], case_sensitive=False), default="ACME", show_default=True,
+              help="Provisioner type (JWK provisioners are made by `hsmca init`).")
+@click.option("--http01-port", type=int, help="Port the http-01 validator connects to [default: 80].")
+@click.option("--tlsalpn01-port", type=int, help="Port the tls-alpn-01 validator connects to [default: 443].")
+@click.option("--resolver", "resolvers", multiple=True, metavar="HOST:PORT",
+              help="DNS resolver for validation (repeatable) [default: the system's].")
+@click.option("--challenge", "challenges", multiple=True, type=click.Choice(["http-01", "dns-01", "tls-alpn-01"]),
+              help="Challenge type offered (repeatable) [default: all three].")
+@click.option("--terms-of-service", help="URL of the terms of service, shown in the directory's meta.")
+@CONFIG
+def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | None, resolvers: tuple[str, ...],
+        challenges: tuple[str, ...], terms_of_service: str | None, config_path: Path | None) -> None:
+    """Add an ACME provisioner NAME, served at /acme/NAME/directory."""
+    path = config_path or default_config_path()
+    config = _load(path)
+    if any(p.name == name for p in config.authority.provisioners):
+        fail(f"{path}: a provisioner named {name!r} exists already")
+    fields: dict[str, object] = {"type": kind.upper(), "name": name}
+    for key, value in (("http01Port", http01_port), ("tlsalpn01Port", tlsalpn01_port),
+                       ("termsOfService", terms_of_service)):
+        if value is not None:
+            fields[key] = value
+    if resolvers:
+        fields["resolvers"] = list(resolvers)
+    if challenges:
+        fields["challenges"] = list(dict.fromkeys(challenges))
+    try:
+        new = ACMEProvisionerConfig.model_validate(fields)
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    config.authority.provisioners.append(new)
+    save_config(config, path)
+    click.echo(f"Added ACME provisioner {name!r}: directory at <CA URL>/acme/{name}/directory")
+    click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+@provisioner.command("list")
+@CONFIG
+def list_(config_path: Path | None) -> None:
+    """The provisioners in ca.json, one a line: type and name."""
+    for p in _load(config_path or default_config_path()).authority.provisioners:
+        click.echo(f"{p.type:5} {p.name}")
+
+
+@provisioner.command("remove")
+@click.argument("name")
+@CONFIG
+def remove(name: str, config_path: Path | None) -> None:
+    """Remove provisioner NAME from ca.json."""
+    path = config_path or default_config_path()
+    config = _load(path)
+    kept = [p for p in config.authority.provisioners if p.name != name]
+    if len(kept) == len(config.authority.provisioners):
+        fail(f"{path}: no provisioner named {name!r}")
+    config.authority.provisioners = kept
+    save_config(config, path)
+    click.echo(f"Removed provisioner {name!r}")
+
+
+def _load(path: Path) -> CAConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
