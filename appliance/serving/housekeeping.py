@@ -1,7 +1,8 @@
-"""Background work off the request path: resolve reservations left by killed workers, purge
-expired token ids, renew the HTTPS listener's own certificate at 2/3 of its lifetime (the workers
-pick the new files up for new connections: see serving/tls.py), sign CRLs (appliance/crl_publisher.py, polled
-every second in a thread of its own) and pre-sign OCSP responses."""
+"""Background work off the request path: resolve reservations left by killed workers; purge expired token
+ids and (after ACME_RETENTION) expired ACME orders and authorizations; renew the HTTPS listener's own
+certificate at 2/3 of its lifetime (the workers pick the new files up for new connections: see
+serving/tls.py); sign CRLs (appliance/crl_publisher.py, polled every second in a thread of its own) and
+pre-sign OCSP responses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,27 @@ from policy import parse_duration
 
 log = logging.getLogger("hsmca.housekeeping")
 
+# Expired ACME objects stay this long (a client may still poll a failed order to read why), then go.
+ACME_RETENTION = timedelta(days=7)
+ACME_PURGE_BATCHES = 10  # per sweep: bounded work, short transactions
+
 
 def sweep(store: Store, reservation_timeout: str) -> list[int]:
     abandoned = store.resolve_stale_reservations(parse_duration(reservation_timeout))
     for serial in abandoned:
         log.warning("reservation %d was left by an interrupted issuance; marked abandoned", serial)
-    purged = store.purge_expired_tokens(datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    purged = store.purge_expired_tokens(now)
     if purged:
         log.info("purged %d expired token ids", purged)
+    acme = 0
+    for _ in range(ACME_PURGE_BATCHES):
+        done = store.acme.purge_expired(now - ACME_RETENTION)
+        acme += done
+        if not done:
+            break
+    if acme:
+        log.info("purged %d expired ACME orders, authorizations and challenges", acme)
     return abandoned
 
 

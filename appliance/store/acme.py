@@ -338,6 +338,26 @@ class ACMEStore:
             conn.execute(acme_orders.update().where(acme_orders.c.id == order_id,
                                                     acme_orders.c.status == "processing").values(**values))
 
+    def purge_expired(self, before: datetime, batch: int = 200) -> int:
+        """Drop what expired before `before`: authorizations (whatever their order became) with their
+        challenges, and orders that never became valid. A valid order stays: it ties its certificate to the
+        account that may revoke it. One batch per call (short transactions); returns the rows deleted."""
+        cutoff = utc(before, "before")
+        o, a, c = acme_orders.c, acme_authorizations.c, acme_challenges.c
+        with self._write("purging expired ACME objects") as conn:
+            orders = [r for (r,) in conn.execute(sa.select(o.id).where(
+                o.expires_at < cutoff, o.status != "valid").limit(batch))]
+            authzs = [r for (r,) in conn.execute(sa.select(a.id).where(a.expires_at < cutoff).limit(batch))]
+            if orders:
+                authzs += [r for (r,) in conn.execute(sa.select(a.id).where(a.order_id.in_(orders)))]
+            deleted = 0
+            if authzs:
+                deleted += conn.execute(acme_challenges.delete().where(c.authz_id.in_(authzs))).rowcount
+                deleted += conn.execute(acme_authorizations.delete().where(a.id.in_(authzs))).rowcount
+            if orders:
+                deleted += conn.execute(acme_orders.delete().where(o.id.in_(orders))).rowcount
+        return int(deleted)
+
     def expire_order(self, order_id: str, now: datetime) -> None:
         """A pending or ready order past its expiry is invalid (decided on read, by the first reader)."""
         with self._write("expiring an ACME order") as conn:

@@ -236,6 +236,7 @@ acme_orders = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Index("ix_acme_orders_account_id", "account_id"),
     sa.Index("ix_acme_orders_serial", "serial"),
+    sa.Index("ix_acme_orders_expires_at", "expires_at"),
     **MYSQL_TABLE_ARGS,
 )
 
@@ -251,6 +252,7 @@ acme_authorizations = sa.Table(
     sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),  # pending valid invalid deactivated
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Index("ix_acme_authorizations_order_id", "order_id"),
+    sa.Index("ix_acme_authorizations_expires_at", "expires_at"),
     **MYSQL_TABLE_ARGS,
 )
 

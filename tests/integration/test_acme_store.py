@@ -228,3 +228,27 @@ def test_migration_0004_upgrades_from_0003_and_downgrades(server: Server) -> Non
     finally:
         engine.dispose()
     _alembic(url, "upgrade", "head")
+
+
+def test_expired_orders_and_authorizations_are_purged_but_valid_orders_stay(store: Store) -> None:
+    acme = store.acme
+    acct, _ = acme.create_account("acme", "tp-purge", JWK, [], T)
+    stale, stale_authzs = order_with(acme, acct.id, ["stale.test", "stale2.test"])  # expires T + 1 day
+    issued, issued_authzs = order_with(acme, acct.id, ["issued.test"])
+    for authz in issued_authzs:
+        assert acme.start_challenge(authz.challenges[0].id, T) and acme.complete_challenge(authz.challenges[0].id,
+                                                                                           None, T)
+    assert acme.begin_finalize(issued.id)
+    acme.finish_order(issued.id, serial=123456789)
+    assert acme.purge_expired(T) == 0  # nothing has expired yet
+    later = T + timedelta(days=2)
+    deleted = 0
+    while (done := acme.purge_expired(later, batch=1)) > 0:  # batches until nothing is left
+        deleted += done
+    # At least this test's 3 authorizations with 2 challenges each, and the stale order (the module's other
+    # tests leave orders of the same age).
+    assert deleted >= 2 * 3 + 1 * 3 + 1
+    assert acme.order(stale.id) is None
+    assert all(acme.authorization(a.id) is None for a in stale_authzs + issued_authzs)
+    kept = acme.order(issued.id)
+    assert kept is not None and kept.status == "valid" and acme.order_account_for_serial(123456789) == acct.id

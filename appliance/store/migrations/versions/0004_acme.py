@@ -74,6 +74,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_acme_orders_account_id", "acme_orders", ["account_id"])
     op.create_index("ix_acme_orders_serial", "acme_orders", ["serial"])
+    op.create_index("ix_acme_orders_expires_at", "acme_orders", ["expires_at"])
     op.create_table(
         "acme_authorizations",
         sa.Column("id", sa.String(_ID), nullable=False),
@@ -88,6 +89,7 @@ def upgrade() -> None:
         **_MYSQL,
     )
     op.create_index("ix_acme_authorizations_order_id", "acme_authorizations", ["order_id"])
+    op.create_index("ix_acme_authorizations_expires_at", "acme_authorizations", ["expires_at"])
     op.create_table(
         "acme_challenges",
         sa.Column("id", sa.String(_ID), nullable=False),
@@ -123,8 +125,10 @@ def downgrade() -> None:
     op.drop_index("ix_acme_challenges_status_claimed_at", table_name="acme_challenges")
     op.drop_index("ix_acme_challenges_authz_id", table_name="acme_challenges")
     op.drop_table("acme_challenges")
+    op.drop_index("ix_acme_authorizations_expires_at", table_name="acme_authorizations")
     op.drop_index("ix_acme_authorizations_order_id", table_name="acme_authorizations")
     op.drop_table("acme_authorizations")
+    op.drop_index("ix_acme_orders_expires_at", table_name="acme_orders")
     op.drop_index("ix_acme_orders_serial", table_name="acme_orders")
     op.drop_index("ix_acme_orders_account_id", table_name="acme_orders")
     op.drop_table("acme_orders")
