@@ -13,6 +13,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -141,6 +142,13 @@ class ACMEProvisionerConfig(_Strict):
     def _resolvers(cls, v: list[str]) -> list[str]:
         for r in v:
             split_address(r)
+        return v
+
+    @field_validator("termsOfService")
+    @classmethod
+    def _terms(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"termsOfService must be an http(s) URL (clients show it to their users), not {v!r}")
         return v
 
     @field_validator("denyValidationTo")

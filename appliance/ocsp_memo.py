@@ -9,25 +9,21 @@ revocation signals below allow:
 - a revocation on this host rewrites `run/revocations.stamp` (revocation_stamp.py) after its commit; every
   entry carries the stamp read *before* its database read, and a lookup compares it with the current one, so
   no "good" survives a local revocation by even one request;
-- a revocation on another host (replicas sharing PostgreSQL) is seen by a poll of the database's revocation
-  epoch every POLL_SECONDS, which then rewrites the local stamp: a remote revocation reaches this memory
-  within that interval.
+- a revocation on another host (replicas sharing PostgreSQL) is seen by revocation_stamp.EpochPoller's poll of
+  the database's revocation epoch every POLL_SECONDS, which then rewrites the local stamp: a remote
+  revocation reaches this memory within that interval.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
-from pathlib import Path
 
 from appliance.ocsp import Answer, OCSPResponder, ParsedRequest, parse_request
-from appliance.revocation_stamp import StampReader, bump
-from appliance.store import Store, StoreError
+from appliance.revocation_stamp import StampReader
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 1.0
 EVICT_FRACTION = 8  # when full, the oldest 1/8 goes
 
 
@@ -106,40 +102,3 @@ class OCSPMemo:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-class EpochPoller:
-    """Turns revocations made elsewhere (another replica's database writes) into a local stamp change."""
-
-    def __init__(self, store: Store, stamp_path: Path, interval: float = POLL_SECONDS):
-        self.store, self.path, self.interval = store, stamp_path, interval
-        self._stop = threading.Event()
-        self._epoch: int | None = None
-        self._thread = threading.Thread(target=self._run, name="ocsp-epoch-poll", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def poll(self) -> bool:
-        """One check; True when the epoch moved (and the stamp was rewritten)."""
-        try:
-            epoch = self.store.revocation_epoch()
-        except StoreError as exc:
-            if self._epoch is not None:
-                log.warning("OCSP memory: cannot read the revocation epoch (%s); serving nothing from memory "
-                            "until the database answers again", exc)
-            bump(self.path)  # blind to other replicas' revocations: keep nothing that could be stale
-            self._epoch = None
-            return True
-        moved = self._epoch is not None and epoch != self._epoch
-        if moved:
-            bump(self.path)
-        self._epoch = epoch
-        return moved
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()

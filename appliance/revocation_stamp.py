@@ -5,7 +5,8 @@ moment it is revoked. Asking the database on every request would cost what the m
 that revokes overwrites the stamp with fresh random bytes after its transaction commits, and readers compare
 the stamp (a memory-mapped read, a fraction of a microsecond) with the value they saw when they filled their
 memory. Any change means "drop everything". A revocation made on another host (replicas sharing PostgreSQL)
-cannot touch this file; readers also poll the database's revocation revision for that (see ocsp_memo.py).
+cannot touch this file: `EpochPoller` polls the database's revocation revisions for that and rewrites the
+stamp when they move.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ import logging
 import mmap
 import os
 import secrets
+import threading
 from pathlib import Path
+
+from appliance.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
 SIZE = 8
+POLL_SECONDS = 1.0
 
 
 def stamp_path(base_dir: Path) -> Path:
@@ -61,3 +66,40 @@ class StampReader:
 
     def close(self) -> None:
         self._map.close()
+
+
+class EpochPoller:
+    """Turns revocations made elsewhere (another replica's database writes) into a local stamp change."""
+
+    def __init__(self, store: Store, path: Path, interval: float = POLL_SECONDS):
+        self.store, self.path, self.interval = store, path, interval
+        self._stop = threading.Event()
+        self._epoch: int | None = None
+        self._thread = threading.Thread(target=self._run, name="ocsp-epoch-poll", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def poll(self) -> bool:
+        """One check; True when the epoch moved (and the stamp was rewritten)."""
+        try:
+            epoch = self.store.revocation_epoch()
+        except StoreError as exc:
+            if self._epoch is not None:
+                log.warning("OCSP memory: cannot read the revocation epoch (%s); serving nothing from memory "
+                            "until the database answers again", exc)
+            bump(self.path)  # blind to other replicas' revocations: keep nothing that could be stale
+            self._epoch = None
+            return True
+        moved = self._epoch is not None and epoch != self._epoch
+        if moved:
+            bump(self.path)
+        self._epoch = epoch
+        return moved
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()

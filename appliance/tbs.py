@@ -118,7 +118,8 @@ class _Ed25519Proxy(ed25519.Ed25519PrivateKey):
         return self
 
 
-def _proxy(key: CAKey, on_sign: SignFn) -> CAKey:
+def proxy(key: CAKey, on_sign: SignFn) -> CAKey:
+    """`key`, with every signature going through `on_sign(data, sign)` (which may call `sign()` or not)."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         return _ECProxy(key, on_sign)
     if isinstance(key, rsa.RSAPrivateKey):
@@ -135,7 +136,7 @@ def capture(key: CAKey, build: Callable[[CAKey], object]) -> bytes:
         raise _Captured(data)
 
     try:
-        build(_proxy(key, on_sign))
+        build(proxy(key, on_sign))
     except _Captured as got:
         return got.data
     raise RuntimeError("the builder finished without asking for a signature")
@@ -154,13 +155,13 @@ def guarded(key: CAKey, expected: bytes) -> CAKey:
             raise TBSMismatch("the to-be-signed bytes differ from those recorded; not signing")
         return metrics.timed_signature(backend, real)
 
-    return _proxy(key, on_sign)
+    return proxy(key, on_sign)
 
 
 def timed(key: CAKey) -> CAKey:
     """A key that signs whatever it is given, timed like `guarded` (OCSP responses: nothing to record first)."""
     backend = metrics.backend_of(key)
-    return _proxy(key, lambda _data, real: metrics.timed_signature(backend, real))
+    return proxy(key, lambda _data, real: metrics.timed_signature(backend, real))
 
 
 def recording(key: CAKey, seen: list[tuple[bytes, bytes]]) -> CAKey:
@@ -173,4 +174,4 @@ def recording(key: CAKey, seen: list[tuple[bytes, bytes]]) -> CAKey:
         seen.append((data, signature))
         return signature
 
-    return _proxy(key, on_sign)
+    return proxy(key, on_sign)

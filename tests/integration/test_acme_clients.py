@@ -36,9 +36,13 @@ CERTBOT = Path(sys.executable).parent / "certbot"
 LEGO = shutil.which("lego")
 CLIENT_TIMEOUT = 180  # one client run: account, order, validation, finalize (seconds)
 
-needs_certbot = pytest.mark.skipif(not CERTBOT.exists(), reason=f"certbot is not installed ({CERTBOT}): "
-                                   "`pip install -e '.[test]'` brings it")
-needs_lego = pytest.mark.skipif(LEGO is None, reason="lego is not on PATH: `make deps` installs Debian's lego")
+
+
+def require(found: bool, what: str) -> None:
+    """The clients are part of `make test` (make deps and the test extras install them): a missing one is a
+    failure, not a skip that would let a broken install pass unnoticed."""
+    if not found:
+        pytest.fail(what)
 
 
 @dataclass
@@ -142,6 +146,7 @@ def assert_good(site: Site, leaf: x509.Certificate, tmp: Path) -> None:
 
 def certbot(site: Site, home: Path, *args: str) -> str:
     """certbot with all its state in `home`, trusting only the test root, never prompting."""
+    require(CERTBOT.exists(), f"certbot is not installed ({CERTBOT}): `pip install -e '.[test]'` brings it")
     env = {**os.environ, "REQUESTS_CA_BUNDLE": str(site.server.ca.root), **site.dns.hook_env()}
     return run([str(CERTBOT), *args, "--config-dir", str(home / "config"), "--work-dir", str(home / "work"),
                 "--logs-dir", str(home / "logs"), "--non-interactive", "--server", site.directory],
@@ -155,7 +160,6 @@ def certbot_live(home: Path, name: str) -> Path:
 REGISTER = ("--agree-tos", "--email", f"ops@{SUFFIX}", "--no-eff-email")
 
 
-@needs_certbot
 def test_certbot_standalone_http01_obtain_renew_revoke(site: Site, tmp_path: Path) -> None:
     name = f"www.certbot.{SUFFIX}"
     certbot(site, tmp_path, "certonly", *REGISTER, "--standalone", "--preferred-challenges", "http",
@@ -177,7 +181,6 @@ def test_certbot_standalone_http01_obtain_renew_revoke(site: Site, tmp_path: Pat
     assert_good(site, first, tmp_path)  # only what was asked for
 
 
-@needs_certbot
 def test_certbot_manual_dns01_with_hooks_wildcard_and_renew(site: Site, tmp_path: Path) -> None:
     names = [f"dns.certbot.{SUFFIX}", f"*.dns.certbot.{SUFFIX}"]
     hooks = ("--manual", "--preferred-challenges", "dns",
@@ -198,6 +201,7 @@ def test_certbot_manual_dns01_with_hooks_wildcard_and_renew(site: Site, tmp_path
 
 def lego(site: Site, home: Path, challenge: list[str], domains: list[str], *command: str) -> str:
     """lego with its state under `home` (--path), trusting only the test root; `challenge` picks the solver."""
+    require(LEGO is not None, "lego is not on PATH: `make deps` installs Debian's lego")
     assert LEGO is not None
     env = {**os.environ, "LEGO_CA_CERTIFICATES": str(site.server.ca.root), **site.dns.hook_env(),
            # exec is a "sequential" provider: lego waits EXEC_SEQUENCE_INTERVAL (60 s by default) between two
@@ -218,7 +222,6 @@ def lego_http(site: Site) -> list[str]:
     return ["--http", "--http.port", f"127.0.0.1:{site.http01_port}"]
 
 
-@needs_lego
 def test_lego_http01_obtain_renew_revoke(site: Site, tmp_path: Path) -> None:
     name = f"www.lego.{SUFFIX}"
     lego(site, tmp_path, lego_http(site), [name], "run")
@@ -235,7 +238,6 @@ def test_lego_http01_obtain_renew_revoke(site: Site, tmp_path: Path) -> None:
     assert_revoked(site, renewed, tmp_path, "keyCompromise")
 
 
-@needs_lego
 def test_lego_tls_alpn01(site: Site, tmp_path: Path) -> None:
     name = f"alpn.lego.{SUFFIX}"
     lego(site, tmp_path, ["--tls", "--tls.port", f"127.0.0.1:{site.tlsalpn01_port}"], [name], "run")
@@ -243,7 +245,6 @@ def test_lego_tls_alpn01(site: Site, tmp_path: Path) -> None:
     assert_good(site, leaf, tmp_path)
 
 
-@needs_lego
 def test_lego_dns01_exec_wildcard_renew_revoke(site: Site, tmp_path: Path) -> None:
     names = [f"*.dns.lego.{SUFFIX}", f"dns.lego.{SUFFIX}"]
     dns01 = ["--dns", "exec", "--dns.resolvers", site.dns.address, "--dns.disable-cp"]

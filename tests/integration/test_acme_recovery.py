@@ -15,15 +15,11 @@ from appliance.acme.service import ACMEService
 from appliance.acme.validator import MAX_ATTEMPTS, STALE_AFTER
 from appliance.authority import Authority
 from appliance.store.acme import AuthorizationRecord, ChallengeRecord, OrderRecord, new_id
+from tests.integration import test_acme_server
 from tests.integration.conftest import DevCA
 from tests.integration.test_acme_server import ChallengeServer
 
-
-@pytest.fixture(scope="module")
-def http01() -> Iterator[ChallengeServer]:
-    s = ChallengeServer()
-    yield s
-    s.stop()
+http01 = test_acme_server.http01  # the loopback http-01 responder, one per module
 
 
 @pytest.fixture(scope="module")

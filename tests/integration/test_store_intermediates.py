@@ -61,6 +61,16 @@ def fresh(server: Server) -> Iterator[Store]:
 # -- helpers ---------------------------------------------------------------------------------
 
 
+def issued(s: Store, issuer: str, serial: int | None = None) -> int:
+    """A certificate of `issuer`, reserved and issued (random serial unless given)."""
+    serial = serial or secrets.randbits(120) + 2**120
+    tbs, der = certificate(serial)
+    s.reserve(reservation(serial, tbs, issuer=issuer))
+    s.mark_issued(serial, der)
+    return serial
+
+
+
 @dataclass(frozen=True)
 class Made:
     """A new intermediate as `hsmca intermediate add` would record it, and its signed certificate."""

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from appliance.store import Store
 from tests.integration import test_store as base
-from tests.integration.test_store import T0, Server, certificate, reservation
-from tests.integration.test_store_intermediates import added_and_installed
+from tests.integration import test_store_intermediates as intermediates
+from tests.integration.test_store import T0, certificate, reservation
+from tests.integration.test_store_intermediates import added_and_installed, issued
 
 server = base.server
 T = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)  # the test certificates are valid until T0 + 1 day (2030)
 DAY = timedelta(days=1)
 
 
-@pytest.fixture
-def fresh(server: Server) -> Iterator[Store]:
-    with Store(server.new_url()) as s:
-        s.migrate()
-        yield s
+fresh = intermediates.fresh  # a migrated database per test
 
 
-def issued(s: Store, issuer: str) -> int:
-    serial = secrets.randbits(120) + 2**120
-    tbs, der = certificate(serial)
-    s.reserve(reservation(serial, tbs, issuer=issuer))
-    s.mark_issued(serial, der)
-    return serial
 
 
 def test_put_read_replace_and_the_revocation_join(fresh: Store) -> None:

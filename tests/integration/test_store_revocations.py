@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,26 +11,17 @@ import sqlalchemy as sa
 from appliance.store import CertificateNotFound, InvalidTransition, RevocationReason, Store, StoreError
 from appliance.store.schema import ocsp_responses
 from tests.integration import test_store as base
-from tests.integration.test_store import Server, certificate, reservation
-from tests.integration.test_store_intermediates import added_and_installed
+from tests.integration import test_store_intermediates as intermediates
+from tests.integration.test_store import certificate, reservation
+from tests.integration.test_store_intermediates import added_and_installed, issued
 
 server = base.server
 T = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def fresh(server: Server) -> Iterator[Store]:
-    with Store(server.new_url()) as s:
-        s.migrate()
-        yield s
+fresh = intermediates.fresh  # a migrated database per test
 
 
-def issued(s: Store, issuer: str, serial: int | None = None) -> int:
-    serial = serial or secrets.randbits(120) + 2**120
-    tbs, der = certificate(serial)
-    s.reserve(reservation(serial, tbs, issuer=issuer))
-    s.mark_issued(serial, der)
-    return serial
 
 
 def test_revoke_records_once_bumps_the_revision_and_drops_the_cached_ocsp_response(fresh: Store) -> None:

@@ -34,7 +34,8 @@ def test_acme_provisioners_are_a_type_of_their_own() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [("resolvers", ["nope"]), ("denyValidationTo", ["10.0.0.0/33"]),
-                                              ("challenges", ["http-02"]), ("http01Port", 0), ("key", {})])
+                                              ("challenges", ["http-02"]), ("http01Port", 0), ("key", {}),
+                                              ("termsOfService", "see the wiki")])
 def test_bad_acme_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
         ACMEProvisionerConfig.model_validate({"type": "ACME", "name": "acme", field: value})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from appliance import tbs
 from appliance.crl import build_crl, revoked_entries
 from appliance.issuer import Issuer
 from appliance.store import RevocationReason
@@ -29,40 +29,11 @@ def issuer(key: ec.EllipticCurvePrivateKey) -> Issuer:
     return Issuer(key, cert, None)  # type: ignore[arg-type]  # building a CRL never touches the store
 
 
-class WrongKey(ec.EllipticCurvePrivateKey):
+def wrong_key() -> ec.EllipticCurvePrivateKey:
     """Claims one public key, signs with another: what a faulty HSM looks like from here."""
-
-    def __init__(self) -> None:
-        self._claimed, self._signer = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-
-    def sign(self, data: Any, signature_algorithm: Any) -> bytes:
-        return self._signer.sign(data, signature_algorithm)
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._claimed.public_key()
-
-    @property
-    def curve(self) -> ec.EllipticCurve:
-        return self._claimed.curve
-
-    @property
-    def key_size(self) -> int:
-        return 256
-
-    def exchange(self, algorithm: Any, peer_public_key: Any) -> bytes:
-        raise NotImplementedError
-
-    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        raise NotImplementedError
-
-    def private_bytes(self, *args: Any) -> bytes:
-        raise NotImplementedError
-
-    def __copy__(self) -> WrongKey:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> WrongKey:
-        return self
+    other = ec.generate_private_key(ec.SECP256R1())
+    return tbs.proxy(ec.generate_private_key(ec.SECP256R1()),  # type: ignore[return-value]
+                     lambda data, sign: other.sign(data, ec.ECDSA(hashes.SHA256())))
 
 
 def test_entries_carry_reasons_except_unspecified_and_the_crl_its_number_and_aki() -> None:
@@ -85,7 +56,7 @@ def test_entries_carry_reasons_except_unspecified_and_the_crl_its_number_and_aki
 
 def test_a_signature_that_does_not_verify_is_never_returned() -> None:
     with pytest.raises(InvalidSignature):
-        build_crl(issuer(WrongKey()), revoked_entries([(5, NOW, 1)]), 1, NOW, NOW + timedelta(hours=1))
+        build_crl(issuer(wrong_key()), revoked_entries([(5, NOW, 1)]), 1, NOW, NOW + timedelta(hours=1))
 
 
 def test_entries_encoded_here_equal_what_cryptographys_builder_makes() -> None:
