@@ -292,8 +292,24 @@ def test_delegated_responder_made_by_the_cli_signs_and_openssl_accepts_it(tmp_pa
         server.stop()
 
 
+def stamp_settled(ca: DevCA, timeout: float = 15) -> None:
+    """Wait until the revocation stamp has stopped changing. After a revocation each listener process's poll
+    sees the database's revocation epoch move and rewrites the stamp once more, within POLL_SECONDS; that
+    empties the memories again, so a test counting memory answers starts after it."""
+    path = stamp_path(ca.base)
+    last, since = path.read_bytes(), time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() - since < 1.5 * POLL_SECONDS:
+        assert time.monotonic() < deadline, f"the revocation stamp kept changing for {timeout} s"
+        time.sleep(0.05)
+        current = path.read_bytes()
+        if current != last:
+            last, since = current, time.monotonic()
+
+
 def test_the_listener_answers_repeats_from_memory_and_forgets_at_a_revocation(
         server: Server, ca: DevCA, store: Store) -> None:
+    stamp_settled(ca)  # the earlier tests' revocations
     cert, _ = leaf_of(issue_through(server, "memory.example"))
     url = f"{server.http_url}/ocsp"
     session = requests.Session()
@@ -320,6 +336,7 @@ def test_the_listener_answers_repeats_from_memory_and_forgets_at_a_revocation(
 
 def test_a_revocation_by_another_replica_reaches_the_memory_within_the_poll(
         server: Server, ca: DevCA, store: Store) -> None:
+    stamp_settled(ca)  # the earlier tests' revocations
     cert, _ = leaf_of(issue_through(server, "replica.example"))
     url = f"{server.http_url}/ocsp"
     der = request_der(ca, cert)
