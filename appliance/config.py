@@ -276,7 +276,7 @@ class CertificateURLs(_Strict):
     """hsmca: the URLs written into issued certificates (CRL distribution point, AIA OCSP and caIssuers).
 
     Unset: `publicURL` + /crl, /ocsp, /intermediate.crt, else the plain-HTTP listener's address
-    (see appliance/cert_urls.py). An empty string leaves that URL out of certificates.
+    (see appliance/ca/urls.py). An empty string leaves that URL out of certificates.
     """
 
     crl: str | None = None

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from issue import cpu_seconds, free_port, pct, prepare, process_tree, run_load, start_ca  # noqa: E402
 
 from appliance.certutil import load_certificates  # noqa: E402
-from appliance.revocation_stamp import bump, stamp_path  # noqa: E402
+from appliance.status.stamp import bump, stamp_path  # noqa: E402
 from appliance.store import Store  # noqa: E402
 from appliance.store.schema import ocsp_responses  # noqa: E402
 

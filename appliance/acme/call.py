@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 from appliance.acme.jws import VerifiedJWS
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
-from appliance.acme.provisioner import ACMEProvisioner
+from appliance.provisioners.acme import ACMEProvisioner
 from appliance.errors import ServiceUnavailable
 from appliance.store import StoreError
 from appliance.store.acme import AccountRecord, ACMEStore
 
 if TYPE_CHECKING:
-    from appliance.authority import Authority, RequestContext
+    from appliance.ra.authority import Authority, RequestContext
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from appliance.acme.orders import own_order
 from appliance.acme.problems import Problem, from_subproblems
 from appliance.audit import AuditEvent
 from appliance.errors import BadRequest, CAError
-from appliance.issuer import LeafProfile
+from appliance.ca.issuer import LeafProfile
 from appliance.names import RequestedNames
-from appliance.revocation import RevokeRequest, reason_code, revoke
+from appliance.ra.revoke import RevokeRequest, reason_code, revoke
 from appliance.store import StoreError
 from policy import Request, key_info
 

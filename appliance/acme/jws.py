@@ -22,7 +22,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.registry import HeaderParameter, is_str
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.acme.problems import Problem
 
 ALGORITHMS = ("ES256", "ES384", "RS256", "EdDSA")

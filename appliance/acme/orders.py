@@ -36,7 +36,7 @@ from appliance.store.acme import (
     OrderRecord,
     new_id,
 )
-from appliance.validity import parse_time_or_duration
+from appliance.ra.validity import parse_time_or_duration
 
 ORDER_LIFETIME = timedelta(hours=24)
 AUTHZ_LIFETIME = timedelta(hours=24)

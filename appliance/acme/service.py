@@ -10,18 +10,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.acme import accounts, ari, certificates, jws, orders
 from appliance.acme.call import Answer, Call, db
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
-from appliance.acme.provisioner import ACMEProvisioner
+from appliance.provisioners.acme import ACMEProvisioner
 from appliance.acme.validator import STALE_AFTER, Sweeper, Validator
 from appliance.store import StoreError
 from appliance.store.acme import AccountRecord
 
 if TYPE_CHECKING:
-    from appliance.authority import Authority, RequestContext
+    from appliance.ra.authority import Authority, RequestContext
 
 NONCE_LIFETIME = timedelta(hours=1)
 

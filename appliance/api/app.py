@@ -11,8 +11,8 @@ from appliance.api.acme import add_acme_routes
 from appliance.api.metrics import Metrics, RequestMetrics
 from appliance.api.middleware import BodyLimit, RequestContext
 from appliance.api.ocsp import add_ocsp_routes
-from appliance.authority import Authority
-from appliance.ocsp_memo import OCSPMemo
+from appliance.ra.authority import Authority
+from appliance.status.ocsp_memo import OCSPMemo
 
 PREFIXES = ("", "/1.0")  # every step route answers at / and at /1.0
 

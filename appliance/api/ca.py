@@ -6,7 +6,7 @@ import falcon
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import appliance
-from appliance.authority import Authority
+from appliance.ra.authority import Authority
 from appliance.certutil import pem
 from appliance.errors import BadRequest, NotFound
 

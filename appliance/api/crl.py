@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import falcon
 
-from appliance.authority import Authority
+from appliance.ra.authority import Authority
 
 DER_TYPE = "application/pkix-crl"
 PEM_TYPE = "application/x-pem-file"

@@ -19,8 +19,8 @@ import falcon
 
 from appliance import metrics
 from appliance.errors import PayloadTooLarge
-from appliance.ocsp import MALFORMED, MAX_REQUEST_BYTES, UNKNOWN_MEMO_SECONDS, Answer, sha1
-from appliance.ocsp_memo import OCSPMemo
+from appliance.status.ocsp import MALFORMED, MAX_REQUEST_BYTES, UNKNOWN_MEMO_SECONDS, Answer, sha1
+from appliance.status.ocsp_memo import OCSPMemo
 
 OCSP_RESPONSE = "application/ocsp-response"
 MAX_GET_CHARS = (MAX_REQUEST_BYTES * 4) // 3 + 4

@@ -80,7 +80,7 @@ def _mint(o: CAOptions, subject: str, sans: list[str], endpoint: str = "sign") -
 def _client_errors() -> tuple[type[Exception], ...]:
     from appliance.client.http import ClientError
     from appliance.client.keys import KeyOptionError
-    from appliance.jose import JOSEError
+    from appliance.provisioners.jose import JOSEError
 
     return ClientError, KeyOptionError, JOSEError
 

@@ -36,7 +36,7 @@ def parse_when(value: str | None, option: str) -> datetime | None:
 
 
 def _opened(config_path: Path | None) -> AbstractContextManager[tuple[CAConfig, Store]]:
-    from appliance.intermediates import IntermediateError, bootstrap
+    from appliance.ca.intermediates import IntermediateError, bootstrap
 
     return opened_store(config_path, then=bootstrap, errors=(IntermediateError, ValueError, OSError))
 
@@ -70,7 +70,7 @@ def intermediate() -> None:
 def csr(config_path: Path | None, key_uri: str, subject: str, name: str | None, kty: str, use_existing: bool,
         out: Path | None) -> None:
     """Create an intermediate key inside the KMS and print a CSR for the offline ceremony."""
-    from appliance.intermediates import make_csr
+    from appliance.ca.intermediates import make_csr
     from kms import KeySpec
 
     with _opened(config_path) as (config, store):
@@ -97,7 +97,7 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
 
     It must be a CA certificate issued by this CA's root, for a recorded key.
     """
-    from appliance.intermediates import install as do_install
+    from appliance.ca.intermediates import install as do_install
 
     when = parse_when(activate_at, "--activate-at")
     with _opened(config_path) as (config, store):
@@ -115,7 +115,7 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(config_path: Path | None, as_json: bool) -> None:
     """The intermediates with their state, activation time and number of certificates issued."""
-    from appliance.intermediates import listing
+    from appliance.ca.intermediates import listing
 
     with _opened(config_path) as (_config, store):
         items = listing(store)
@@ -137,7 +137,7 @@ def list_cmd(config_path: Path | None, as_json: bool) -> None:
 @click.option("--at", "at", default="now", show_default=True, help="'now' or an RFC 3339 time.")
 def activate(config_path: Path | None, name: str, at: str) -> None:
     """Make an installed intermediate the active one (at once, or at --at) on every worker and replica."""
-    from appliance.intermediates import activate as do_activate
+    from appliance.ca.intermediates import activate as do_activate
 
     when = parse_when(at, "--at")
     assert when is not None
@@ -156,7 +156,7 @@ def activate(config_path: Path | None, name: str, at: str) -> None:
                                              "cancels its scheduled hand-over.")
 def retire(config_path: Path | None, name: str, at: str, force: bool) -> None:
     """Stop issuing from an intermediate; its certificates stay recorded and verifiable."""
-    from appliance.intermediates import retire as do_retire
+    from appliance.ca.intermediates import retire as do_retire
 
     when = parse_when(at, "--at")
     assert when is not None

@@ -53,7 +53,7 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
     Everything goes under $HSMCA_PATH (default ~/.hsmca); SoftHSM's configuration and tokens
     too unless SOFTHSM2_CONF is set.
     """
-    from appliance.devca import InitError, InitOptions, init_ca
+    from appliance.cli.devca import InitError, InitOptions, init_ca
     from kms import key_spec_for
     from kms.errors import KMSError
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.atomic_file import write_atomically
 from appliance.client.http import CAClient, ClientError
 from appliance.client.keys import LeafKey

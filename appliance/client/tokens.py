@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.client.http import CAClient, ClientError
 
 TOKEN_LIFETIME = 300  # seconds, as the step CLI

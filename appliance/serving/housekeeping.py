@@ -1,7 +1,7 @@
 """Background work off the request path: resolve reservations left by killed workers; purge expired token
 ids and (after ACME_RETENTION) expired ACME orders and authorizations; renew the HTTPS listener's own
 certificate at 2/3 of its lifetime (the workers pick the new files up for new connections: see
-serving/tls.py); sign CRLs (appliance/crl_publisher.py, polled every second in a thread of its own) and
+serving/tls.py); sign CRLs (appliance/status/crl_publisher.py, polled every second in a thread of its own) and
 pre-sign OCSP responses."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from appliance.authority import Authority
+from appliance.ra.authority import Authority
 from appliance.config import CAConfig, load_config
-from appliance.crl_publisher import CRLPublisher
+from appliance.status.crl_publisher import CRLPublisher
 from appliance.errors import CAError
 from appliance.serving import logs
 from appliance.serving.ocsp_refresh import refresher_for

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from appliance.active_issuer import ActiveIssuer
+from appliance.ca.active import ActiveIssuer
 from appliance.config import CAConfig
 from appliance.errors import CAError
-from appliance.ocsp import OCSPResponder
+from appliance.status.ocsp import OCSPResponder
 from appliance.store import Store, StoreError
 from kms.errors import KMSError
 from policy import parse_duration

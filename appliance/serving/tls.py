@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.atomic_file import write_atomically
-from appliance.authority import Authority
+from appliance.ra.authority import Authority
 from appliance.certutil import pem
 from appliance.config import CIPHER_SUITES, CAConfig, TLSOptions
 

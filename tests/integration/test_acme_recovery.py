@@ -13,7 +13,7 @@ from joserfc.jwk import ECKey
 
 from appliance.acme.service import ACMEService
 from appliance.acme.validator import MAX_ATTEMPTS, STALE_AFTER
-from appliance.authority import Authority
+from appliance.ra.authority import Authority
 from appliance.store.acme import AuthorizationRecord, ChallengeRecord, OrderRecord, new_id
 from tests.integration import test_acme_server
 from tests.integration.conftest import DevCA

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import softhsm
-from appliance.devca import InitOptions, init_ca
+from appliance.cli.devca import InitOptions, init_ca
 from appliance.store import Store
 from tests.integration.conftest import (
     HSMCA,

@@ -25,10 +25,10 @@ from cryptography.x509.oid import NameOID
 
 import kms
 import softhsm
-from appliance.active_issuer import ActiveIssuer
+from appliance.ca.active import ActiveIssuer
 from appliance.certutil import load_certificates
-from appliance.intermediates import install, listing, make_csr
-from appliance.issuer import LeafProfile
+from appliance.ca.intermediates import install, listing, make_csr
+from appliance.ca.issuer import LeafProfile
 from appliance.store import IntermediateRecord, Store
 from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, make_ca, start_server
 

@@ -26,7 +26,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from appliance.certutil import load_certificates
-from appliance.revocation_stamp import POLL_SECONDS, bump, stamp_path
+from appliance.status.stamp import POLL_SECONDS, bump, stamp_path
 from appliance.store import Store
 from tests.integration.conftest import DevCA, Server, hsmca, issue_through, make_ca, start_server, wait_for
 from tests.unit.test_metrics import parse, value

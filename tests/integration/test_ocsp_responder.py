@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from prometheus_client import REGISTRY
 
-from appliance.active_issuer import ActiveIssuer
+from appliance.ca.active import ActiveIssuer
 from appliance.certutil import load_certificates
 from appliance.config import CAConfig
-from appliance.issuer import Issuer, LeafProfile
-from appliance.ocsp import OCSPResponder
+from appliance.ca.issuer import Issuer, LeafProfile
+from appliance.status.ocsp import OCSPResponder
 from appliance.serving.ocsp_refresh import LEASE, OCSPRefresher
 from appliance.store import Store
 from tests.integration.conftest import DevCA

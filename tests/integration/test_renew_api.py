@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from falcon import testing
 from joserfc.jwk import ECKey
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.api import create_app
-from appliance.authority import Authority
+from appliance.ra.authority import Authority
 from appliance.client.keys import build_csr
 from appliance.client.renewal import renew_token
 from appliance.store import Store

@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from falcon import testing
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.api import create_app, create_http_app
-from appliance.authority import Authority
-from appliance.cert_urls import certificate_urls, for_issuer
-from appliance.crl_publisher import CRLPublisher
+from appliance.ra.authority import Authority
+from appliance.ca.urls import certificate_urls, for_issuer
+from appliance.status.crl_publisher import CRLPublisher
 from appliance.store import RevocationReason
 from tests.integration.conftest import DevCA
 from tests.integration.test_sign_api import csr_pem

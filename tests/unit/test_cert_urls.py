@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from appliance.cert_urls import CertificateURLs, certificate_urls, for_issuer
+from appliance.ca.urls import CertificateURLs, certificate_urls, for_issuer
 from appliance.config import CAConfig
 
 

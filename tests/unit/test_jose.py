@@ -7,7 +7,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, OctKey, RSAKey
 
-from appliance import jose
+from appliance.provisioners import jose
 
 
 def _b64(obj: dict) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.errors import Unauthorized
 from appliance.provisioners import JWKProvisioner, Provisioners
 from appliance.provisioners.base import sign_audiences, strip_port

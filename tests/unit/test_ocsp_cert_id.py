@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from appliance.ocsp import CERT_ID_HASHES, MALFORMED, cert_id_hashes
+from appliance.status.ocsp import CERT_ID_HASHES, MALFORMED, cert_id_hashes
 
 NOW = datetime.now(UTC)
 

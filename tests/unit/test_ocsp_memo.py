@@ -1,4 +1,4 @@
-"""The plain-HTTP listener's OCSP memory (appliance/ocsp_memo.py): what it keeps, under which keys, and when a
+"""The plain-HTTP listener's OCSP memory (appliance/status/ocsp_memo.py): what it keeps, under which keys, and when a
 revocation stamp makes it forget. The responder here is a stand-in that counts its calls (the real one, with
 SoftHSM and a database, is exercised through `hsmca serve` in tests/integration/test_ocsp.py)."""
 
@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from appliance.ocsp import MALFORMED, Answer, parse_request
-from appliance.ocsp_memo import OCSPMemo
-from appliance.revocation_stamp import StampReader, bump, stamp_path
+from appliance.status.ocsp import MALFORMED, Answer, parse_request
+from appliance.status.ocsp_memo import OCSPMemo
+from appliance.status.stamp import StampReader, bump, stamp_path
 
 VALIDITY = timedelta(hours=24)
 

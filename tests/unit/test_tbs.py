@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from appliance import tbs
+from appliance.ca import tbs
 
 
 class CountingKey(ec.EllipticCurvePrivateKey):

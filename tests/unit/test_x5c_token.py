@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.errors import Unauthorized
 from appliance.provisioners.base import endpoint_audiences
-from appliance.x5c_token import verify
+from appliance.provisioners.x5c import verify
 
 AUD = endpoint_audiences(["ca.corp"], "renew")
 

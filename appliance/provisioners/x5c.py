@@ -4,7 +4,7 @@ It is how a client proves possession of a certificate's key when no TLS client c
 reach the CA (a TLS-terminating load balancer in between). "Insecure" is step-ca's word for "the
 header's chain is not trusted by itself": this module only proves that the token was signed by
 the key of the certificate it carries; whether this CA issued that certificate, and whether it
-may still be renewed, is the renewal rules' business (appliance/renewal.py).
+may still be renewed, is the renewal rules' business (appliance/ra/renew.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from appliance import jose
+from appliance.provisioners import jose
 from appliance.errors import Unauthorized
 from appliance.provisioners.base import TOKEN_LEEWAY, strip_port, token_times
 

@@ -15,10 +15,10 @@ import socket
 import threading
 from datetime import datetime, timedelta, timezone
 
-from appliance.active_issuer import ActiveIssuer
+from appliance.ca.active import ActiveIssuer
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
 from appliance.config import CAConfig
-from appliance.crl import sign_crl
+from appliance.status.crl import sign_crl
 from appliance.errors import CAError
 from appliance.store import (
     CRLInfo,

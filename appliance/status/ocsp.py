@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509 import ocsp
 
-from appliance import tbs
-from appliance.active_issuer import ActiveIssuer
+from appliance.ca import tbs
+from appliance.ca.active import ActiveIssuer
 from appliance.certutil import verify_signature
 from appliance.config import CAConfig
 from appliance.errors import CAError
-from appliance.issuer import Issuer
-from appliance.ocsp_delegation import Delegate, delegate_for, load_delegates, open_delegate_key
+from appliance.ca.issuer import Issuer
+from appliance.status.ocsp_delegation import Delegate, delegate_for, load_delegates, open_delegate_key
 from appliance.store import IntermediateRecord, RevocationReason, Store, StoreError
 from appliance.store.records import MAX_SERIAL
 from kms import default_hash

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from appliance import jose
-from appliance.acme.provisioner import ACMEProvisioner
+from appliance.provisioners import jose
+from appliance.provisioners.acme import ACMEProvisioner
 from appliance.config import AnyProvisionerConfig
 from appliance.errors import BadRequest, NotFound, Unauthorized
 from appliance.provisioners.base import Provisioner

@@ -3,7 +3,7 @@
 The entries are handed to `CertificateRevocationListBuilder` at construction, as one list streamed from
 the database: adding them one `add_revoked_certificate` call at a time copies the list each time
 (quadratic), which a million-entry CRL cannot afford. Signing happens in the housekeeping process
-(appliance/crl_publisher.py), never on a request; the web workers only read what was stored.
+(appliance/status/crl_publisher.py), never on a request; the web workers only read what was stored.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from appliance import tbs
+from appliance.ca import tbs
 from appliance.certutil import verify_signature
 from appliance.errors import CAError, ServiceUnavailable
-from appliance.issuer import Issuer
+from appliance.ca.issuer import Issuer
 from appliance.store import CRLInfo, CRLRecord, RevocationReason, Store, StoreError
 from kms.errors import BackendUnavailable, KMSError
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from appliance.ocsp import Answer, OCSPResponder, ParsedRequest, parse_request
-from appliance.revocation_stamp import StampReader
+from appliance.status.ocsp import Answer, OCSPResponder, ParsedRequest, parse_request
+from appliance.status.stamp import StampReader
 
 log = logging.getLogger(__name__)
 

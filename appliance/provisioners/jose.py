@@ -114,7 +114,7 @@ def decrypt_jwk(token: str, password: bytes) -> PublicKey:
     return import_jwk(data)
 
 
-# step's renew token carries its certificate chain in this header (see appliance/x5c_token.py).
+# step's renew token carries its certificate chain in this header (see appliance/provisioners/x5c.py).
 X5C_INSECURE = "x5cInsecure"
 MAX_HEADER_LENGTH = 12 * 1024
 

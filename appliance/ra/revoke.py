@@ -22,13 +22,13 @@ from cryptography import x509
 from appliance.audit import AuditEvent
 from appliance.errors import BadRequest, CAError, Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from appliance.provisioners.base import endpoint_audiences
-from appliance.revocation_stamp import bump, stamp_path
+from appliance.status.stamp import bump, stamp_path
 from appliance.store import CertificateNotFound, InvalidTransition, RevocationReason, Revoked, StoreError
 from appliance.store.records import MAX_SERIAL
 from appliance.store.revocations import MAX_REASON_TEXT
 
 if TYPE_CHECKING:
-    from appliance.authority import Authority, RequestContext
+    from appliance.ra.authority import Authority, RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def revoke_with_certificate(authority: Authority, request: RevokeRequest, certif
     The certificate must be one this CA issued and still within its validity (the handshake checked the
     chain to a root, not the dates: see appliance/api/peer.py). Already revoked: the first revocation stands.
     """
-    from appliance.renewal import check_issued
+    from appliance.ra.renew import check_issued
 
     provisioner: str | None = None
     try:

@@ -21,15 +21,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.audit import AuditEvent
 from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
-from appliance.issuer import LeafProfile
+from appliance.ca.issuer import LeafProfile
 from appliance.names import RequestedNames
 from appliance.store import OneTimeToken, StoreError
-from appliance.x5c_token import X5CToken
+from appliance.provisioners.x5c import X5CToken
 from policy import Policy, Request, key_info
 from policy.validity import BACKDATE
 
 if TYPE_CHECKING:
-    from appliance.authority import Authority, RequestContext, SignResult
+    from appliance.ra.authority import Authority, RequestContext, SignResult
 
 NOT_YET_LEEWAY = timedelta(minutes=1)
 TOKEN_SPENDER = "x5c:renew"  # the `provisioner` recorded with a burned renew token's id
@@ -50,7 +50,7 @@ class Credential:
 def renew(authority: Authority, cred: Credential, ctx: RequestContext, *, action: str = "x509.renew",
           csr: x509.CertificateSigningRequest | None = None) -> SignResult:
     """Issue the successor of `cred.certificate` (with the CSR's key when rekeying)."""
-    from appliance.authority import SignResult
+    from appliance.ra.authority import SignResult
 
     old = cred.certificate
     names = _names(old)

@@ -1,5 +1,5 @@
 """Intermediates on the appliance, as the operator manages them: key and CSR in the KMS, install,
-activate, retire. Which one signs a given request is `appliance.active_issuer`'s job.
+activate, retire. Which one signs a given request is `appliance.ca.active`'s job.
 
 The database is the only source of truth for which intermediate is active: every worker and
 every replica asks it (one indexed query per issuance), so `activate` takes effect everywhere

@@ -14,12 +14,16 @@ from typing import Any
 
 from cryptography import x509
 
-from appliance import metrics, renewal, x5c_token
-from appliance.active_issuer import ActiveIssuer
+from appliance import metrics
+
+from appliance.ra import renew as renewal
+
+from appliance.provisioners import x5c as x5c_token
+from appliance.ca.active import ActiveIssuer
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
 from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
-from appliance.crl import PublishedCRLs
+from appliance.status.crl import PublishedCRLs
 from appliance.errors import (
     BadRequest,
     CAError,
@@ -29,15 +33,15 @@ from appliance.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from appliance.issuer import Issuer, LeafProfile
+from appliance.ca.issuer import Issuer, LeafProfile
 from appliance.names import RequestedNames, split_sans
-from appliance.ocsp import OCSPResponder
+from appliance.status.ocsp import OCSPResponder
 from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
 from appliance.provisioners.base import endpoint_audiences, sign_audiences
-from appliance.revocation import RevokeRequest, revoke_with_certificate, revoke_with_token
+from appliance.ra.revoke import RevokeRequest, revoke_with_certificate, revoke_with_token
 from appliance.store import CRLRecord, IntermediateRecord, OneTimeToken, Revoked, Store, StoreError
-from appliance.validity import parse_time_or_duration
-from appliance.x5c_token import X5CToken
+from appliance.ra.validity import parse_time_or_duration
+from appliance.provisioners.x5c import X5CToken
 from kms import backends_health
 from policy import Policy, Request, key_info
 
@@ -137,7 +141,7 @@ class Authority:
 
     def renew(self, certificate: x509.Certificate, token: X5CToken | None, ctx: RequestContext,
               csr: x509.CertificateSigningRequest | None = None) -> SignResult:
-        """Renew (or, with `csr`, rekey) a certificate its holder proved to own (appliance/renewal.py)."""
+        """Renew (or, with `csr`, rekey) a certificate its holder proved to own (appliance/ra/renew.py)."""
         cred = renewal.Credential(certificate, token)
         return renewal.renew(self, cred, ctx, csr=csr, action="x509.rekey" if csr is not None else "x509.renew")
 
