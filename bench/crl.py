@@ -83,8 +83,8 @@ def worker_hsmca(db: str, cert_pem: Path) -> dict[str, Any]:
     """Stream, build and sign through kms/ (sign_crl, as the housekeeping process does), then store it."""
     from cryptography import x509
 
-    from appliance.status.crl import sign_crl
     from appliance.ca.issuer import Issuer
+    from appliance.status.crl import sign_crl
     from appliance.store import Store
     from kms import open_key
 

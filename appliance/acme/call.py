@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 from appliance.acme.jws import VerifiedJWS
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
-from appliance.provisioners.acme import ACMEProvisioner
 from appliance.errors import ServiceUnavailable
+from appliance.provisioners.acme import ACMEProvisioner
 from appliance.store import StoreError
 from appliance.store.acme import AccountRecord, ACMEStore
 

@@ -19,8 +19,8 @@ from appliance.acme.objects import order_json
 from appliance.acme.orders import own_order
 from appliance.acme.problems import Problem, from_subproblems
 from appliance.audit import AuditEvent
-from appliance.errors import BadRequest, CAError
 from appliance.ca.issuer import LeafProfile
+from appliance.errors import BadRequest, CAError
 from appliance.names import RequestedNames
 from appliance.ra.revoke import RevokeRequest, reason_code, revoke
 from appliance.store import StoreError

@@ -22,8 +22,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from joserfc.registry import HeaderParameter, is_str
 
-from appliance.provisioners import jose
 from appliance.acme.problems import Problem
+from appliance.provisioners import jose
 
 ALGORITHMS = ("ES256", "ES384", "RS256", "EdDSA")
 MIN_RSA_BITS = 2048

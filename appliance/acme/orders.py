@@ -28,6 +28,7 @@ from appliance.acme.validator import (
 from appliance.audit import AuditEvent
 from appliance.config import ACMEProvisionerConfig
 from appliance.errors import BadRequest
+from appliance.ra.validity import parse_time_or_duration
 from appliance.store.acme import (
     AccountRecord,
     ACMEStore,
@@ -36,7 +37,6 @@ from appliance.store.acme import (
     OrderRecord,
     new_id,
 )
-from appliance.ra.validity import parse_time_or_duration
 
 ORDER_LIFETIME = timedelta(hours=24)
 AUTHZ_LIFETIME = timedelta(hours=24)

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from appliance.provisioners import jose
 from appliance.acme import accounts, ari, certificates, jws, orders
 from appliance.acme.call import Answer, Call, db
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
-from appliance.provisioners.acme import ACMEProvisioner
 from appliance.acme.validator import STALE_AFTER, Sweeper, Validator
+from appliance.provisioners import jose
+from appliance.provisioners.acme import ACMEProvisioner
 from appliance.store import StoreError
 from appliance.store.acme import AccountRecord
 

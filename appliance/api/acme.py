@@ -15,11 +15,11 @@ import falcon
 from appliance.acme.call import Answer
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
-from appliance.provisioners.acme import ACMEProvisioner
 from appliance.acme.service import ACMEService
 from appliance.api.middleware import read_body, remote_addr
-from appliance.ra.authority import Authority, RequestContext
 from appliance.errors import CAError, PolicyDenied
+from appliance.provisioners.acme import ACMEProvisioner
+from appliance.ra.authority import Authority, RequestContext
 
 log = logging.getLogger("hsmca.api.acme")
 

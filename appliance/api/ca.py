@@ -6,9 +6,9 @@ import falcon
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import appliance
-from appliance.ra.authority import Authority
 from appliance.certutil import pem
 from appliance.errors import BadRequest, NotFound
+from appliance.ra.authority import Authority
 
 PEM_MEDIA = "application/x-pem-file"
 DER_CERT_MEDIA = "application/pkix-cert"

@@ -14,10 +14,10 @@ from cryptography import x509
 from appliance.api.middleware import read_body, read_json_object, remote_addr
 from appliance.api.peer import client_certificate
 from appliance.api.sign import MAX_OTT_LENGTH, parse_csr
-from appliance.ra.authority import Authority, RequestContext, SignResult
 from appliance.certutil import pem
 from appliance.errors import BadRequest, CAError, Unauthorized
 from appliance.provisioners.x5c import X5CToken
+from appliance.ra.authority import Authority, RequestContext, SignResult
 
 
 def sign_response(authority: Authority, resp: falcon.Response, result: SignResult) -> None:

@@ -14,8 +14,8 @@ import falcon
 
 from appliance.api.middleware import read_json_object, remote_addr
 from appliance.api.peer import client_certificate
-from appliance.ra.authority import Authority, RequestContext
 from appliance.errors import BadRequest, CAError, Unauthorized
+from appliance.ra.authority import Authority, RequestContext
 from appliance.ra.revoke import RevokeRequest, check_reason_text, parse_serial, reason_code
 
 MAX_OTT_LENGTH = 16 * 1024

@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from appliance.api.middleware import read_json_object, remote_addr
-from appliance.ra.authority import Authority, RequestContext
 from appliance.certutil import pem
 from appliance.errors import BadRequest, CAError
+from appliance.ra.authority import Authority, RequestContext
 
 MAX_OTT_LENGTH = 16 * 1024
 

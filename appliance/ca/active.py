@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 
 from cryptography import x509
 
+from appliance.ca.intermediates import listing
+from appliance.ca.issuer import Issuer
 from appliance.ca.urls import certificate_urls
 from appliance.config import CAConfig, ConfigError
 from appliance.errors import ServiceUnavailable
-from appliance.ca.intermediates import listing
-from appliance.ca.issuer import Issuer
 from appliance.store import IntermediateRecord, IntermediateState, Store, StoreError
 from kms import open_key
 from kms.errors import KMSError

@@ -21,11 +21,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from appliance import metrics
-
 from appliance.ca import tbs
+from appliance.ca.failpoints import failpoint
 from appliance.ca.urls import CertificateURLs, for_issuer
 from appliance.errors import CAError, ServiceUnavailable, Unauthorized
-from appliance.ca.failpoints import failpoint
 from appliance.names import RequestedNames
 from appliance.store import OneTimeToken, Reservation, Store, StoreError, TokenReplayed
 from kms import default_hash

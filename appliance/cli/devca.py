@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 import softhsm
-from appliance.provisioners import jose
+from appliance.ca.intermediates import bootstrap
 from appliance.certutil import fingerprint, parse_certificates
 from appliance.config import (
     AuditConfig,
@@ -33,7 +33,7 @@ from appliance.config import (
     save_config,
     split_address,
 )
-from appliance.ca.intermediates import bootstrap
+from appliance.provisioners import jose
 from appliance.store import Store
 from kms import KeySpec, create_key
 from kms.cacerts import intermediate_certificate, root_certificate

@@ -74,9 +74,9 @@ def ocsp_responder(key_uri: str, ident: str | None, spec: str, existing: bool, l
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from appliance.ca.active import ActiveIssuer
+    from appliance.ca.intermediates import IntermediateError, stored_key_uri
     from appliance.config import ConfigError, DelegatedResponder, default_config_path, load_config, save_config
     from appliance.errors import CAError
-    from appliance.ca.intermediates import IntermediateError, stored_key_uri
     from appliance.status.ocsp_delegation import issue_responder_certificate
     from appliance.store import Store, StoreError
     from kms.errors import KMSError

@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from appliance.provisioners import jose
 from appliance.atomic_file import write_atomically
 from appliance.client.http import CAClient, ClientError
 from appliance.client.keys import LeafKey
+from appliance.provisioners import jose
 
 log = logging.getLogger("hsmca.renew")
 

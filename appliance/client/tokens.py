@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.provisioners import jose
 from appliance.client.http import CAClient, ClientError
+from appliance.provisioners import jose
 
 TOKEN_LIFETIME = 300  # seconds, as the step CLI
 

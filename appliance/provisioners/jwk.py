@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from appliance.provisioners import jose
 from appliance.errors import Unauthorized
+from appliance.provisioners import jose
 from appliance.provisioners.base import TOKEN_LEEWAY, SignAuthorization, strip_port, token_times
 from policy import Claims, PolicyConfig
 

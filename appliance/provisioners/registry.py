@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from appliance.provisioners import jose
-from appliance.provisioners.acme import ACMEProvisioner
 from appliance.config import AnyProvisionerConfig
 from appliance.errors import BadRequest, NotFound, Unauthorized
+from appliance.provisioners import jose
+from appliance.provisioners.acme import ACMEProvisioner
 from appliance.provisioners.base import Provisioner
 from appliance.provisioners.jwk import JWKProvisioner
 

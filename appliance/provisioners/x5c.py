@@ -19,8 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from appliance.provisioners import jose
 from appliance.errors import Unauthorized
+from appliance.provisioners import jose
 from appliance.provisioners.base import TOKEN_LEEWAY, strip_port, token_times
 
 LEEWAY = TOKEN_LEEWAY

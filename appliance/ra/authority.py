@@ -15,15 +15,11 @@ from typing import Any
 from cryptography import x509
 
 from appliance import metrics
-
-from appliance.ra import renew as renewal
-
-from appliance.provisioners import x5c as x5c_token
-from appliance.ca.active import ActiveIssuer
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
+from appliance.ca.active import ActiveIssuer
+from appliance.ca.issuer import Issuer, LeafProfile
 from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
-from appliance.status.crl import PublishedCRLs
 from appliance.errors import (
     BadRequest,
     CAError,
@@ -33,15 +29,17 @@ from appliance.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from appliance.ca.issuer import Issuer, LeafProfile
 from appliance.names import RequestedNames, split_sans
-from appliance.status.ocsp import OCSPResponder
 from appliance.provisioners import Provisioner, Provisioners, SignAuthorization
+from appliance.provisioners import x5c as x5c_token
 from appliance.provisioners.base import endpoint_audiences, sign_audiences
-from appliance.ra.revoke import RevokeRequest, revoke_with_certificate, revoke_with_token
-from appliance.store import CRLRecord, IntermediateRecord, OneTimeToken, Revoked, Store, StoreError
-from appliance.ra.validity import parse_time_or_duration
 from appliance.provisioners.x5c import X5CToken
+from appliance.ra import renew as renewal
+from appliance.ra.revoke import RevokeRequest, revoke_with_certificate, revoke_with_token
+from appliance.ra.validity import parse_time_or_duration
+from appliance.status.crl import PublishedCRLs
+from appliance.status.ocsp import OCSPResponder
+from appliance.store import CRLRecord, IntermediateRecord, OneTimeToken, Revoked, Store, StoreError
 from kms import backends_health
 from policy import Policy, Request, key_info
 

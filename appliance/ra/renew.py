@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.audit import AuditEvent
-from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
 from appliance.ca.issuer import LeafProfile
+from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
 from appliance.names import RequestedNames
-from appliance.store import OneTimeToken, StoreError
 from appliance.provisioners.x5c import X5CToken
+from appliance.store import OneTimeToken, StoreError
 from policy import Policy, Request, key_info
 from policy.validity import BACKDATE
 

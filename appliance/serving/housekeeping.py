@@ -15,13 +15,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from appliance.ra.authority import Authority
 from appliance.config import CAConfig, load_config
-from appliance.status.crl_publisher import CRLPublisher
 from appliance.errors import CAError
+from appliance.ra.authority import Authority
 from appliance.serving import logs
 from appliance.serving.ocsp_refresh import refresher_for
 from appliance.serving.tls import issue_server_certificate, renewal_due, tls_directory
+from appliance.status.crl_publisher import CRLPublisher
 from appliance.store import Store, StoreError
 from policy import parse_duration
 

@@ -17,12 +17,12 @@ import uvloop
 
 from appliance.api import create_http_app
 from appliance.api.ocsp import FastPath
-from appliance.ra.authority import Authority
 from appliance.config import load_config, split_address
-from appliance.status.ocsp_memo import OCSPMemo
-from appliance.status.stamp import EpochPoller, StampReader, stamp_path
+from appliance.ra.authority import Authority
 from appliance.serving import logs
 from appliance.serving.http_server import HTTPServer
+from appliance.status.ocsp_memo import OCSPMemo
+from appliance.status.stamp import EpochPoller, StampReader, stamp_path
 
 log = logging.getLogger("hsmca.http")
 

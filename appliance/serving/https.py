@@ -21,9 +21,9 @@ from gunicorn.app.base import BaseApplication
 
 from appliance import metrics
 from appliance.api import create_app
-from appliance.ra.authority import Authority
 from appliance.config import CAConfig, load_config, split_address
 from appliance.errors import CAError
+from appliance.ra.authority import Authority
 from appliance.serving import logs
 from appliance.serving.tls import ServerContext
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from appliance import metrics
-from appliance.ra.authority import Authority
-from appliance.config import CAConfig, split_address
 from appliance.ca.intermediates import bootstrap
+from appliance.config import CAConfig, split_address
+from appliance.ra.authority import Authority
 from appliance.serving.housekeeping import sweep
 from appliance.serving.tls import issue_server_certificate, tls_directory
 from policy import parse_duration

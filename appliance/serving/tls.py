@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.atomic_file import write_atomically
-from appliance.ra.authority import Authority
 from appliance.certutil import pem
 from appliance.config import CIPHER_SUITES, CAConfig, TLSOptions
+from appliance.ra.authority import Authority
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which Python's ssl.VerifyFlags does not name.
 X509_V_FLAG_NO_CHECK_TIME = 0x200000

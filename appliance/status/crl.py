@@ -17,9 +17,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.ca import tbs
+from appliance.ca.issuer import Issuer
 from appliance.certutil import verify_signature
 from appliance.errors import CAError, ServiceUnavailable
-from appliance.ca.issuer import Issuer
 from appliance.store import CRLInfo, CRLRecord, RevocationReason, Store, StoreError
 from kms.errors import BackendUnavailable, KMSError
 

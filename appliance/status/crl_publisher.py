@@ -15,11 +15,11 @@ import socket
 import threading
 from datetime import datetime, timedelta, timezone
 
-from appliance.ca.active import ActiveIssuer
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
+from appliance.ca.active import ActiveIssuer
 from appliance.config import CAConfig
-from appliance.status.crl import sign_crl
 from appliance.errors import CAError
+from appliance.status.crl import sign_crl
 from appliance.store import (
     CRLInfo,
     CRLNumberTaken,

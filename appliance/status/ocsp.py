@@ -26,10 +26,10 @@ from cryptography.x509 import ocsp
 
 from appliance.ca import tbs
 from appliance.ca.active import ActiveIssuer
+from appliance.ca.issuer import Issuer
 from appliance.certutil import verify_signature
 from appliance.config import CAConfig
 from appliance.errors import CAError
-from appliance.ca.issuer import Issuer
 from appliance.status.ocsp_delegation import Delegate, delegate_for, load_delegates, open_delegate_key
 from appliance.store import IntermediateRecord, RevocationReason, Store, StoreError
 from appliance.store.records import MAX_SERIAL

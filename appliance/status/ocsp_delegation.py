@@ -16,11 +16,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from appliance.ca.active import ActiveIssuer
 from appliance.audit import AuditEvent, JsonLinesAudit
+from appliance.ca.active import ActiveIssuer
+from appliance.ca.issuer import LeafProfile
 from appliance.certutil import CertificateFileError, load_certificates
 from appliance.config import CAConfig, ConfigError
-from appliance.ca.issuer import LeafProfile
 from appliance.store import IntermediateRecord
 from kms import KeySpec, create_key, open_key
 from kms.signer import CAKey

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import requests
 
-from appliance.provisioners import jose
 from appliance.certutil import fingerprint, load_certificates
-from appliance.config import CAConfig, ProvisionerConfig, load_config
 from appliance.cli.devca import InitOptions, init_ca
+from appliance.config import CAConfig, ProvisionerConfig, load_config
+from appliance.provisioners import jose
 from kms import KeySpec
 from kms.uri import parse_key_uri
 

@@ -24,8 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.provisioners import jose
 from appliance.client.keys import build_csr
+from appliance.provisioners import jose
 from appliance.store import CertificateStatus, Store
 from tests.integration.conftest import DevCA, Server, make_ca, start_server
 

@@ -26,9 +26,9 @@ from cryptography.x509.oid import NameOID
 import kms
 import softhsm
 from appliance.ca.active import ActiveIssuer
-from appliance.certutil import load_certificates
 from appliance.ca.intermediates import install, listing, make_csr
 from appliance.ca.issuer import LeafProfile
+from appliance.certutil import load_certificates
 from appliance.store import IntermediateRecord, Store
 from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, make_ca, start_server
 

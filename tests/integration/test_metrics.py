@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from appliance.provisioners import jose
 from appliance.client.keys import build_csr
+from appliance.provisioners import jose
 from tests.integration.conftest import DevCA, Server, start_server
 from tests.unit.test_metrics import parse, value
 

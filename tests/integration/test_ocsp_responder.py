@@ -15,11 +15,11 @@ from cryptography.x509 import ocsp
 from prometheus_client import REGISTRY
 
 from appliance.ca.active import ActiveIssuer
+from appliance.ca.issuer import Issuer, LeafProfile
 from appliance.certutil import load_certificates
 from appliance.config import CAConfig
-from appliance.ca.issuer import Issuer, LeafProfile
-from appliance.status.ocsp import OCSPResponder
 from appliance.serving.ocsp_refresh import LEASE, OCSPRefresher
+from appliance.status.ocsp import OCSPResponder
 from appliance.store import Store
 from tests.integration.conftest import DevCA
 

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from falcon import testing
 from joserfc.jwk import ECKey
 
-from appliance.provisioners import jose
 from appliance.api import create_app
-from appliance.ra.authority import Authority
 from appliance.client.keys import build_csr
 from appliance.client.renewal import renew_token
+from appliance.provisioners import jose
+from appliance.ra.authority import Authority
 from appliance.store import Store
 from tests.integration.conftest import DevCA, Server, hsmca, openssl_verify_chain
 

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from falcon import testing
 
-from appliance.provisioners import jose
 from appliance.api import create_app, create_http_app
-from appliance.ra.authority import Authority
 from appliance.ca.urls import certificate_urls, for_issuer
+from appliance.provisioners import jose
+from appliance.ra.authority import Authority
 from appliance.status.crl_publisher import CRLPublisher
 from appliance.store import RevocationReason
 from tests.integration.conftest import DevCA

@@ -24,10 +24,10 @@ from falcon import testing
 from joserfc import jws
 from joserfc.jwk import OctKey
 
-from appliance.provisioners import jose
 from appliance.api import create_app
-from appliance.ra.authority import Authority
 from appliance.client.keys import build_csr
+from appliance.provisioners import jose
+from appliance.ra.authority import Authority
 from appliance.store import CertificateStatus
 from tests.integration.conftest import DevCA
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance.ca import tbs
-from appliance.status.crl import build_crl, revoked_entries
 from appliance.ca.issuer import Issuer
+from appliance.status.crl import build_crl, revoked_entries
 from appliance.store import RevocationReason
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from appliance.provisioners import jose
 from appliance.errors import Unauthorized
-from appliance.provisioners import JWKProvisioner, Provisioners
+from appliance.provisioners import JWKProvisioner, Provisioners, jose
 from appliance.provisioners.base import sign_audiences, strip_port
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)

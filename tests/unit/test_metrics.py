@@ -23,13 +23,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance import metrics
-
-from appliance.provisioners import jose
-
-from appliance.ca import tbs
 from appliance.api import create_app, create_http_app
-from appliance.ra.authority import Authority
+from appliance.ca import tbs
 from appliance.client.keys import build_csr
+from appliance.provisioners import jose
+from appliance.ra.authority import Authority
 from appliance.serving.supervisor import fresh_metrics_dir
 from kms import KeySpec, create_key
 from kms.errors import BackendUnavailable, KMSError

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
 
-from appliance.provisioners import jose
 from appliance.errors import Unauthorized
+from appliance.provisioners import jose
 from appliance.provisioners.base import endpoint_audiences
 from appliance.provisioners.x5c import verify
 
