@@ -94,10 +94,10 @@ def worker_hsmca(db: str, cert_pem: Path) -> dict[str, Any]:
         issuer = Issuer(key, cert, store)
         base = peak_mib()
         started = time.perf_counter()
-        rec = sign_crl(issuer, store, number=store.next_crl_number(issuer.id), revision=0,
+        rec = sign_crl(issuer, store, number=store.crls.next_number(issuer.id), revision=0,
                        validity=timedelta(hours=24))
         signed = time.perf_counter() - started
-        store.add_crl(rec)
+        store.crls.add(rec)
         stored = time.perf_counter() - started - signed
     return {"seconds": signed, "store_seconds": stored, "peak_mib": peak_mib(), "baseline_mib": base,
             "entries": rec.info.entries, "bytes": len(rec.der)}

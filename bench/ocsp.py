@@ -203,7 +203,7 @@ def start_hsmca(base: Path, workers: int, http_workers: int = 2) -> tuple[subpro
 
 def issued_certificates(base: Path, count: int) -> list[x509.Certificate]:
     with Store(f"sqlite:///{base / 'db' / 'hsmca.sqlite'}") as store:
-        recs = store.list_certificates("issued", limit=count + 10)
+        recs = store.certificates.list("issued", limit=count + 10)
     certs = [x509.load_der_x509_certificate(r.der) for r in recs if r.der]
     return [c for c in certs if c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False][:count]
 

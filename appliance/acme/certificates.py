@@ -135,7 +135,7 @@ def download(call: Call, order_id: str, alternate: bool = False) -> Answer:
     order = own_order(call, order_id)
     if order.status != "valid" or order.serial is None:
         raise Problem("malformed", f"the order is {order.status}; it has no certificate", 404)
-    rec = call.authority.store.get_certificate(order.serial)
+    rec = call.authority.store.certificates.get(order.serial)
     if rec is None or rec.der is None:
         raise Problem("serverInternal", f"certificate {order.serial} is not on record", 500)
     chain = _chain(call, rec.issuer)
@@ -156,7 +156,7 @@ def download_alternate(call: Call, order_id: str) -> Answer:
 def _chain(call: Call, issuer_id: str) -> tuple[x509.Certificate, ...]:
     """The intermediate that signed the leaf, then any certificate served after it (a cross-certificate)."""
     try:
-        rec = call.authority.store.get_intermediate(issuer_id)
+        rec = call.authority.store.intermediates.get(issuer_id)
     except StoreError:
         rec = None
     if rec is None or rec.certificate is None:  # an in-process issuer (tests) is not in the database
@@ -182,7 +182,7 @@ def revoke_cert(call: Call) -> Answer:
     except BadRequest as exc:
         raise Problem("badRevocationReason", exc.message) from None
     serial = cert.serial_number
-    rec = call.authority.store.get_certificate(serial) if 0 < serial < 2**159 else None
+    rec = call.authority.store.certificates.get(serial) if 0 < serial < 2**159 else None
     if rec is None or rec.der != der:
         raise Problem("malformed", f"certificate {serial} was not issued by this CA", 404)
     if call.account is not None:

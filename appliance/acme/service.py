@@ -91,8 +91,8 @@ class ACMEService:
         cid = ari.parse_cert_id(cert_id)
         now = datetime.now(UTC)
         try:
-            rec = ari.check(self.authority.store.get_certificate(cid.serial), cid)
-            revocation = self.authority.store.get_revocation(rec.serial)
+            rec = ari.check(self.authority.store.certificates.get(cid.serial), cid)
+            revocation = self.authority.store.revocations.get(rec.serial)
         except StoreError as exc:
             raise db("reading renewal information", exc) from None
         return Answer(200, ari.window(rec, revocation, now), headers={"Retry-After": str(ari.RETRY_AFTER)})

@@ -1,6 +1,6 @@
 """Which intermediate signs this request: the database decides, each worker keeps the opened keys.
 
-One indexed query per issuance (`Store.active_intermediate_id`), so an activation reaches every
+One indexed query per issuance (`IntermediateStore.active_id`), so an activation reaches every
 worker and every replica at its time without a restart; the certificate and the KMS key of each
 intermediate are loaded once per process.
 """
@@ -33,10 +33,10 @@ class ActiveIssuer:
     def current(self, now: datetime | None = None) -> Issuer:
         now = now or _now()
         try:
-            active = self.store.active_intermediate_id(now)
+            active = self.store.intermediates.active_id(now)
             issuer = self._issuers.get(active[0]) if active else None
             if active is not None and issuer is None:
-                rec = self.store.get_intermediate(active[0])
+                rec = self.store.intermediates.get(active[0])
                 issuer = self.issuer_for(rec) if rec is not None and rec.certificate is not None else None
         except StoreError as exc:
             raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None

@@ -62,7 +62,7 @@ def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: st
     label = name or parsed.label or parsed.path.get("", "").rstrip("/").rpartition("/")[2]
     if not label:
         raise IntermediateError("give --name, or name the key in its URI (object=LABEL, …/keys/NAME)")
-    if any(r.name == label for r in store.list_intermediates()):
+    if any(r.name == label for r in store.intermediates.list()):
         raise IntermediateError(f"an intermediate named {label!r} is already recorded; choose another name (--name)")
     config.apply_kms_environment()
     full = config.key_uri(stored)
@@ -77,7 +77,7 @@ def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: st
         csr=csr.public_bytes(Encoding.DER), certificate=None, subject=dn.rfc4514_string(), not_before=None,
         not_after=None, activate_at=None, retired_at=None, created_at=now or _now(), installed_at=None)
     try:
-        store.add_intermediate(rec)
+        store.intermediates.add(rec)
     except StoreError as exc:
         raise IntermediateError(str(exc)) from None
     return csr.public_bytes(Encoding.PEM), rec
@@ -124,11 +124,11 @@ def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime
                                 f"({cert.not_valid_after_utc})")
     spki = spki_der(cert.public_key())
     try:
-        rec = next((r for r in store.list_intermediates() if r.public_key == spki), None)
+        rec = next((r for r in store.intermediates.list() if r.public_key == spki), None)
         if rec is None:
             raise IntermediateError("no recorded intermediate key matches this certificate: make its CSR with "
                                     "`hsmca intermediate csr` on this CA first")
-        rec = store.install_intermediate(
+        rec = store.intermediates.install(
             rec.id, cert.public_bytes(Encoding.DER), not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc, subject=cert.subject.rfc4514_string(), activate_at=None,
             now=now, chain=b"".join(c.public_bytes(Encoding.PEM) for c in extra) or None)
@@ -146,25 +146,25 @@ def activate(store: Store, ident: str, at: datetime, now: datetime | None = None
     moves the predecessors' retirement with it, so there is never a moment without an active one.
     """
     now = now or _now()
-    rec = store.find_intermediate(ident)
+    rec = store.intermediates.find(ident)
     if rec.not_before is not None and at < rec.not_before:
         raise IntermediateError(f"{rec.name!r} is not valid before {rec.not_before}; activate it at or after that")
     if rec.not_after is not None and at >= rec.not_after:
         raise IntermediateError(f"{rec.name!r} expires at {rec.not_after}; it cannot be activated at {at}")
-    active = store.active_intermediate_id(now)
+    active = store.intermediates.active_id(now)
     if active is not None and active[0] == rec.id and at > now:
         raise IntermediateError(f"{rec.name!r} is active already; to hand over later, activate its successor "
                                 "at that time")
     previous = rec.activate_at if rec.activate_at is not None and rec.activate_at > now else None
-    rec = store.schedule_activation(rec.id, at)
+    rec = store.intermediates.schedule_activation(rec.id, at)
     assert rec.activate_at is not None
-    for other in store.list_intermediates():
+    for other in store.intermediates.list():
         if other.id == rec.id or other.certificate is None or other.activate_at is None \
                 or other.activate_at > rec.activate_at:
             continue
         tied = previous is not None and other.retired_at == previous  # retired for the earlier schedule
         if other.retired_at is None or other.retired_at > rec.activate_at or tied:
-            store.retire_intermediate(other.id, rec.activate_at)
+            store.intermediates.retire(other.id, rec.activate_at)
     return rec
 
 
@@ -176,26 +176,26 @@ def retire(store: Store, ident: str, at: datetime, *, force: bool = False,
     predecessors it was going to retire keep serving.
     """
     now = now or _now()
-    rec = store.find_intermediate(ident)
+    rec = store.intermediates.find(ident)
     if rec.activate_at is not None and rec.activate_at > now and at <= rec.activate_at:
-        for other in store.list_intermediates():
+        for other in store.intermediates.list():
             if other.id != rec.id and other.retired_at == rec.activate_at:
-                store.cancel_retirement(other.id)
-        return store.retire_intermediate(rec.id, at)
-    active = store.active_intermediate_id(at)
+                store.intermediates.cancel_retirement(other.id)
+        return store.intermediates.retire(rec.id, at)
+    active = store.intermediates.active_id(at)
     if active is not None and active[0] == rec.id and not force:
-        others = [r for r in store.list_intermediates() if r.id != rec.id and r.certificate is not None
+        others = [r for r in store.intermediates.list() if r.id != rec.id and r.certificate is not None
                   and r.activate_at is not None and r.activate_at <= at
                   and (r.retired_at is None or r.retired_at > at)]
         if not others:
             raise IntermediateError(f"{rec.name!r} is the only active intermediate at {at}: activate another "
                                     "first, or pass --force to stop issuance")
-    return store.retire_intermediate(rec.id, at)
+    return store.intermediates.retire(rec.id, at)
 
 
 def bootstrap(config: CAConfig, store: Store, now: datetime | None = None) -> IntermediateRecord | None:
     """A CA made before intermediates were recorded (or by `hsmca init`): its ca.json intermediate, active."""
-    if store.list_intermediates():
+    if store.intermediates.list():
         return None
     if not config.crt or not config.key:
         return None
@@ -206,7 +206,7 @@ def bootstrap(config: CAConfig, store: Store, now: datetime | None = None) -> In
         csr=None, certificate=cert.public_bytes(Encoding.DER), subject=cert.subject.rfc4514_string(),
         not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
         activate_at=cert.not_valid_before_utc, retired_at=None, created_at=now or _now(), installed_at=now or _now())
-    store.add_intermediate(rec)
+    store.intermediates.add(rec)
     log.info("recorded the intermediate of ca.json (%s) as active", rec.subject)
     return rec
 
@@ -220,10 +220,10 @@ class Listed:
 
 def listing(store: Store, now: datetime | None = None) -> list[Listed]:
     now = now or _now()
-    active = store.active_intermediate(now)
-    counts = store.count_certificates_by_issuer()
+    active = store.intermediates.active(now)
+    counts = store.certificates.count_issued_by_issuer()
     return [Listed(r, intermediate_state(r, active.id if active else None, now), counts.get(r.id, 0))
-            for r in store.list_intermediates()]
+            for r in store.intermediates.list()]
 
 
 def _issued_by(cert: x509.Certificate, root: x509.Certificate) -> bool:

@@ -123,7 +123,7 @@ class Issuer:
         builder = self._builder(p, serial)
         to_be_signed = tbs.capture(self.key, lambda k: builder.sign(k, self.hash))
         try:
-            self.store.reserve(Reservation(
+            self.store.certificates.reserve(Reservation(
                 serial=serial, issuer=self.id, subject=builder_subject(p), sans=p.san_strings(),
                 not_before=p.not_before, not_after=p.not_after, provisioner=provisioner,
                 tbs=to_be_signed, request_id=request_id), token)
@@ -146,7 +146,7 @@ class Issuer:
             raise CAError(f"signing failed: {exc}") from None
         failpoint("issuer.after-sign")
         try:
-            self.store.mark_issued(serial, cert.public_bytes(Encoding.DER))
+            self.store.certificates.mark_issued(serial, cert.public_bytes(Encoding.DER))
         except StoreError as exc:
             # Signed but not marked issued: the certificate is never handed out, and the
             # reservation (with its TBS) is resolved by the housekeeping sweep.
@@ -170,7 +170,7 @@ class Issuer:
 
     def _abandon(self, serial: int, reason: str) -> None:
         try:
-            self.store.mark_abandoned(serial, reason)
+            self.store.certificates.mark_abandoned(serial, reason)
         except StoreError:
             log.warning("could not mark reservation %s abandoned; the sweep will", serial)
 

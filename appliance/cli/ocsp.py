@@ -88,7 +88,7 @@ def ocsp_responder(key_uri: str, ident: str | None, spec: str, existing: bool, l
         valid = parse_duration(lifetime)
         stored = stored_key_uri(key_uri)
         with Store.from_config(config.db.model_dump(), config.base_dir) as store:
-            rec = store.find_intermediate(ident) if ident else store.active_intermediate()
+            rec = store.intermediates.find(ident) if ident else store.intermediates.active()
             if rec is None:
                 fail("no active intermediate: give --intermediate")
             cert = issue_responder_certificate(config, ActiveIssuer(config, store), rec, stored, lifetime=valid,

@@ -174,7 +174,7 @@ class Authority:
         if not _ISSUER_ID.fullmatch(issuer_id):
             raise NotFound(f"no intermediate {issuer_id[:40]!r}: ids are lower-case hex key identifiers")
         try:
-            rec = self.store.get_intermediate(issuer_id)
+            rec = self.store.intermediates.get(issuer_id)
         except StoreError as exc:
             raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
         if rec is None:
@@ -185,7 +185,7 @@ class Authority:
         """The latest CRL of `issuer_id`, by default of the active intermediate (503 before the first)."""
         if issuer_id is None:
             try:
-                active = self.store.active_intermediate_id(datetime.now(timezone.utc))
+                active = self.store.intermediates.active_id(datetime.now(timezone.utc))
             except StoreError as exc:
                 raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
             if active is None:
@@ -217,7 +217,7 @@ class Authority:
     def _burn(self, auth: SignAuthorization) -> None:
         """Spend the token of a refused request; a replay is reported as such."""
         try:
-            first = self.store.use_token(auth.token_id, auth.provisioner, auth.token_expires_at)
+            first = self.store.tokens.use(auth.token_id, auth.provisioner, auth.token_expires_at)
         except StoreError as exc:
             raise ServiceUnavailable(f"token database unavailable: {exc}") from None
         if not first:

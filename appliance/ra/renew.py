@@ -82,7 +82,7 @@ def check_renewable(authority: Authority, cert: x509.Certificate, now: datetime)
     """Refuse unless this CA issued `cert` and still stands behind it; return its provisioner."""
     provisioner = check_issued(authority, cert, now, grace=authority.config.authority.renewal_grace)
     try:
-        revoked = authority.store.get_revocation(cert.serial_number)
+        revoked = authority.store.revocations.get(cert.serial_number)
     except StoreError as exc:
         raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
     if revoked is not None:
@@ -101,7 +101,7 @@ def check_issued(authority: Authority, cert: x509.Certificate, now: datetime, *,
     """
     serial = cert.serial_number
     try:
-        record = authority.store.get_certificate(serial) if 0 < serial < 2**159 else None
+        record = authority.store.certificates.get(serial) if 0 < serial < 2**159 else None
         if record is None or record.der != cert.public_bytes(Encoding.DER):
             raise Unauthorized(f"certificate {serial} was not issued by this CA")
         _check_issuer(authority, cert, record.issuer)
@@ -116,7 +116,7 @@ def check_issued(authority: Authority, cert: x509.Certificate, now: datetime, *,
 
 
 def _check_issuer(authority: Authority, cert: x509.Certificate, issuer_id: str) -> None:
-    rec = authority.store.get_intermediate(issuer_id)
+    rec = authority.store.intermediates.get(issuer_id)
     if rec is None or rec.certificate is None:
         raise Unauthorized(f"certificate {cert.serial_number} was issued by an intermediate this CA does not hold")
     intermediate = x509.load_der_x509_certificate(rec.certificate)
@@ -206,7 +206,7 @@ def _burn(authority: Authority, cred: Credential) -> None:
     if cred.token is None:
         return
     try:
-        authority.store.use_token(cred.token.token_id, TOKEN_SPENDER, cred.token.expires_at)
+        authority.store.tokens.use(cred.token.token_id, TOKEN_SPENDER, cred.token.expires_at)
     except StoreError:
         pass  # the refusal stands; the token expires within minutes anyway
 

@@ -124,8 +124,8 @@ def revoke(authority: Authority, request: RevokeRequest, *, source: str, ctx: Re
     """Record the revocation of an issued certificate (the caller has been authorised) and audit it."""
     try:
         try:
-            done = authority.store.revoke(request.serial, reason_code=int(request.reason_code),
-                                          reason=request.reason, source=source[:255])
+            done = authority.store.revocations.revoke(request.serial, reason_code=int(request.reason_code),
+                                                      reason=request.reason, source=source[:255])
         except CertificateNotFound:
             raise NotFound(f"no certificate with serial {request.serial} was issued by this CA") from None
         except InvalidTransition as exc:
@@ -147,7 +147,7 @@ def revoke(authority: Authority, request: RevokeRequest, *, source: str, ctx: Re
 
 def _burn(authority: Authority, jti: str, provisioner: str, expires_at: datetime) -> None:
     try:
-        first = authority.store.use_token(jti, provisioner, expires_at)
+        first = authority.store.tokens.use(jti, provisioner, expires_at)
     except StoreError as exc:
         raise ServiceUnavailable(f"token database unavailable: {exc}") from None
     if not first:

@@ -33,11 +33,11 @@ ACME_PURGE_BATCHES = 10  # per sweep: bounded work, short transactions
 
 
 def sweep(store: Store, reservation_timeout: str) -> list[int]:
-    abandoned = store.resolve_stale_reservations(parse_duration(reservation_timeout))
+    abandoned = store.certificates.resolve_stale(parse_duration(reservation_timeout))
     for serial in abandoned:
         log.warning("reservation %d was left by an interrupted issuance; marked abandoned", serial)
     now = datetime.now(timezone.utc)
-    purged = store.purge_expired_tokens(now)
+    purged = store.tokens.purge_expired(now)
     if purged:
         log.info("purged %d expired token ids", purged)
     acme = 0

@@ -54,7 +54,7 @@ class OCSPRefresher:
         """One round; None when another replica holds the lease."""
         now = now or datetime.now(UTC)
         try:
-            if not self.store.take_lease(LEASE, self.holder, self.lease_ttl, now):
+            if not self.store.leases.take(LEASE, self.holder, self.lease_ttl, now):
                 return None
         except StoreError as exc:
             log.error("OCSP refresh skipped: %s", exc)
@@ -65,17 +65,17 @@ class OCSPRefresher:
         try:
             # Re-sign what is past half its validity: its nextUpdate is less than half a validity away.
             horizon = now + self.responder.validity / 2
-            done.complete = self._drain(lambda: self.store.ocsp_responses_due(horizon, self.batch, now=now),
+            done.complete = self._drain(lambda: self.store.ocsp.due(horizon, self.batch, now=now),
                                         done, "resigned", deadline)
             # Reservations become issued up to reservation_timeout later: look back that far.
             since = None if self._scanned_until is None else self._scanned_until - self.reservation_timeout
-            complete = self._drain(lambda: self.store.certificates_without_ocsp_response(
+            complete = self._drain(lambda: self.store.ocsp.missing(
                 self.batch, reserved_since=since, now=now), done, "presigned", deadline)
             if complete and done.complete:
                 self._scanned_until = started
             done.complete = done.complete and complete
             if time.monotonic() - self._purged_at > PURGE_EVERY:  # a scan of the certificates: not every round
-                self.store.purge_expired_ocsp_responses(now)
+                self.store.ocsp.purge_expired(now)
                 self._purged_at = time.monotonic()
         except (StoreError, KMSError, CAError) as exc:
             log.error("OCSP refresh stopped: %s", exc)
@@ -97,7 +97,7 @@ class OCSPRefresher:
                 if status is not None:
                     setattr(done, counter, getattr(done, counter) + 1)
                     done.statuses[status] = done.statuses.get(status, 0) + 1
-            self.store.take_lease(LEASE, self.holder, self.lease_ttl)  # still ours while we work
+            self.store.leases.take(LEASE, self.holder, self.lease_ttl)  # still ours while we work
         return False
 
 

@@ -103,7 +103,7 @@ def sign_crl(issuer: Issuer, store: Store, *, number: int, revision: int, validi
     """The issuer's CRL as of now: every revocation of a certificate that has not yet expired."""
     now = (now or datetime.now(timezone.utc)).replace(microsecond=0)  # X.509 times carry whole seconds
     try:
-        entries = revoked_entries(store.stream_crl_entries(issuer.id, expired_before=now))
+        entries = revoked_entries(store.crls.entries(issuer.id, expired_before=now))
         crl = build_crl(issuer, entries, number, now, now + validity)
     except StoreError as exc:
         raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
@@ -126,7 +126,7 @@ class PublishedCRLs:
 
     def latest(self, issuer_id: str) -> CRLRecord:
         try:
-            info = self.store.latest_crl_info(issuer_id)
+            info = self.store.crls.latest_info(issuer_id)
             if info is None:
                 raise ServiceUnavailable("no CRL has been signed yet for this intermediate; the housekeeping "
                                          "process of `hsmca serve` signs one within seconds")
@@ -134,7 +134,7 @@ class PublishedCRLs:
                 cached = self._cache.get(issuer_id)
             if cached is not None and cached.info.number == info.number:
                 return cached
-            found = self.store.get_crl(issuer_id, info.number)
+            found = self.store.crls.get(issuer_id, info.number)
         except StoreError as exc:
             raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
         if found is None:  # pruned between the two queries: a newer one exists

@@ -73,9 +73,9 @@ class CRLPublisher:
         now = now or datetime.now(timezone.utc)
         made: list[CRLInfo] = []
         try:
-            active = self.store.active_intermediate_id(now)
+            active = self.store.intermediates.active_id(now)
             active_id = active[0] if active else None
-            intermediates = [r for r in self.store.list_intermediates() if covered(r, active_id, now)]
+            intermediates = [r for r in self.store.intermediates.list() if covered(r, active_id, now)]
         except StoreError as exc:
             log.error("CRL: cannot list intermediates: %s", exc)
             return made
@@ -91,23 +91,23 @@ class CRLPublisher:
 
     def publish(self, rec: IntermediateRecord, now: datetime) -> CRLInfo | None:
         """Sign and store a new CRL for `rec` if one is due and this holder gets the lease."""
-        if due(self.store.latest_crl_info(rec.id), self.store.revocation_revision(rec.id), now) is None:
+        if due(self.store.crls.latest_info(rec.id), self.store.revocations.revision(rec.id), now) is None:
             return None
         lease = f"crl:{rec.id}"
-        if not self.store.take_lease(lease, self.holder, LEASE_TTL, now):
+        if not self.store.leases.take(lease, self.holder, LEASE_TTL, now):
             return None
         try:
             # Again under the lease: another replica may have published between the first look and now.
             # The revision is read before the entries are streamed, so the CRL holds at least what it claims.
-            latest, revision = self.store.latest_crl_info(rec.id), self.store.revocation_revision(rec.id)
+            latest, revision = self.store.crls.latest_info(rec.id), self.store.revocations.revision(rec.id)
             why = due(latest, revision, now)
             if why is None:
                 return None
             issuer = self.issuers.issuer_for(rec)
-            record = sign_crl(issuer, self.store, number=self.store.next_crl_number(rec.id), revision=revision,
+            record = sign_crl(issuer, self.store, number=self.store.crls.next_number(rec.id), revision=revision,
                               validity=self.validity)
             try:
-                self.store.add_crl(record)
+                self.store.crls.add(record)
             except CRLNumberTaken as exc:  # the lease expired under a very slow signature
                 log.warning("CRL for %s not stored: %s", rec.name, exc)
                 return None
@@ -118,7 +118,7 @@ class CRLPublisher:
             return i
         finally:
             try:
-                self.store.release_lease(lease, self.holder)
+                self.store.leases.release(lease, self.holder)
             except StoreError as exc:
                 log.warning("could not release lease %s (it expires by itself): %s", lease, exc)
 

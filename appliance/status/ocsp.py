@@ -143,7 +143,7 @@ class OCSPResponder:
             echo = nonce is not None and self.echo_nonce
             cacheable = isinstance(algorithm, hashes.SHA1) and not echo
             if cacheable and 0 < serial <= MAX_SERIAL:
-                hit = self.store.cached_ocsp_response(serial)
+                hit = self.store.ocsp.cached(serial)
                 if hit is not None and hit.issuer == known.id and not (hit.status == "good" and hit.revoked) \
                         and hit.next_update - now > self.validity / 4:
                     return Answer(hit.der, hit.this_update, hit.next_update, cached=True, status=hit.status)
@@ -172,7 +172,7 @@ class OCSPResponder:
     def presign(self, serial: int, now: datetime | None = None) -> str | None:
         """Sign and store the SHA-1 CertID response for `serial`; its status, or None if not ours to cache."""
         now = now or datetime.now(UTC)
-        row = self.store.ocsp_status(serial)
+        row = self.store.ocsp.status(serial)
         if row is None or not row.issued:
             return None
         known = self._known_by_id(row.issuer, now)
@@ -184,7 +184,7 @@ class OCSPResponder:
 
     def _sign(self, known: KnownIssuer, serial: int, algorithm: hashes.HashAlgorithm, now: datetime, *,
               nonce: bytes | None, store: bool) -> Answer:
-        row = self.store.ocsp_status(serial) if 0 < serial <= MAX_SERIAL else None
+        row = self.store.ocsp.status(serial) if 0 < serial <= MAX_SERIAL else None
         if row is None or row.issuer != known.id or not row.issued:
             status, cert_status = "unknown", ocsp.OCSPCertStatus.UNKNOWN
         elif row.revoked_at is not None:
@@ -215,7 +215,7 @@ class OCSPResponder:
         _check_signature(response, signer_cert)
         der = response.public_bytes(Encoding.DER)
         if store and status != "unknown":
-            self.store.put_ocsp_response(serial, known.id, status, this_update, next_update, der)
+            self.store.ocsp.put(serial, known.id, status, this_update, next_update, der)
         return Answer(der, this_update, next_update, status=status)
 
     def _unknown_memo(self, key: tuple[str, str, int], now: datetime) -> Answer | None:
@@ -269,7 +269,7 @@ class OCSPResponder:
         with self._lock:
             index: dict[tuple[str, bytes, bytes], KnownIssuer] = {}
             by_id: dict[str, KnownIssuer] = {}
-            for rec in self.store.list_intermediates():
+            for rec in self.store.intermediates.list():
                 if rec.certificate is None or not _serves(rec, now):
                     continue
                 cert = x509.load_der_x509_certificate(rec.certificate)

@@ -86,7 +86,7 @@ class EpochPoller:
     def poll(self) -> bool:
         """One check; True when the epoch moved (and the stamp was rewritten)."""
         try:
-            epoch = self.store.revocation_epoch()
+            epoch = self.store.revocations.epoch()
         except StoreError as exc:
             if self._epoch is not None:
                 log.warning("OCSP memory: cannot read the revocation epoch (%s); serving nothing from memory "

@@ -1,6 +1,12 @@
-"""The storage authority (SA): certificates recorded before signing, single-use tokens, intermediates."""
+"""The storage authority (SA): certificates recorded before signing, single-use tokens, intermediates.
 
-from .crls import CRLInfo, CRLNumberTaken, CRLRecord
+`Store` opens the database; each aggregate is a repository on it: `store.certificates`, `store.tokens`,
+`store.intermediates`, `store.revocations`, `store.leases`, `store.crls`, `store.ocsp`, `store.acme`.
+"""
+
+from .acme import ACMEStore
+from .certificates import STALE_REASON, CertificateStore
+from .crls import CRLInfo, CRLNumberTaken, CRLRecord, CRLStore
 from .errors import (
     CertificateNotFound,
     IntermediateExists,
@@ -10,7 +16,11 @@ from .errors import (
     StoreError,
     StoreUnavailable,
     TokenReplayed,
+    as_ca_error,
 )
+from .intermediates import IntermediateStore
+from .leases import LeaseStore
+from .ocsp import OCSPStore
 from .records import (
     CertificateRecord,
     CertificateStatus,
@@ -20,31 +30,41 @@ from .records import (
     Reservation,
     intermediate_state,
 )
-from .revocations import RevocationReason, RevocationRecord, Revoked
-from .store import STALE_REASON, Store
+from .revocations import RevocationReason, RevocationRecord, RevocationStore, Revoked
+from .store import Store
+from .tokens import TokenStore
 
 __all__ = [
     "STALE_REASON",
+    "ACMEStore",
     "CertificateNotFound",
     "CertificateRecord",
+    "CertificateStore",
     "CRLInfo",
     "CRLNumberTaken",
     "CRLRecord",
+    "CRLStore",
     "CertificateStatus",
     "IntermediateExists",
     "IntermediateNotFound",
     "IntermediateRecord",
     "IntermediateState",
+    "IntermediateStore",
     "InvalidTransition",
+    "LeaseStore",
+    "OCSPStore",
     "OneTimeToken",
     "Reservation",
     "RevocationReason",
     "RevocationRecord",
+    "RevocationStore",
     "Revoked",
     "SerialCollision",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "TokenReplayed",
+    "TokenStore",
+    "as_ca_error",
     "intermediate_state",
 ]

@@ -6,8 +6,8 @@ import functools
 import math
 import os
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +23,18 @@ DEFAULT_TIMEOUT = 5.0
 # Execution option that asks SQLite for a write lock at BEGIN (see _sqlite_begin).
 WRITE = "hsmca_write"
 _MAX_REASON = 300
+
+# Store._read / Store._write: a context manager giving one transaction, named for error messages.
+Transaction = Callable[[str], AbstractContextManager[Connection]]
+
+
+class Repository:
+    """One aggregate's tables over the Store's transactions, so every repository shares its engine, its
+    timeouts and (on SQLite) its write lock: `write` takes the lock, `read` never does."""
+
+    def __init__(self, read: Transaction, write: Transaction) -> None:
+        self._read = read
+        self._write = write
 
 
 def create_engine(

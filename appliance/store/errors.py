@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
+from appliance.errors import CAError, Conflict, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
 
 class StoreError(Exception):
     """A storage request that cannot be honoured as asked (bad config, bad state, bad input)."""
@@ -41,3 +47,19 @@ class IntermediateExists(StoreError):
 
 class IntermediateNotFound(StoreError):
     """No intermediate is recorded under that id or name."""
+
+
+def as_ca_error(exc: StoreError) -> CAError:
+    """StoreUnavailable → ServiceUnavailable (503) naming the reason; InvalidTransition → Conflict (409);
+    anything else → CAError (500) with a generic message (log the cause with logging at ERROR, without parameters)."""
+    if isinstance(exc, StoreUnavailable):
+        return ServiceUnavailable(exc.reason)  # the reason is safe to show (see StoreUnavailable)
+    if isinstance(exc, InvalidTransition):
+        return Conflict(str(exc))
+    # The client learns nothing of the cause; the log gets the store's own message, which never carries a
+    # statement's parameters, and the type of any underlying error (no traceback: it would print the SQL).
+    cause = f"{type(exc).__name__}: {exc}"
+    if exc.__cause__ is not None:
+        cause += f" (from {type(exc.__cause__).__name__})"
+    log.error("storage error answered with a 500: %s", cause)
+    return CAError("internal error in the certificate database; the server log has the details")

@@ -1,4 +1,4 @@
-"""Intermediate CAs in the database: recorded, installed, scheduled and retired; Store delegates here.
+"""Intermediate CAs in the database: recorded, installed, scheduled and retired.
 
 The active intermediate is never a stored flag: it is whichever installed, unretired intermediate
 has the latest activation time not after `now`, chosen by one SELECT. So a scheduled switch takes
@@ -8,8 +8,7 @@ effect at its time with no writer, and every worker and replica sharing the data
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -23,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kms.signer import spki_der
 
+from .engine import Repository
 from .errors import IntermediateExists, IntermediateNotFound, InvalidTransition, StoreError
 from .records import (
     MAX_BLOB_LENGTH,
@@ -30,15 +30,11 @@ from .records import (
     MAX_KEY_URI_LENGTH,
     MAX_NAME_LENGTH,
     MAX_SUBJECT_LENGTH,
-    CertificateStatus,
     IntermediateRecord,
     check_text,
     utc,
 )
-from .schema import certificates, intermediates
-
-# Store._read / Store._write: a context manager giving one transaction, named for error messages.
-Transaction = Callable[[str], AbstractContextManager[Connection]]
+from .schema import intermediates
 
 MIN_ID_PREFIX = 8  # hex digits; shorter prefixes are too likely to be ambiguous or typos
 _HEX = re.compile(r"[0-9a-f]+")
@@ -47,187 +43,175 @@ _AMBIGUOUS_SHOWN = 5
 _c = intermediates.c
 
 
-# -- writes ----------------------------------------------------------------------------------
+class IntermediateStore(Repository):
+    """The intermediates table, over the Store's transactions."""
 
+    # -- writes ----------------------------------------------------------------------------------
 
-def add(read: Transaction, write: Transaction, rec: IntermediateRecord, now: datetime | None = None) -> None:
-    """Insert `rec`; a clash on id or name raises IntermediateExists naming it."""
-    row = _new_row(rec, _moment(now))
-    try:
-        with write("recording an intermediate") as conn:
-            # Checked first for a clear message; the constraints still decide a race.
-            _refuse_clash(conn, rec)
-            conn.execute(_INSERT, row)
-    except StoreError as exc:
-        if isinstance(exc.__cause__, IntegrityError):
-            with read("reading intermediates") as conn:
+    def add(self, rec: IntermediateRecord) -> None:
+        """Record a new intermediate, usually awaiting its certificate; IntermediateExists on a clash."""
+        row = _new_row(rec, _moment(None))
+        try:
+            with self._write("recording an intermediate") as conn:
+                # Checked first for a clear message; the constraints still decide a race.
                 _refuse_clash(conn, rec)
-        raise
+                conn.execute(_INSERT, row)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, IntegrityError):
+                with self._read("reading intermediates") as conn:
+                    _refuse_clash(conn, rec)
+            raise
 
+    def install(
+        self,
+        id: str,
+        certificate_der: bytes,
+        *,
+        not_before: datetime,
+        not_after: datetime,
+        subject: str,
+        activate_at: datetime | None,
+        now: datetime | None = None,
+        chain: bytes | None = None,
+    ) -> IntermediateRecord:
+        """Attach the signed certificate (same DER again: only reschedules; another DER: refused).
 
-def install(
-    write: Transaction,
-    id: str,
-    certificate_der: bytes,
-    *,
-    not_before: datetime,
-    not_after: datetime,
-    subject: str,
-    activate_at: datetime | None,
-    now: datetime | None = None,
-    chain: bytes | None = None,
-) -> IntermediateRecord:
-    """Attach the certificate; repeating it with the same DER only (re)schedules, another DER is refused."""
-    check_text(id, "id", MAX_ISSUER_LENGTH)
-    cert = _load_certificate(certificate_der)
-    start, end = _validity(not_before, not_after)
-    check_text(subject, "subject", MAX_SUBJECT_LENGTH)
-    at = None if activate_at is None else utc(activate_at, "activate_at")
-    moment = _moment(now)
-    with write("installing an intermediate's certificate") as conn:
-        row = _locked(conn, id)
-        values: dict[str, Any] = {}
-        if row.certificate is not None:
-            if bytes(row.certificate) != certificate_der:
+        `chain` (PEM) is served after it, e.g. the cross-certificate of a root rollover.
+        """
+        check_text(id, "id", MAX_ISSUER_LENGTH)
+        cert = _load_certificate(certificate_der)
+        start, end = _validity(not_before, not_after)
+        check_text(subject, "subject", MAX_SUBJECT_LENGTH)
+        at = None if activate_at is None else utc(activate_at, "activate_at")
+        moment = _moment(now)
+        with self._write("installing an intermediate's certificate") as conn:
+            row = _locked(conn, id)
+            values: dict[str, Any] = {}
+            if row.certificate is not None:
+                if bytes(row.certificate) != certificate_der:
+                    raise InvalidTransition(
+                        f"intermediate {row.name!r} already has another certificate installed; "
+                        "a new certificate needs a new key (add another intermediate)"
+                    )
+            else:
+                _check_certificate(cert, bytes(row.public_key))
+                values = {"certificate": certificate_der, "not_before": start, "not_after": end,
+                          "subject": subject, "installed_at": moment, "chain": _check_chain(chain)}
+            if at is not None:
+                _refuse_retired(row, moment)
+                values["activate_at"] = max(at, moment)
+            if not values:
+                return _record(row)
+            conn.execute(intermediates.update().where(_c.id == row.id).values(**values))
+            return _record(_locked(conn, row.id))
+
+    def schedule_activation(self, id: str, at: datetime) -> IntermediateRecord:
+        """Make an installed, unretired intermediate active from `at` (a past time means now)."""
+        # A time already past is recorded as now: readers before this commit did not see the
+        # activation, and the latest activation wins, so a back-dated one could lose to the
+        # intermediate it was meant to replace.
+        check_text(id, "id", MAX_ISSUER_LENGTH)
+        when = utc(at, "at")
+        moment = _moment(None)
+        with self._write("scheduling an intermediate's activation") as conn:
+            row = _locked(conn, id)
+            if row.certificate is None:
                 raise InvalidTransition(
-                    f"intermediate {row.name!r} already has another certificate installed; "
-                    "a new certificate needs a new key (add another intermediate)"
+                    f"intermediate {row.name!r} has no certificate yet; install its certificate first"
                 )
-        else:
-            _check_certificate(cert, bytes(row.public_key))
-            values = {"certificate": certificate_der, "not_before": start, "not_after": end,
-                      "subject": subject, "installed_at": moment, "chain": _check_chain(chain)}
-        if at is not None:
             _refuse_retired(row, moment)
-            values["activate_at"] = max(at, moment)
-        if not values:
-            return _record(row)
-        conn.execute(intermediates.update().where(_c.id == row.id).values(**values))
-        return _record(_locked(conn, row.id))
-
-
-def schedule(write: Transaction, id: str, at: datetime, now: datetime | None = None) -> IntermediateRecord:
-    """Set when the intermediate becomes active.
-
-    A time already past is recorded as now: readers before this commit did not see the
-    activation, and the latest activation wins, so a back-dated one could lose to the
-    intermediate it was meant to replace.
-    """
-    check_text(id, "id", MAX_ISSUER_LENGTH)
-    when = utc(at, "at")
-    moment = _moment(now)
-    with write("scheduling an intermediate's activation") as conn:
-        row = _locked(conn, id)
-        if row.certificate is None:
-            raise InvalidTransition(
-                f"intermediate {row.name!r} has no certificate yet; install its certificate first"
+            conn.execute(
+                intermediates.update().where(_c.id == row.id).values(activate_at=max(when, moment))
             )
-        _refuse_retired(row, moment)
-        conn.execute(
-            intermediates.update().where(_c.id == row.id).values(activate_at=max(when, moment))
-        )
-        return _record(_locked(conn, row.id))
+            return _record(_locked(conn, row.id))
 
+    def retire(self, id: str, at: datetime) -> IntermediateRecord:
+        """Stop using the intermediate from `at`; a retirement already passed is final."""
+        check_text(id, "id", MAX_ISSUER_LENGTH)
+        when = utc(at, "at")
+        moment = _moment(None)
+        with self._write("retiring an intermediate") as conn:
+            row = _locked(conn, id)
+            if row.retired_at is not None and row.retired_at <= moment:
+                return _record(row)  # already retired: the recorded time stays
+            conn.execute(intermediates.update().where(_c.id == row.id).values(retired_at=when))
+            return _record(_locked(conn, row.id))
 
-def retire(write: Transaction, id: str, at: datetime, now: datetime | None = None) -> IntermediateRecord:
-    """Stop using the intermediate from `at` on; once that time has passed it stands for good."""
-    check_text(id, "id", MAX_ISSUER_LENGTH)
-    when = utc(at, "at")
-    moment = _moment(now)
-    with write("retiring an intermediate") as conn:
-        row = _locked(conn, id)
-        if row.retired_at is not None and row.retired_at <= moment:
-            return _record(row)  # already retired: the recorded time stays
-        conn.execute(intermediates.update().where(_c.id == row.id).values(retired_at=when))
-        return _record(_locked(conn, row.id))
+    def cancel_retirement(self, id: str) -> IntermediateRecord:
+        """Withdraw a retirement still in the future (InvalidTransition once it has happened)."""
+        check_text(id, "id", MAX_ISSUER_LENGTH)
+        moment = _moment(None)
+        with self._write("cancelling a retirement") as conn:
+            row = _locked(conn, id)
+            _refuse_retired(row, moment)
+            conn.execute(intermediates.update().where(_c.id == row.id).values(retired_at=None))
+            return _record(_locked(conn, row.id))
 
+    # -- reads -----------------------------------------------------------------------------------
 
-def cancel_retirement(write: Transaction, id: str, now: datetime | None = None) -> IntermediateRecord:
-    """Withdraw a retirement that has not happened yet (a cancelled hand-over); a past one stands."""
-    check_text(id, "id", MAX_ISSUER_LENGTH)
-    moment = _moment(now)
-    with write("cancelling a retirement") as conn:
-        row = _locked(conn, id)
-        _refuse_retired(row, moment)
-        conn.execute(intermediates.update().where(_c.id == row.id).values(retired_at=None))
-        return _record(_locked(conn, row.id))
+    def get(self, id: str) -> IntermediateRecord | None:
+        """The intermediate with exactly this id, or None."""
+        if not isinstance(id, str):
+            raise TypeError(f"id must be a str, not {type(id).__name__}")
+        if not id or len(id) > MAX_ISSUER_LENGTH:
+            return None
+        with self._read("reading an intermediate") as conn:
+            row = conn.execute(sa.select(intermediates).where(_c.id == id)).one_or_none()
+        return None if row is None else _record(row)
 
-
-# -- reads -----------------------------------------------------------------------------------
-
-
-def get(read: Transaction, id: str) -> IntermediateRecord | None:
-    """The intermediate with exactly this id, or None."""
-    if not isinstance(id, str):
-        raise TypeError(f"id must be a str, not {type(id).__name__}")
-    if not id or len(id) > MAX_ISSUER_LENGTH:
-        return None
-    with read("reading an intermediate") as conn:
-        row = conn.execute(sa.select(intermediates).where(_c.id == id)).one_or_none()
-    return None if row is None else _record(row)
-
-
-def find(read: Transaction, name_or_id_prefix: str) -> IntermediateRecord:
-    """By exact name, exact id, or a unique id prefix of at least MIN_ID_PREFIX hex digits.
-
-    Ids may be given as printed by openssl (upper case, colon separated). An ambiguous prefix is
-    a ValueError listing the candidates, so a typo never picks the wrong key.
-    """
-    query = check_text(name_or_id_prefix, "name or id", MAX_NAME_LENGTH)
-    hex_id = query.replace(":", "").lower()
-    is_hex = _HEX.fullmatch(hex_id) is not None
-    with read("finding an intermediate") as conn:
-        exact = conn.execute(
-            sa.select(intermediates).where(sa.or_(_c.name == query, _c.id == hex_id))
-        ).all()
-        if exact:
-            # A name wins over an id, should an operator have named one after another's key.
-            return _record(next((r for r in exact if r.name == query), exact[0]))
-        rows: Sequence[Row[Any]] = []
-        if is_hex and len(hex_id) >= MIN_ID_PREFIX:
-            rows = conn.execute(
-                sa.select(intermediates)
-                .where(_c.id.startswith(hex_id, autoescape=True))
-                .order_by(_c.id)
-                .limit(_AMBIGUOUS_SHOWN + 1)
+    def find(self, name_or_id_prefix: str) -> IntermediateRecord:
+        """By name, id or unique id prefix (>= 8 hex digits); ValueError when ambiguous."""
+        # Ids may be given as printed by openssl (upper case, colon separated). An ambiguous prefix
+        # lists the candidates, so a typo never picks the wrong key.
+        query = check_text(name_or_id_prefix, "name or id", MAX_NAME_LENGTH)
+        hex_id = query.replace(":", "").lower()
+        is_hex = _HEX.fullmatch(hex_id) is not None
+        with self._read("finding an intermediate") as conn:
+            exact = conn.execute(
+                sa.select(intermediates).where(sa.or_(_c.name == query, _c.id == hex_id))
             ).all()
-    if len(rows) == 1:
-        return _record(rows[0])
-    if rows:
-        shown = ", ".join(f"{r.id} ({r.name})" for r in rows[:_AMBIGUOUS_SHOWN])
-        more = ", …" if len(rows) > _AMBIGUOUS_SHOWN else ""
-        raise ValueError(f"{query!r} matches several intermediates: {shown}{more}; give more of the id")
-    hint = f" (an id prefix needs at least {MIN_ID_PREFIX} hex digits)" if is_hex and len(hex_id) < MIN_ID_PREFIX \
-        else ""
-    raise IntermediateNotFound(f"no intermediate is named {query!r} or has an id starting with it{hint}")
+            if exact:
+                # A name wins over an id, should an operator have named one after another's key.
+                return _record(next((r for r in exact if r.name == query), exact[0]))
+            rows: Sequence[Row[Any]] = []
+            if is_hex and len(hex_id) >= MIN_ID_PREFIX:
+                rows = conn.execute(
+                    sa.select(intermediates)
+                    .where(_c.id.startswith(hex_id, autoescape=True))
+                    .order_by(_c.id)
+                    .limit(_AMBIGUOUS_SHOWN + 1)
+                ).all()
+        if len(rows) == 1:
+            return _record(rows[0])
+        if rows:
+            shown = ", ".join(f"{r.id} ({r.name})" for r in rows[:_AMBIGUOUS_SHOWN])
+            more = ", …" if len(rows) > _AMBIGUOUS_SHOWN else ""
+            raise ValueError(f"{query!r} matches several intermediates: {shown}{more}; give more of the id")
+        hint = f" (an id prefix needs at least {MIN_ID_PREFIX} hex digits)" if is_hex and len(hex_id) < MIN_ID_PREFIX \
+            else ""
+        raise IntermediateNotFound(f"no intermediate is named {query!r} or has an id starting with it{hint}")
 
+    def active(self, now: datetime | None = None) -> IntermediateRecord | None:
+        """The intermediate to sign with at `now`, decided by one SELECT (same answer everywhere)."""
+        # Installed, activation time reached, not (yet) retired; the latest activation wins, the id
+        # breaks a tie so that the answer never depends on the backend's row order.
+        with self._read("reading the active intermediate") as conn:
+            row = conn.execute(_ACTIVE, {"now": _moment(now)}).one_or_none()
+        return None if row is None else _record(row)
 
-def list_all(read: Transaction) -> list[IntermediateRecord]:
-    """Every intermediate, oldest first."""
-    with read("listing intermediates") as conn:
-        rows = conn.execute(sa.select(intermediates).order_by(_c.created_at, _c.id)).all()
-    return [_record(r) for r in rows]
+    def active_id(self, now: datetime | None = None) -> tuple[str, datetime | None] | None:
+        """(id, not_after) of `active(now)`, without reading its certificate (per issuance)."""
+        # The caller keeps the certificate and key per id.
+        with self._read("reading the active intermediate") as conn:
+            row = conn.execute(_ACTIVE_ID, {"now": _moment(now)}).one_or_none()
+        return None if row is None else (row.id, row.not_after)
 
-
-def active(read: Transaction, now: datetime | None = None) -> IntermediateRecord | None:
-    """The intermediate to sign with at `now`: one SELECT, so every reader decides alike.
-
-    Installed, activation time reached, not (yet) retired; the latest activation wins, the id
-    breaks a tie so that the answer never depends on the backend's row order.
-    """
-    with read("reading the active intermediate") as conn:
-        row = conn.execute(_ACTIVE, {"now": _moment(now)}).one_or_none()
-    return None if row is None else _record(row)
-
-
-def active_id(read: Transaction, now: datetime | None = None) -> tuple[str, datetime | None] | None:
-    """(id, not_after) of the active intermediate: the same decision without the certificate bytes.
-
-    Asked once per issuance; the caller keeps the certificate and key per id.
-    """
-    with read("reading the active intermediate") as conn:
-        row = conn.execute(_ACTIVE_ID, {"now": _moment(now)}).one_or_none()
-    return None if row is None else (row.id, row.not_after)
+    # Last: below this method, `list` in an annotation would name it, not the builtin (mypy says so).
+    def list(self) -> list[IntermediateRecord]:
+        """Every intermediate, oldest first."""
+        with self._read("listing intermediates") as conn:
+            rows = conn.execute(sa.select(intermediates).order_by(_c.created_at, _c.id)).all()
+        return [_record(r) for r in rows]
 
 
 def _active_query(select: sa.Select[Any]) -> sa.Select[Any]:
@@ -243,17 +227,6 @@ def _active_query(select: sa.Select[Any]) -> sa.Select[Any]:
         .order_by(_c.activate_at.desc(), _c.id.desc())
         .limit(1)
     )
-
-
-def count_issued_by_issuer(read: Transaction) -> dict[str, int]:
-    """Issued certificates per issuer id (reserved and abandoned serials are not certificates)."""
-    with read("counting certificates by issuer") as conn:
-        rows = conn.execute(
-            sa.select(certificates.c.issuer, sa.func.count())
-            .where(certificates.c.status == CertificateStatus.ISSUED.value)
-            .group_by(certificates.c.issuer)
-        ).all()
-    return {issuer: int(n) for issuer, n in rows}
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -162,6 +162,11 @@ def utc(value: object, field: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def now_utc() -> datetime:
+    """The current time as aware UTC: what every `now=None` of the store means."""
+    return datetime.now(UTC)
+
+
 def check_reservation(rec: Reservation) -> None:
     """Validate a reservation completely before the insert, so bad input never looks like an outage."""
     check_serial(rec.serial)

@@ -473,7 +473,7 @@ def test_a_cross_certificate_gives_an_alternate_chain(served: Server, http01: Ch
     """With a certificate served after the intermediate (a root rollover's cross-certificate; the root stands
     in for one here), the default chain carries it and the alternate chain, linked rel="alternate", does not."""
     with Store.from_config(served.ca.config.db.model_dump(), served.ca.config.base_dir) as store:
-        active = store.active_intermediate()
+        active = store.intermediates.active()
         assert active is not None
         with store._write("test: a cross-certificate") as conn:
             conn.execute(intermediates.update().where(intermediates.c.id == active.id)

@@ -369,7 +369,7 @@ def test_rotation_keeps_the_root_and_every_chain_valid(signed: PKI, serving: Ser
     assert listed["intermediate-2"]["issued"] == 6
     old_serial = x509.load_pem_x509_certificates(before.read_bytes())[0].serial_number
     with Store.from_config(ca.config.db.model_dump(), ca.base) as store:
-        rec = store.get_certificate(old_serial)
+        rec = store.certificates.get(old_serial)
         assert rec is not None and rec.status == "issued" and rec.issuer == listed["intermediate-1"]["id"]
 
     done = _ok(o.run("verify", "out/transcript.jsonl", "--root", str(root_file), "--intermediate",

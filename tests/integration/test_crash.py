@@ -67,7 +67,7 @@ def test_sigkill_mid_issuance_leaves_nothing_unrecorded(crash_ca: DevCA, point: 
     store = Store.from_config(config.db.model_dump(), config.base_dir)
     key = crash_ca.provisioner_key()
     try:
-        reserved_before = {r.serial for r in store.list_certificates(CertificateStatus.RESERVED, limit=1000)}
+        reserved_before = {r.serial for r in store.certificates.list(CertificateStatus.RESERVED, limit=1000)}
         hold.touch()
         outcome: dict[str, Any] = {}
 
@@ -79,7 +79,7 @@ def test_sigkill_mid_issuance_leaves_nothing_unrecorded(crash_ca: DevCA, point: 
 
         thread = threading.Thread(target=request)
         thread.start()
-        rec = _wait(lambda: [r for r in store.list_certificates(CertificateStatus.RESERVED, limit=1000)
+        rec = _wait(lambda: [r for r in store.certificates.list(CertificateStatus.RESERVED, limit=1000)
                              if r.serial not in reserved_before], 20, "the reservation")[0]
         (worker,) = server.workers()
         os.kill(worker, signal.SIGKILL)
@@ -91,19 +91,19 @@ def test_sigkill_mid_issuance_leaves_nothing_unrecorded(crash_ca: DevCA, point: 
         assert response is None or response.status_code >= 500, response.text if response else ""
         assert "victim.internal" in x509.Name.from_rfc4514_string(rec.subject).rfc4514_string()
         assert rec.tbs and rec.der is None
-        assert store.get_certificate(rec.serial).status == CertificateStatus.RESERVED \
-            or store.get_certificate(rec.serial).status == CertificateStatus.ABANDONED
+        assert store.certificates.get(rec.serial).status == CertificateStatus.RESERVED \
+            or store.certificates.get(rec.serial).status == CertificateStatus.ABANDONED
 
         # The server keeps serving, and what it hands out is recorded.
         ok = _wait(lambda: _try_sign(server, key), 30, "a replacement worker")
         cert = x509.load_pem_x509_certificate(ok.json()["crt"].encode())
-        issued = store.get_certificate(cert.serial_number)
+        issued = store.certificates.get(cert.serial_number)
         assert issued is not None and issued.status == CertificateStatus.ISSUED
         assert issued.der == cert.public_bytes(serialization.Encoding.DER)
         assert worker not in server.workers()
 
         # Housekeeping resolves the interrupted reservation; the row (and serial) stays.
-        final = _wait(lambda: (r := store.get_certificate(rec.serial)) and
+        final = _wait(lambda: (r := store.certificates.get(rec.serial)) and
                       r.status == CertificateStatus.ABANDONED and r, 20, "the sweep")
         assert "interrupted" in (final.status_reason or "")
         assert final.tbs == rec.tbs

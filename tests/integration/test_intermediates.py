@@ -64,7 +64,7 @@ def _store(ca: DevCA) -> Store:
 def _records(ca: DevCA) -> list[IntermediateRecord]:
     """The rows themselves (not `intermediate list`, which would record ca.json's intermediate if none)."""
     with _store(ca) as store:
-        return store.list_intermediates()
+        return store.intermediates.list()
 
 
 def _listed(ca: DevCA) -> dict[str, dict[str, Any]]:
@@ -400,9 +400,9 @@ def test_postponing_a_scheduled_activation_leaves_no_gap(tmp_path: Path) -> None
     hsmca(ca, "intermediate", "activate", "int-2", "--at", _z(first))
     hsmca(ca, "intermediate", "activate", "int-2", "--at", _z(second))  # postponed by a day
     with _store(ca) as store:
-        between = store.active_intermediate(first + timedelta(hours=12))
+        between = store.intermediates.active(first + timedelta(hours=12))
         assert between is not None and between.name == "intermediate_ca"
-        assert store.active_intermediate(second + timedelta(seconds=1)).name == "int-2"  # type: ignore[union-attr]
+        assert store.intermediates.active(second + timedelta(seconds=1)).name == "int-2"  # type: ignore[union-attr]
 
 
 def test_retiring_a_pending_one_cancels_its_hand_over(tmp_path: Path) -> None:
@@ -412,7 +412,7 @@ def test_retiring_a_pending_one_cancels_its_hand_over(tmp_path: Path) -> None:
     hsmca(ca, "intermediate", "activate", "int-2", "--at", _z(at))
     hsmca(ca, "intermediate", "retire", "int-2")  # changed our minds before the hand-over
     with _store(ca) as store:
-        later = store.active_intermediate(at + timedelta(hours=1))
+        later = store.intermediates.active(at + timedelta(hours=1))
         assert later is not None and later.name == "intermediate_ca" and later.retired_at is None
     refused = hsmca(ca, "intermediate", "activate", "int-2", check=False)
     assert refused.returncode == 1 and "retired intermediates are not re-activated" in refused.stderr
@@ -475,7 +475,7 @@ def test_serve_records_the_ca_json_intermediate_of_an_older_ca(tmp_path: Path) -
             ("intermediate_ca", _ski(inter.public_key()), "pkcs11:object=intermediate_ca",
              inter.public_bytes(Encoding.DER))]
         with _store(ca) as store:
-            active = store.active_intermediate()
+            active = store.intermediates.active()
         assert active is not None and active.id == rows[0].id
         assert "recorded the intermediate of ca.json (CN=hsmca Intermediate CA,O=hsmca) as active" in server.log()
         done = _certificate(server, "leaf.internal")

@@ -2,7 +2,7 @@
 
 The acceptance case revokes with `hsmca revoke` (through the API). Elsewhere `revoke_here` writes the
 revocation to the CA's database and rewrites this host's revocation stamp, which is what the API's revoke does
-after its commit; a bare `Store.revoke` plays a revocation made by another replica (no stamp here). The KMS
+after its commit; a bare `RevocationStore.revoke` plays a revocation made by another replica (no stamp here). The KMS
 signature count comes from `/metrics` (`hsmca_kms_sign_seconds_count`, every process merged).
 """
 
@@ -95,13 +95,13 @@ def kms_signatures(server: Server) -> float:
 
 
 def wait_presigned(store: Store, serial: int, timeout: float = 30) -> None:
-    wait_for(lambda: store.cached_ocsp_response(serial) is not None, timeout,
+    wait_for(lambda: store.ocsp.cached(serial) is not None, timeout,
              f"a pre-signed OCSP response for {serial}")
 
 
 def revoke_here(ca: DevCA, store: Store, serial: int, reason_code: int) -> None:
     """A revocation committed on this host, as the API's revoke makes it (database, then stamp)."""
-    store.revoke(serial, reason_code=reason_code, source="test")
+    store.revocations.revoke(serial, reason_code=reason_code, source="test")
     bump(stamp_path(ca.base))
 
 
@@ -343,7 +343,7 @@ def test_a_revocation_by_another_replica_reaches_the_memory_within_the_poll(
     session = requests.Session()
     post(url, der, session)
     assert post(url, der, session).headers["X-OCSP-Cache"] == "memory"
-    store.revoke(cert.serial_number, reason_code=1, source="another replica")  # no stamp on this host
+    store.revocations.revoke(cert.serial_number, reason_code=1, source="another replica")  # no stamp on this host
     revoked_at = time.monotonic()
     while True:
         status = ocsp.load_der_ocsp_response(post(url, der, session).content).certificate_status

@@ -94,7 +94,7 @@ def test_sha256_cert_ids_are_answered_in_kind(dev_ca: DevCA, config: CAConfig, s
     got = ocsp.load_der_ocsp_response(answer.der)
     assert answer.status == "good" and isinstance(got.hash_algorithm, hashes.SHA256)
     assert got.serial_number == cert.serial_number
-    assert store.cached_ocsp_response(cert.serial_number) is None  # the cache holds SHA-1 CertIDs only
+    assert store.ocsp.cached(cert.serial_number) is None  # the cache holds SHA-1 CertIDs only
 
 
 def test_refresher_presigns_new_certificates_and_resigns_past_half_validity(
@@ -110,23 +110,23 @@ def test_refresher_presigns_new_certificates_and_resigns_past_half_validity(
     for cert in fresh:
         hit = resp.respond(request(dev_ca, cert))
         assert hit.cached and hit.status == "good"
-    store.revoke(fresh[0].serial_number, reason_code=1, source="test")
+    store.revocations.revoke(fresh[0].serial_number, reason_code=1, source="test")
     done = refresher.run()
     assert done is not None and done.presigned == 1 and done.statuses == {"revoked": 1}
-    assert store.cached_ocsp_response(fresh[0].serial_number).status == "revoked"  # type: ignore[union-attr]
+    assert store.ocsp.cached(fresh[0].serial_number).status == "revoked"  # type: ignore[union-attr]
 
     # 31 minutes on, every 1-hour response is past half its validity: re-signed (and still cached).
-    before = store.cached_ocsp_response(fresh[1].serial_number)
+    before = store.ocsp.cached(fresh[1].serial_number)
     done = refresher.run(datetime.now(UTC) + timedelta(minutes=31))
     assert done is not None and done.resigned >= 5
-    row = store.cached_ocsp_response(fresh[1].serial_number)
+    row = store.ocsp.cached(fresh[1].serial_number)
     assert row is not None and before is not None and row.der != before.der  # a new signature
 
     # One replica at a time: another holder waits for the lease.
     other = OCSPRefresher(store, resp, batch=2, lease_ttl=timedelta(minutes=1),
                           reservation_timeout=timedelta(minutes=2), holder="replica-b")
     assert other.run() is None
-    store.release_lease(LEASE, "replica-a")
+    store.leases.release(LEASE, "replica-a")
     assert other.run() is not None
 
 

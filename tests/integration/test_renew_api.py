@@ -1,7 +1,7 @@
 """POST /renew and /rekey against a served CA: mTLS with requests over real TLS, and the x5c bearer token.
 
 Real SoftHSM keys, real SQLite, a real `hsmca serve` (gunicorn with optional client certificates).
-Revocation goes through Store.revoke on the CA's own database, as the revoke endpoint will.
+Revocation goes through RevocationStore.revoke on the CA's own database, as the revoke endpoint will.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_renew_over_mtls(served: Server, tmp_path: Path):
         resp = renew_mtls(served, crt, key, path)
         assert resp.status_code == 201, resp.text
         assert_successor(old, resp.json(), served.ca, tmp_path)
-    record = db(served.ca).get_certificate(leaf(resp.json()["crt"]).serial_number)
+    record = db(served.ca).certificates.get(leaf(resp.json()["crt"]).serial_number)
     assert record is not None and record.status == "issued"
     events = [e for e in served.ca.audit_events() if e["action"] == "x509.renew" and e["decision"] == "allowed"]
     assert events and events[-1]["details"]["renewed"] == str(old.serial_number)
@@ -195,7 +195,7 @@ def test_a_certificate_from_another_ca_is_refused(served: Server):
 def test_a_revoked_certificate_cannot_renew_or_rekey(served: Server):
     crt, key = issue(served, "revoked.corp")
     cert = leaf(crt)
-    db(served.ca).revoke(cert.serial_number, reason_code=1, source="test")
+    db(served.ca).revocations.revoke(cert.serial_number, reason_code=1, source="test")
     resp = renew_mtls(served, crt, key)
     assert resp.status_code == 401 and "revoked" in resp.json()["message"]
     token = renew_token(x509.load_pem_x509_certificates(crt.read_bytes()), key, served.url)
@@ -251,12 +251,12 @@ def test_a_certificate_revokes_itself_over_mtls_and_then_cannot_renew(served: Se
     cert, ca = leaf(crt), served.ca
     resp = served.post("/revoke", cert=(str(crt), str(key)), json={"serial": str(leaf(other).serial_number)})
     assert resp.status_code == 403 and "only revoke itself" in resp.json()["message"]
-    assert db(ca).get_revocation(leaf(other).serial_number) is None
+    assert db(ca).revocations.get(leaf(other).serial_number) is None
 
     done = hsmca(ca, "revoke", "--cert", str(crt), "--key", str(key), "--reason-code", "1",
                  "--ca-url", served.url, "--root", str(ca.root))
     assert "has been revoked" in done.stderr
-    rec = db(ca).get_revocation(cert.serial_number)
+    rec = db(ca).revocations.get(cert.serial_number)
     assert rec is not None and rec.source == "mtls" and int(rec.reason_code) == 1
     resp = renew_mtls(served, crt, key)
     assert resp.status_code == 401 and "revoked" in resp.json()["message"]

@@ -81,7 +81,7 @@ def test_revoke_by_token_is_recorded_audited_and_idempotent(client, authority, p
                                 "reason": "laptop stolen", "passive": True}, path)
     assert resp.status_code == 200, resp.text
     assert resp.json == {"status": "ok"}
-    rec = authority.store.get_revocation(serial)
+    rec = authority.store.revocations.get(serial)
     assert rec is not None and rec.reason_code is RevocationReason.KEY_COMPROMISE and rec.reason == "laptop stolen"
     assert rec.source == "provisioner:admin"
     event = dev_ca.audit_events()[-1]
@@ -90,7 +90,7 @@ def test_revoke_by_token_is_recorded_audited_and_idempotent(client, authority, p
 
     again = post_revoke(client, {"serial": str(serial), "ott": revoke_token(prov_key, serial), "reasonCode": 4}, path)
     assert again.status_code == 200, again.text
-    assert authority.store.get_revocation(serial) == rec  # the first revocation stands
+    assert authority.store.revocations.get(serial) == rec  # the first revocation stands
     assert dev_ca.audit_events()[-1]["details"]["alreadyRevoked"] is True
 
 
@@ -107,7 +107,7 @@ def test_bad_reason_code_is_400(client, authority, prov_key, code):
     resp = post_revoke(client, {"serial": str(serial), "ott": revoke_token(prov_key, serial), "reasonCode": code})
     assert resp.status_code == 400, resp.text
     assert "reasonCode" in resp.json["message"] and resp.json["status"] == 400
-    assert authority.store.get_revocation(serial) is None
+    assert authority.store.revocations.get(serial) is None
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
@@ -134,12 +134,12 @@ def test_a_token_for_another_serial_is_refused_and_spent(client, authority, prov
     resp = post_revoke(client, {"serial": str(mine.serial_number), "ott": ott})
     assert resp.status_code == 403, resp.text
     assert f"not {mine.serial_number}" in resp.json["message"]
-    assert authority.store.get_revocation(mine.serial_number) is None
+    assert authority.store.revocations.get(mine.serial_number) is None
     assert dev_ca.audit_events()[-1]["decision"] == "denied"
     # The refused token was spent: it cannot revoke the serial it names either.
     replay = post_revoke(client, {"serial": str(other.serial_number), "ott": ott})
     assert replay.status_code == 401 and "already used" in replay.json["message"]
-    assert authority.store.get_revocation(other.serial_number) is None
+    assert authority.store.revocations.get(other.serial_number) is None
 
 
 def test_tokens_are_bound_to_their_endpoint(client, authority, prov_key):
@@ -158,7 +158,7 @@ def test_tokens_are_bound_to_their_endpoint(client, authority, prov_key):
     resp = client.simulate_post("/1.0/sign", json={"csr": csr_pem(str(serial), [str(serial)]),
                                                    "ott": sign_token(prov_key, str(serial), aud=REVOKE_AUD)})
     assert resp.status_code == 401 and "audience" in resp.json["message"]
-    assert authority.store.get_revocation(serial) is None
+    assert authority.store.revocations.get(serial) is None
 
 
 # --- certificate URLs ----------------------------------------------------------------------------
@@ -185,12 +185,12 @@ def cert_issuer_id(cert: x509.Certificate) -> str:
 def test_crl_is_signed_after_revocations_served_with_cache_headers_and_numbered(
         client, authority, prov_key, publisher, dev_ca, tmp_path):
     # Before the first CRL: 503 with a reason (a fresh database per CA module, nothing published yet).
-    assert authority.store.latest_crl_info(authority.issuer.id) is None
+    assert authority.store.crls.latest_info(authority.issuer.id) is None
     resp = client.simulate_get("/crl")
     assert resp.status_code == 503 and "no CRL has been signed yet" in resp.json["message"]
 
     publisher.run_once()
-    first = authority.store.latest_crl_info(authority.issuer.id)
+    first = authority.store.crls.latest_info(authority.issuer.id)
     assert first is not None
     assert publisher.run_once() == []  # nothing changed: no new CRL
 
@@ -245,7 +245,7 @@ def test_crl_is_signed_after_revocations_served_with_cache_headers_and_numbered(
 
 def test_a_crl_is_re_signed_past_half_its_validity(authority, publisher):
     publisher.run_once()
-    latest = authority.store.latest_crl_info(authority.issuer.id)
+    latest = authority.store.crls.latest_info(authority.issuer.id)
     assert latest is not None
     assert publisher.run_once(latest.this_update + timedelta(minutes=29)) == []
     made = publisher.run_once(latest.this_update + timedelta(minutes=31))
@@ -276,16 +276,16 @@ def test_two_publishers_sharing_a_database_make_one_crl_per_revision(client, aut
         return made
 
     for _ in range(3):
-        before = store.latest_crl_info(issuer_id)
+        before = store.crls.latest_info(issuer_id)
         assert before is not None
         cert = issue(client, prov_key)
         assert post_revoke(client, {"serial": str(cert.serial_number),
                                     "ott": revoke_token(prov_key, cert.serial_number)}).status_code == 200
         made = both_poll()
         assert made == [before.number + 1], made
-        after = store.latest_crl_info(issuer_id)
-        assert after is not None and after.revision == store.revocation_revision(issuer_id)
-    assert store.lease_holder(f"crl:{issuer_id}", datetime.now(timezone.utc)) is None  # released
+        after = store.crls.latest_info(issuer_id)
+        assert after is not None and after.revision == store.revocations.revision(issuer_id)
+    assert store.leases.holder(f"crl:{issuer_id}", datetime.now(timezone.utc)) is None  # released
 
 
 def test_each_intermediate_has_its_own_crl_and_certificate_url(client, authority, prov_key, publisher):

@@ -74,7 +74,7 @@ def post_sign(client: testing.TestClient, body: Any, **kw: Any) -> testing.Resul
 
 
 def counts(authority: Authority) -> dict[str, int]:
-    return dict(authority.store.count_by_status())
+    return dict(authority.store.certificates.count_by_status())
 
 
 # --- issuing ---------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_sign_issues_a_conformant_leaf(client, authority, prov_key, dev_ca, make
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert timedelta(hours=24) <= lifetime <= timedelta(hours=24, minutes=1)
 
-    rec = authority.store.get_certificate(cert.serial_number)
+    rec = authority.store.certificates.get(cert.serial_number)
     assert rec is not None and rec.status == CertificateStatus.ISSUED
     assert rec.der == cert.public_bytes(serialization.Encoding.DER)
     assert rec.tbs == cert.tbs_certificate_bytes

@@ -220,66 +220,66 @@ def test_ping(store: Store) -> None:
 def test_reserve_then_issue_round_trip(store: Store) -> None:
     serial = next(_serials)
     tbs, der = certificate(serial)
-    store.reserve(reservation(serial, tbs))
+    store.certificates.reserve(reservation(serial, tbs))
 
-    rec = store.get_certificate(serial)
+    rec = store.certificates.get(serial)
     assert rec is not None
     assert (rec.status, rec.der, rec.pem, rec.issued_at) == (CertificateStatus.RESERVED, None, None, None)
     assert rec.tbs == tbs and rec.request_id == "req-1" and rec.issuer == "9f2c1e"
     assert rec.sans == ("dns:svc.corp", "ip:10.0.0.1", "email:ops@corp", "uri:spiffe://corp/svc")
 
-    store.mark_issued(serial, der)
-    rec = store.get_certificate(serial)
+    store.certificates.mark_issued(serial, der)
+    rec = store.certificates.get(serial)
     assert rec is not None and rec.status == "issued" and rec.der == der
     assert rec.issued_at is not None and rec.issued_at >= rec.reserved_at
     assert rec.pem is not None
     assert x509.load_pem_x509_certificate(rec.pem.encode()).serial_number == serial
 
-    store.mark_issued(serial, der)  # a retry with the same certificate is harmless
+    store.certificates.mark_issued(serial, der)  # a retry with the same certificate is harmless
     with pytest.raises(InvalidTransition, match="is issued, not reserved"):
-        store.mark_abandoned(serial, "too late")
+        store.certificates.mark_abandoned(serial, "too late")
 
 
 def test_issue_refuses_a_certificate_over_another_tbs(store: Store) -> None:
     serial = next(_serials)
     tbs, _ = certificate(serial, "svc.corp")
     _, other_der = certificate(serial, "evil.corp")
-    store.reserve(reservation(serial, tbs))
+    store.certificates.reserve(reservation(serial, tbs))
     with pytest.raises(StoreError, match="not signed over the reserved TBS"):
-        store.mark_issued(serial, other_der)
+        store.certificates.mark_issued(serial, other_der)
     with pytest.raises(StoreError, match="not valid DER"):
-        store.mark_issued(serial, b"\x30\x03garbage")
-    rec = store.get_certificate(serial)
+        store.certificates.mark_issued(serial, b"\x30\x03garbage")
+    rec = store.certificates.get(serial)
     assert rec is not None and rec.status == "reserved" and rec.der is None
     with pytest.raises(CertificateNotFound):
-        store.mark_issued(next(_serials), other_der)
+        store.certificates.mark_issued(next(_serials), other_der)
 
 
 def test_abandon_closes_a_reservation_for_good(store: Store) -> None:
     serial = next(_serials)
     tbs, der = certificate(serial)
-    store.reserve(reservation(serial, tbs))
-    store.mark_abandoned(serial, "HSM refused: CKR_DEVICE_ERROR")
-    rec = store.get_certificate(serial)
+    store.certificates.reserve(reservation(serial, tbs))
+    store.certificates.mark_abandoned(serial, "HSM refused: CKR_DEVICE_ERROR")
+    rec = store.certificates.get(serial)
     assert rec is not None and rec.status == "abandoned"
     assert rec.status_reason == "HSM refused: CKR_DEVICE_ERROR"
     with pytest.raises(InvalidTransition, match="is abandoned, not reserved"):
-        store.mark_issued(serial, der)
+        store.certificates.mark_issued(serial, der)
     with pytest.raises(InvalidTransition):
-        store.mark_abandoned(serial, "again")
+        store.certificates.mark_abandoned(serial, "again")
     with pytest.raises(CertificateNotFound):
-        store.mark_abandoned(next(_serials), "never reserved")
+        store.certificates.mark_abandoned(next(_serials), "never reserved")
     with pytest.raises(SerialCollision):
-        store.reserve(reservation(serial, tbs))
+        store.certificates.reserve(reservation(serial, tbs))
 
 
 def test_duplicate_serial_never_overwrites(store: Store) -> None:
     serial = next(_serials)
     tbs, _ = certificate(serial)
-    store.reserve(reservation(serial, tbs))
+    store.certificates.reserve(reservation(serial, tbs))
     with pytest.raises(SerialCollision, match=f"serial {serial} is already recorded"):
-        store.reserve(reservation(serial, b"other", subject="CN=other", provisioner="other"))
-    rec = store.get_certificate(serial)
+        store.certificates.reserve(reservation(serial, b"other", subject="CN=other", provisioner="other"))
+    rec = store.certificates.get(serial)
     assert rec is not None and rec.tbs == tbs and rec.subject == "CN=svc.corp"
 
 
@@ -287,38 +287,38 @@ def test_stale_reservations_honour_the_cut_off(server: Server) -> None:
     with Store(server.new_url()) as store:
         store.migrate()
         old, issued, young = next(_serials), next(_serials), next(_serials)
-        store.reserve(reservation(old, b"old"))
+        store.certificates.reserve(reservation(old, b"old"))
         tbs, der = certificate(issued)
-        store.reserve(reservation(issued, tbs))
-        store.mark_issued(issued, der)
+        store.certificates.reserve(reservation(issued, tbs))
+        store.certificates.mark_issued(issued, der)
         time.sleep(0.01)
         middle = datetime.now(UTC)
         time.sleep(0.01)
-        store.reserve(reservation(young, b"young"))
+        store.certificates.reserve(reservation(young, b"young"))
 
         hour = timedelta(hours=1)
-        assert store.resolve_stale_reservations(hour, now=middle + hour) == [old]
-        assert store.resolve_stale_reservations(hour, now=middle + hour) == []
-        rec = store.get_certificate(old)
+        assert store.certificates.resolve_stale(hour, now=middle + hour) == [old]
+        assert store.certificates.resolve_stale(hour, now=middle + hour) == []
+        rec = store.certificates.get(old)
         assert rec is not None and rec.status == "abandoned" and rec.status_reason == STALE_REASON
-        assert store.get_certificate(young).status == "reserved"  # type: ignore[union-attr]
-        assert store.get_certificate(issued).status == "issued"  # type: ignore[union-attr]
+        assert store.certificates.get(young).status == "reserved"  # type: ignore[union-attr]
+        assert store.certificates.get(issued).status == "issued"  # type: ignore[union-attr]
 
-        assert store.resolve_stale_reservations(hour, now=datetime.now(UTC) + 2 * hour) == [young]
-        assert store.count_by_status() == {"reserved": 0, "issued": 1, "abandoned": 2}
+        assert store.certificates.resolve_stale(hour, now=datetime.now(UTC) + 2 * hour) == [young]
+        assert store.certificates.count_by_status() == {"reserved": 0, "issued": 1, "abandoned": 2}
         with pytest.raises(SerialCollision):  # the row stays: a serial is never reused
-            store.reserve(reservation(old, b"old again"))
+            store.certificates.reserve(reservation(old, b"old again"))
         with pytest.raises(ValueError):
-            store.resolve_stale_reservations(timedelta(0))
+            store.certificates.resolve_stale(timedelta(0))
 
 
 def test_datetimes_come_back_aware_utc(store: Store) -> None:
     serial = next(_serials)
     india = timezone(timedelta(hours=5, minutes=30))
     not_before = datetime(2030, 6, 1, 12, 0, 0, 123456, tzinfo=india)
-    store.reserve(reservation(serial, b"tz", not_before=not_before,
-                              not_after=not_before + timedelta(days=90)))
-    rec = store.get_certificate(serial)
+    store.certificates.reserve(reservation(serial, b"tz", not_before=not_before,
+                                           not_after=not_before + timedelta(days=90)))
+    rec = store.certificates.get(serial)
     assert rec is not None
     for value in (rec.not_before, rec.not_after, rec.reserved_at):
         assert value.tzinfo is not None and value.utcoffset() == timedelta(0)
@@ -326,41 +326,41 @@ def test_datetimes_come_back_aware_utc(store: Store) -> None:
     assert rec.not_before.hour == 6 and rec.not_before.minute == 30
     assert abs(rec.reserved_at - datetime.now(UTC)) < timedelta(minutes=1)
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.reserve(reservation(next(_serials), b"naive", not_before=datetime(2030, 1, 1)))
+        store.certificates.reserve(reservation(next(_serials), b"naive", not_before=datetime(2030, 1, 1)))
 
 
 def test_large_serials(store: Store) -> None:
     for serial in (2**128 - 1, 2**159 - 1):
-        store.reserve(reservation(serial, b"large"))
-        rec = store.get_certificate(serial)
+        store.certificates.reserve(reservation(serial, b"large"))
+        rec = store.certificates.get(serial)
         assert rec is not None and rec.serial == serial
-    assert store.get_certificate(2**159) is None
-    assert store.get_certificate(-1) is None
+    assert store.certificates.get(2**159) is None
+    assert store.certificates.get(-1) is None
     for bad in (0, -5, 2**159):
         with pytest.raises(ValueError):
-            store.reserve(reservation(bad, b"bad"))
+            store.certificates.reserve(reservation(bad, b"bad"))
 
 
 def test_list_and_count(store: Store) -> None:
-    before = store.count_by_status()
+    before = store.certificates.count_by_status()
     a, b = next(_serials), next(_serials)
     tbs, der = certificate(a)
-    store.reserve(reservation(a, tbs))
-    store.mark_issued(a, der)
-    store.reserve(reservation(b, b"b"))
-    after = store.count_by_status()
+    store.certificates.reserve(reservation(a, tbs))
+    store.certificates.mark_issued(a, der)
+    store.certificates.reserve(reservation(b, b"b"))
+    after = store.certificates.count_by_status()
     assert after["issued"] == before["issued"] + 1
     assert after["reserved"] == before["reserved"] + 1
     assert after["abandoned"] == before["abandoned"]
 
-    issued = store.list_certificates(status="issued", limit=10_000)
+    issued = store.certificates.list(status="issued", limit=10_000)
     assert a in {r.serial for r in issued} and all(r.status == "issued" for r in issued)
-    newest = store.list_certificates(limit=2)
+    newest = store.certificates.list(limit=2)
     assert [r.serial for r in newest] == [b, a]
     with pytest.raises(ValueError):
-        store.list_certificates(status="revoked")
+        store.certificates.list(status="revoked")
     with pytest.raises(ValueError):
-        store.list_certificates(limit=0)
+        store.certificates.list(limit=0)
 
 
 # -- one-time tokens -------------------------------------------------------------------------
@@ -369,45 +369,45 @@ def test_list_and_count(store: Store) -> None:
 def test_token_is_single_use(store: Store) -> None:
     jti = secrets.token_urlsafe(16)
     expires = datetime.now(UTC) + timedelta(minutes=5)
-    assert store.use_token(jti, "admin", expires) is True
-    assert store.use_token(jti, "admin", expires) is False
-    assert store.use_token(jti, "other-provisioner", expires) is False
+    assert store.tokens.use(jti, "admin", expires) is True
+    assert store.tokens.use(jti, "admin", expires) is False
+    assert store.tokens.use(jti, "other-provisioner", expires) is False
     # ids compare byte for byte (no case folding on MySQL)
-    assert store.use_token(jti.upper() + "A", "admin", expires) is True
-    assert store.use_token(jti.lower() + "a", "admin", expires) is True
-    assert store.use_token("x" * 256, "admin", expires) is True  # the longest id fits
+    assert store.tokens.use(jti.upper() + "A", "admin", expires) is True
+    assert store.tokens.use(jti.lower() + "a", "admin", expires) is True
+    assert store.tokens.use("x" * 256, "admin", expires) is True  # the longest id fits
     with pytest.raises(ValueError):
-        store.use_token("x" * 257, "admin", expires)
+        store.tokens.use("x" * 257, "admin", expires)
 
 
 def test_reserve_burns_its_token_in_the_same_transaction(store: Store) -> None:
     jti = secrets.token_urlsafe(16)
     token = OneTimeToken(jti, "admin", datetime.now(UTC) + timedelta(minutes=5))
     first = next(_serials)
-    store.reserve(reservation(first, certificate(first)[0]), token)
-    assert store.get_certificate(first) is not None
-    assert store.use_token(jti, "admin", token.expires_at) is False  # burned with the reservation
+    store.certificates.reserve(reservation(first, certificate(first)[0]), token)
+    assert store.certificates.get(first) is not None
+    assert store.tokens.use(jti, "admin", token.expires_at) is False  # burned with the reservation
     second = next(_serials)
     with pytest.raises(TokenReplayed):
-        store.reserve(reservation(second, certificate(second)[0]), token)
-    assert store.get_certificate(second) is None  # a replay records nothing
+        store.certificates.reserve(reservation(second, certificate(second)[0]), token)
+    assert store.certificates.get(second) is None  # a replay records nothing
     # A serial collision rolls the token back too: the token stays usable.
     fresh = OneTimeToken(secrets.token_urlsafe(16), "admin", token.expires_at)
     with pytest.raises(SerialCollision):
-        store.reserve(reservation(first, certificate(first)[0]), fresh)
-    assert store.use_token(fresh.jti, "admin", fresh.expires_at) is True
+        store.certificates.reserve(reservation(first, certificate(first)[0]), fresh)
+    assert store.tokens.use(fresh.jti, "admin", fresh.expires_at) is True
 
 
 def test_purge_expired_tokens(server: Server) -> None:
     with Store(server.new_url()) as store:
         store.migrate()
         now = datetime.now(UTC)
-        store.use_token("gone-1", "admin", now - timedelta(minutes=2))
-        store.use_token("gone-2", "admin", now - timedelta(seconds=1))
-        store.use_token("kept", "admin", now + timedelta(minutes=5))
-        assert store.purge_expired_tokens(now) == 2
-        assert store.purge_expired_tokens(now) == 0
-        assert store.use_token("kept", "admin", now + timedelta(minutes=5)) is False
+        store.tokens.use("gone-1", "admin", now - timedelta(minutes=2))
+        store.tokens.use("gone-2", "admin", now - timedelta(seconds=1))
+        store.tokens.use("kept", "admin", now + timedelta(minutes=5))
+        assert store.tokens.purge_expired(now) == 2
+        assert store.tokens.purge_expired(now) == 0
+        assert store.tokens.use("kept", "admin", now + timedelta(minutes=5)) is False
 
 
 def test_token_race_between_threads(store: Store) -> None:
@@ -419,7 +419,7 @@ def test_token_race_between_threads(store: Store) -> None:
     def claim() -> None:
         barrier.wait(timeout=10)
         try:
-            results.append(store.use_token(jti, "admin", expires))
+            results.append(store.tokens.use(jti, "admin", expires))
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             results.append(exc)
 
@@ -434,7 +434,7 @@ def test_token_race_between_threads(store: Store) -> None:
 def _claim_in_child(store: Store, jti: str, expires: datetime, barrier: object) -> None:
     barrier.wait(timeout=10)  # type: ignore[attr-defined]
     try:
-        won = store.use_token(jti, "admin", expires)
+        won = store.tokens.use(jti, "admin", expires)
     except BaseException as exc:  # noqa: BLE001
         print(f"child failed: {exc!r}", file=sys.stderr)
         sys.exit(2)
@@ -456,7 +456,7 @@ def test_token_race_between_forked_workers(store: Store) -> None:
         p.join(timeout=30)
     assert sorted(p.exitcode if p.exitcode is not None else -1 for p in procs) == [0] + [1] * 7
     store.ping()  # the parent's pool survived its children
-    assert store.use_token(jti, "admin", expires) is False
+    assert store.tokens.use(jti, "admin", expires) is False
 
 
 # -- failures --------------------------------------------------------------------------------
@@ -481,7 +481,7 @@ def test_a_lock_wait_ends_in_store_unavailable(db_url: str) -> None:
         )
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="database unavailable while recording a one-time token"):
-            store.use_token(jti, "admin", expires)
+            store.tokens.use(jti, "admin", expires)
         assert time.monotonic() - started < 4
         conn.rollback()
     holder.dispose()

@@ -98,7 +98,7 @@ def test_bad_urls_are_refused() -> None:
 def test_unreachable_server_is_store_unavailable_quickly(url: str) -> None:
     with Store(url) as store:
         for call in (store.ping, store.check_schema,
-                     lambda: store.use_token("j", "p", datetime.now(UTC))):
+                     lambda: store.tokens.use("j", "p", datetime.now(UTC))):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable) as info:
                 call()
@@ -138,11 +138,11 @@ def test_bad_input_is_refused_before_the_database(tmp_path: Path) -> None:
         ]
         for change, error in cases:
             with pytest.raises(error):
-                store.reserve(Reservation(**{**good, **change}))  # type: ignore[arg-type]
+                store.certificates.reserve(Reservation(**{**good, **change}))  # type: ignore[arg-type]
         with pytest.raises(ValueError):
-            store.use_token("", "p", now)
+            store.tokens.use("", "p", now)
         with pytest.raises(ValueError):
-            store.use_token("j", "p", now.replace(tzinfo=None))
+            store.tokens.use("j", "p", now.replace(tzinfo=None))
         with pytest.raises(ValueError):
-            store.mark_abandoned(7, "")
-        assert store.count_by_status() == {"reserved": 0, "issued": 0, "abandoned": 0}
+            store.certificates.mark_abandoned(7, "")
+        assert store.certificates.count_by_status() == {"reserved": 0, "issued": 0, "abandoned": 0}

@@ -25,35 +25,35 @@ def crl(issuer: str, number: int, revision: int = 0, der: bytes = b"\x30\x03\x02
 
 
 def test_numbers_start_at_one_and_the_latest_is_the_highest(fresh: Store) -> None:
-    assert fresh.next_crl_number("aa") == 1 and fresh.latest_crl_info("aa") is None
+    assert fresh.crls.next_number("aa") == 1 and fresh.crls.latest_info("aa") is None
     big = bytes(3 * 1024 * 1024)  # a CRL of tens of thousands of entries: larger than a MySQL BLOB
-    fresh.add_crl(crl("aa", 1, revision=0))
-    fresh.add_crl(crl("aa", 2, revision=5, der=big))
-    fresh.add_crl(crl("bb", 1))
-    latest = fresh.latest_crl_info("aa")
+    fresh.crls.add(crl("aa", 1, revision=0))
+    fresh.crls.add(crl("aa", 2, revision=5, der=big))
+    fresh.crls.add(crl("bb", 1))
+    latest = fresh.crls.latest_info("aa")
     assert latest == crl("aa", 2, revision=5).info
     assert latest.this_update.tzinfo is not None
-    got = fresh.get_crl("aa", 2)
+    got = fresh.crls.get("aa", 2)
     assert got is not None and got.der == big
-    assert fresh.next_crl_number("aa") == 3 and fresh.next_crl_number("bb") == 2
+    assert fresh.crls.next_number("aa") == 3 and fresh.crls.next_number("bb") == 2
 
 
 def test_a_number_is_never_stored_twice_nor_below_the_highest(fresh: Store) -> None:
-    fresh.add_crl(crl("aa", 1))
-    fresh.add_crl(crl("aa", 2))
+    fresh.crls.add(crl("aa", 1))
+    fresh.crls.add(crl("aa", 2))
     with pytest.raises(CRLNumberTaken):
-        fresh.add_crl(crl("aa", 2))
+        fresh.crls.add(crl("aa", 2))
     with pytest.raises(CRLNumberTaken):
-        fresh.add_crl(crl("aa", 1))
-    assert fresh.latest_crl_info("aa").number == 2  # type: ignore[union-attr]
+        fresh.crls.add(crl("aa", 1))
+    assert fresh.crls.latest_info("aa").number == 2  # type: ignore[union-attr]
 
 
 def test_old_crls_are_pruned_and_numbers_keep_growing(fresh: Store) -> None:
     for n in range(1, 8):
-        fresh.add_crl(crl("aa", n))
-    assert fresh.count_crls("aa") == KEEP
-    assert fresh.get_crl("aa", 7 - KEEP) is None and fresh.get_crl("aa", 7 - KEEP + 1) is not None
-    assert fresh.next_crl_number("aa") == 8
+        fresh.crls.add(crl("aa", n))
+    assert fresh.crls.count("aa") == KEEP
+    assert fresh.crls.get("aa", 7 - KEEP) is None and fresh.crls.get("aa", 7 - KEEP + 1) is not None
+    assert fresh.crls.next_number("aa") == 8
 
 
 def test_racing_signers_store_one_crl_per_number(fresh: Store) -> None:
@@ -62,7 +62,7 @@ def test_racing_signers_store_one_crl_per_number(fresh: Store) -> None:
 
     def go(i: int) -> None:
         try:
-            fresh.add_crl(crl("aa", 1, revision=i))
+            fresh.crls.add(crl("aa", 1, revision=i))
             stored.append(i)
         except CRLNumberTaken:
             refused.append(i)
@@ -73,7 +73,7 @@ def test_racing_signers_store_one_crl_per_number(fresh: Store) -> None:
     for t in threads:
         t.join()
     assert len(stored) == 1 and len(refused) == 5
-    assert fresh.count_crls("aa") == 1
+    assert fresh.crls.count("aa") == 1
 
 
 def test_crl_entries_stream_serial_time_and_reason_in_utc(fresh: Store) -> None:
@@ -84,12 +84,12 @@ def test_crl_entries_stream_serial_time_and_reason_in_utc(fresh: Store) -> None:
     want = {}
     for code in (0, 1, 9):
         serial = issued(fresh, a.id)
-        fresh.revoke(serial, reason_code=code, source="admin", at=at)
+        fresh.revocations.revoke(serial, reason_code=code, source="admin", at=at)
         want[serial] = code
-    fresh.revoke(issued(fresh, b.id), source="admin", at=at)  # another issuer's
-    got = list(fresh.stream_crl_entries(a.id))
+    fresh.revocations.revoke(issued(fresh, b.id), source="admin", at=at)  # another issuer's
+    got = list(fresh.crls.entries(a.id))
     assert {s: c for s, _, c in got} == want
     for _, when, _ in got:  # naive UTC on every backend (what cryptography's CRL builder reads)
         assert when.tzinfo is None and when.replace(tzinfo=UTC) == at
     # The test certificates expired long before 2100: a CRL signed then lists none of them.
-    assert list(fresh.stream_crl_entries(a.id, expired_before=datetime(2100, 1, 1, tzinfo=UTC))) == []
+    assert list(fresh.crls.entries(a.id, expired_before=datetime(2100, 1, 1, tzinfo=UTC))) == []

@@ -65,8 +65,8 @@ def issued(s: Store, issuer: str, serial: int | None = None) -> int:
     """A certificate of `issuer`, reserved and issued (random serial unless given)."""
     serial = serial or secrets.randbits(120) + 2**120
     tbs, der = certificate(serial)
-    s.reserve(reservation(serial, tbs, issuer=issuer))
-    s.mark_issued(serial, der)
+    s.certificates.reserve(reservation(serial, tbs, issuer=issuer))
+    s.certificates.mark_issued(serial, der)
     return serial
 
 
@@ -128,7 +128,7 @@ def make(label: str = "intermediate", *, ca: bool = True, created_at: datetime |
 def install(
     s: Store, m: Made, activate_at: datetime | None = None, der: bytes | None = None
 ) -> IntermediateRecord:
-    return s.install_intermediate(
+    return s.intermediates.install(
         m.id, der if der is not None else m.der,
         not_before=m.cert.not_valid_before_utc, not_after=m.cert.not_valid_after_utc,
         subject=m.cert.subject.rfc4514_string(), activate_at=activate_at,
@@ -137,21 +137,21 @@ def install(
 
 def added_and_installed(s: Store, label: str = "intermediate") -> Made:
     m = make(label)
-    s.add_intermediate(m.rec)
+    s.intermediates.add(m.rec)
     install(s, m)
     return m
 
 
 def state(s: Store, m: Made, now: datetime) -> IntermediateState:
     """The state as `intermediate list` derives it: the record plus the active query, both at `now`."""
-    rec = s.get_intermediate(m.id)
+    rec = s.intermediates.get(m.id)
     assert rec is not None
-    active = s.active_intermediate(now)
+    active = s.intermediates.active(now)
     return intermediate_state(rec, active.id if active else None, now)
 
 
 def active_id(s: Store, now: datetime | None = None) -> str | None:
-    rec = s.active_intermediate(now)
+    rec = s.intermediates.active(now)
     return None if rec is None else rec.id
 
 
@@ -160,11 +160,11 @@ def active_id(s: Store, now: datetime | None = None) -> str | None:
 
 def test_add_install_schedule_and_a_scheduled_switch_with_no_writer(fresh: Store) -> None:
     first = make("intermediate-2026")
-    fresh.add_intermediate(first.rec)
-    assert fresh.get_intermediate(first.id) == first.rec
+    fresh.intermediates.add(first.rec)
+    assert fresh.intermediates.get(first.id) == first.rec
     now = datetime.now(UTC)
     assert state(fresh, first, now) == IntermediateState.AWAITING_CERTIFICATE
-    assert fresh.active_intermediate() is None
+    assert fresh.intermediates.active() is None
 
     rec = install(fresh, first)
     assert rec.certificate == first.der and rec.subject == first.cert.subject.rfc4514_string()
@@ -173,20 +173,20 @@ def test_add_install_schedule_and_a_scheduled_switch_with_no_writer(fresh: Store
     assert rec.installed_at is not None and rec.activate_at is None
     assert rec.csr == first.rec.csr and rec.key_uri == first.rec.key_uri
     assert state(fresh, first, datetime.now(UTC)) == IntermediateState.PENDING
-    assert fresh.active_intermediate() is None
+    assert fresh.intermediates.active() is None
 
     # Another replica: its own engine and pool, opened before the switch and never reopened.
     with Store(fresh._url) as replica:
-        assert replica.active_intermediate() is None
+        assert replica.intermediates.active() is None
 
         before = datetime.now(UTC)
-        rec = fresh.schedule_activation(first.id, before)
+        rec = fresh.intermediates.schedule_activation(first.id, before)
         assert rec.activate_at is not None and rec.activate_at >= before
         assert active_id(fresh) == active_id(replica) == first.id
         assert state(fresh, first, datetime.now(UTC)) == IntermediateState.ACTIVE
 
         second = make("intermediate-2027")
-        fresh.add_intermediate(second.rec)
+        fresh.intermediates.add(second.rec)
         switch = datetime.now(UTC) + HOUR
         rec = install(fresh, second, activate_at=switch)
         assert rec.activate_at == switch
@@ -196,73 +196,73 @@ def test_add_install_schedule_and_a_scheduled_switch_with_no_writer(fresh: Store
         assert state(fresh, first, now) == IntermediateState.ACTIVE
 
         # At the switch time the answer changes with nobody writing anything.
-        rows = fresh.list_intermediates()
+        rows = fresh.intermediates.list()
         later = switch + timedelta(microseconds=1)
         assert active_id(fresh, switch - timedelta(microseconds=1)) == first.id
         assert active_id(fresh, switch) == active_id(replica, later) == second.id
         assert state(fresh, second, later) == IntermediateState.ACTIVE
         assert state(fresh, first, later) == IntermediateState.RETIRED  # superseded
-        assert fresh.list_intermediates() == rows
+        assert fresh.intermediates.list() == rows
         assert [r.id for r in rows] == [first.id, second.id]
 
 
 def test_schedule_needs_an_installed_certificate(store: Store) -> None:
     m = make()
-    store.add_intermediate(m.rec)
+    store.intermediates.add(m.rec)
     with pytest.raises(InvalidTransition, match="has no certificate yet; install its certificate first"):
-        store.schedule_activation(m.id, datetime.now(UTC))
-    assert store.get_intermediate(m.id) == m.rec
+        store.intermediates.schedule_activation(m.id, datetime.now(UTC))
+    assert store.intermediates.get(m.id) == m.rec
     with pytest.raises(IntermediateNotFound):
-        store.schedule_activation("ab" * 20, datetime.now(UTC))
+        store.intermediates.schedule_activation("ab" * 20, datetime.now(UTC))
     with pytest.raises(IntermediateNotFound):
-        store.retire_intermediate("ab" * 20, datetime.now(UTC))
+        store.intermediates.retire("ab" * 20, datetime.now(UTC))
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.schedule_activation(m.id, datetime(2030, 1, 1))
+        store.intermediates.schedule_activation(m.id, datetime(2030, 1, 1))
 
 
 def test_a_past_activation_time_is_recorded_as_now(fresh: Store) -> None:
     older = added_and_installed(fresh)
-    fresh.schedule_activation(older.id, datetime.now(UTC))
+    fresh.intermediates.schedule_activation(older.id, datetime.now(UTC))
     newer = added_and_installed(fresh)
     before = datetime.now(UTC)
-    rec = fresh.schedule_activation(newer.id, before - timedelta(days=30))
+    rec = fresh.intermediates.schedule_activation(newer.id, before - timedelta(days=30))
     assert rec.activate_at is not None and rec.activate_at >= before
     assert active_id(fresh) == newer.id  # a back-dated activation does not lose to the older one
 
 
 def test_retire_is_final_and_a_future_retirement_is_not_yet(fresh: Store) -> None:
     m = added_and_installed(fresh)
-    fresh.schedule_activation(m.id, datetime.now(UTC))
+    fresh.intermediates.schedule_activation(m.id, datetime.now(UTC))
     end = datetime.now(UTC) + HOUR
-    rec = fresh.retire_intermediate(m.id, end)
+    rec = fresh.intermediates.retire(m.id, end)
     assert rec.retired_at == end
     assert active_id(fresh) == m.id
     assert active_id(fresh, end - timedelta(microseconds=1)) == m.id
     assert active_id(fresh, end) is None
     assert state(fresh, m, end) == IntermediateState.RETIRED
-    fresh.schedule_activation(m.id, datetime.now(UTC))  # retirement still ahead: allowed
+    fresh.intermediates.schedule_activation(m.id, datetime.now(UTC))  # retirement still ahead: allowed
 
     now = datetime.now(UTC)
-    rec = fresh.retire_intermediate(m.id, now)
+    rec = fresh.intermediates.retire(m.id, now)
     assert rec.retired_at == now
-    assert fresh.active_intermediate() is None
+    assert fresh.intermediates.active() is None
     assert state(fresh, m, datetime.now(UTC)) == IntermediateState.RETIRED
     with pytest.raises(InvalidTransition, match="retired intermediates are not re-activated"):
-        fresh.schedule_activation(m.id, datetime.now(UTC) + HOUR)
+        fresh.intermediates.schedule_activation(m.id, datetime.now(UTC) + HOUR)
     with pytest.raises(InvalidTransition, match="retired intermediates are not re-activated"):
         install(fresh, m, activate_at=datetime.now(UTC))
-    assert fresh.retire_intermediate(m.id, now + HOUR).retired_at == now  # final: time kept
-    assert install(fresh, m) == fresh.get_intermediate(m.id)  # same DER, no schedule: a no-op
+    assert fresh.intermediates.retire(m.id, now + HOUR).retired_at == now  # final: time kept
+    assert install(fresh, m) == fresh.intermediates.get(m.id)  # same DER, no schedule: a no-op
 
 
 def test_retiring_the_newest_falls_back_to_the_one_it_superseded(fresh: Store) -> None:
     """Only an explicit retirement is final; a superseded intermediate is still a valid one."""
     old, new = added_and_installed(fresh, "old"), added_and_installed(fresh, "new")
-    fresh.schedule_activation(old.id, datetime.now(UTC))
-    fresh.schedule_activation(new.id, datetime.now(UTC))
+    fresh.intermediates.schedule_activation(old.id, datetime.now(UTC))
+    fresh.intermediates.schedule_activation(new.id, datetime.now(UTC))
     assert active_id(fresh) == new.id
     assert state(fresh, old, datetime.now(UTC)) == IntermediateState.RETIRED
-    fresh.retire_intermediate(new.id, datetime.now(UTC))
+    fresh.intermediates.retire(new.id, datetime.now(UTC))
     assert active_id(fresh) == old.id
 
 
@@ -271,12 +271,12 @@ def test_equal_activation_times_are_decided_by_id(fresh: Store) -> None:
     made = [make("tie") for _ in range(3)]
     for m in made:
         # Recorded with its certificate at once, as an intermediate made before the database knew any.
-        fresh.add_intermediate(replace(
+        fresh.intermediates.add(replace(
             m.rec, certificate=m.der, not_before=m.cert.not_valid_before_utc,
             not_after=m.cert.not_valid_after_utc, activate_at=at,
         ))
     assert active_id(fresh, at) == max(m.id for m in made)
-    rec = fresh.get_intermediate(made[0].id)
+    rec = fresh.intermediates.get(made[0].id)
     assert rec is not None and rec.installed_at is not None and rec.activate_at == at
 
 
@@ -285,14 +285,14 @@ def test_equal_activation_times_are_decided_by_id(fresh: Store) -> None:
 
 def test_duplicate_id_or_name_is_refused(store: Store) -> None:
     m = make()
-    store.add_intermediate(m.rec)
+    store.intermediates.add(m.rec)
     with pytest.raises(IntermediateExists, match=f"id {m.id} is already recorded, named '{m.rec.name}'"):
-        store.add_intermediate(replace(m.rec, name="another-name-" + secrets.token_hex(3)))
+        store.intermediates.add(replace(m.rec, name="another-name-" + secrets.token_hex(3)))
     other = make()
     with pytest.raises(IntermediateExists, match=f"named '{m.rec.name}' is already recorded, with id {m.id}"):
-        store.add_intermediate(replace(other.rec, name=m.rec.name))
-    assert store.get_intermediate(other.id) is None
-    assert store.get_intermediate(m.id) == m.rec
+        store.intermediates.add(replace(other.rec, name=m.rec.name))
+    assert store.intermediates.get(other.id) is None
+    assert store.intermediates.get(m.id) == m.rec
 
 
 def test_a_pin_in_the_key_uri_is_refused(store: Store) -> None:
@@ -301,8 +301,8 @@ def test_a_pin_in_the_key_uri_is_refused(store: Store) -> None:
                 "pkcs11:token=hsmca;object=k?pin%2Dvalue=1234"):
         m = make()
         with pytest.raises(ValueError, match="must not carry a PIN"):
-            store.add_intermediate(replace(m.rec, key_uri=uri))
-        assert store.get_intermediate(m.id) is None
+            store.intermediates.add(replace(m.rec, key_uri=uri))
+        assert store.intermediates.get(m.id) is None
 
 
 def test_bad_records_are_caller_errors(store: Store) -> None:
@@ -321,25 +321,25 @@ def test_bad_records_are_caller_errors(store: Store) -> None:
     ]
     for change, error in bad:
         with pytest.raises(error):
-            store.add_intermediate(replace(m.rec, **change))  # type: ignore[arg-type]
-    assert store.get_intermediate(m.id) is None
+            store.intermediates.add(replace(m.rec, **change))  # type: ignore[arg-type]
+    assert store.intermediates.get(m.id) is None
 
 
 def test_install_refuses_other_certificates(store: Store) -> None:
     m = make()
-    store.add_intermediate(m.rec)
+    store.intermediates.add(m.rec)
     with pytest.raises(ValueError, match="for another key"):
         install(store, m, der=make().der)
     with pytest.raises(ValueError, match="not a CA certificate"):
         leaf = make(ca=False)
-        store.add_intermediate(leaf.rec)
+        store.intermediates.add(leaf.rec)
         install(store, leaf)
     with pytest.raises(ValueError, match="not valid DER"):
         install(store, m, der=b"\x30\x03abc")
     with pytest.raises(IntermediateNotFound):
-        store.install_intermediate("cd" * 20, m.der, not_before=m.cert.not_valid_before_utc,
-                                   not_after=m.cert.not_valid_after_utc, subject="CN=x", activate_at=None)
-    assert store.get_intermediate(m.id) == m.rec  # nothing changed
+        store.intermediates.install("cd" * 20, m.der, not_before=m.cert.not_valid_before_utc,
+                                    not_after=m.cert.not_valid_after_utc, subject="CN=x", activate_at=None)
+    assert store.intermediates.get(m.id) == m.rec  # nothing changed
 
     first = install(store, m)
     assert install(store, m) == first  # the same certificate again: no change
@@ -361,9 +361,9 @@ def test_install_refuses_other_certificates(store: Store) -> None:
 
 def test_install_records_the_given_time(store: Store) -> None:
     m = make()
-    store.add_intermediate(m.rec)
+    store.intermediates.add(m.rec)
     when = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
-    rec = store.install_intermediate(
+    rec = store.intermediates.install(
         m.id, m.der, not_before=m.cert.not_valid_before_utc, not_after=m.cert.not_valid_after_utc,
         subject="CN=given", activate_at=None, now=when,
     )
@@ -375,35 +375,35 @@ def test_install_records_the_given_time(store: Store) -> None:
 
 def test_find_by_name_id_or_prefix(store: Store) -> None:
     m = make("find-me")
-    store.add_intermediate(m.rec)
-    assert store.find_intermediate(m.rec.name) == m.rec
-    assert store.find_intermediate(m.id) == m.rec
-    assert store.find_intermediate(m.id[:8]) == m.rec
-    assert store.find_intermediate(":".join(m.id[i:i + 2] for i in range(0, 20, 2)).upper()) == m.rec
+    store.intermediates.add(m.rec)
+    assert store.intermediates.find(m.rec.name) == m.rec
+    assert store.intermediates.find(m.id) == m.rec
+    assert store.intermediates.find(m.id[:8]) == m.rec
+    assert store.intermediates.find(":".join(m.id[i:i + 2] for i in range(0, 20, 2)).upper()) == m.rec
     with pytest.raises(IntermediateNotFound, match="at least 8 hex digits"):
-        store.find_intermediate(m.id[:7])
+        store.intermediates.find(m.id[:7])
     with pytest.raises(IntermediateNotFound, match="no intermediate is named 'nobody'"):
-        store.find_intermediate("nobody")
-    assert store.get_intermediate(m.id[:8]) is None  # get takes exact ids only
-    assert store.get_intermediate("") is None
+        store.intermediates.find("nobody")
+    assert store.intermediates.get(m.id[:8]) is None  # get takes exact ids only
+    assert store.intermediates.get("") is None
 
 
 def test_an_ambiguous_prefix_names_the_candidates(store: Store) -> None:
     stem = secrets.token_hex(6)
     a, b = make("twin"), make("twin")
-    store.add_intermediate(replace(a.rec, id=stem + "01"))
-    store.add_intermediate(replace(b.rec, id=stem + "02"))
+    store.intermediates.add(replace(a.rec, id=stem + "01"))
+    store.intermediates.add(replace(b.rec, id=stem + "02"))
     with pytest.raises(ValueError, match=f"matches several intermediates: {stem}01 .*{stem}02"):
-        store.find_intermediate(stem)
-    assert store.find_intermediate(stem + "02").name == b.rec.name
+        store.intermediates.find(stem)
+    assert store.intermediates.find(stem + "02").name == b.rec.name
 
 
 def test_list_is_ordered_by_creation(fresh: Store) -> None:
     t = datetime(2030, 1, 1, tzinfo=UTC)
     made = [make("list", created_at=t + timedelta(days=d)) for d in (2, 0, 1)]
     for m in made:
-        fresh.add_intermediate(m.rec)
-    assert [r.created_at for r in fresh.list_intermediates()] == [t, t + timedelta(days=1), t + timedelta(days=2)]
+        fresh.intermediates.add(m.rec)
+    assert [r.created_at for r in fresh.intermediates.list()] == [t, t + timedelta(days=1), t + timedelta(days=2)]
 
 
 def test_count_certificates_by_issuer(fresh: Store) -> None:
@@ -413,17 +413,17 @@ def test_count_certificates_by_issuer(fresh: Store) -> None:
     def record(issuer: str, outcome: str) -> None:
         serial = next(serials)
         tbs, der = certificate(serial)
-        fresh.reserve(reservation(serial, tbs, issuer=issuer))
+        fresh.certificates.reserve(reservation(serial, tbs, issuer=issuer))
         if outcome == "issued":
-            fresh.mark_issued(serial, der)
+            fresh.certificates.mark_issued(serial, der)
         elif outcome == "abandoned":
-            fresh.mark_abandoned(serial, "HSM refused")
+            fresh.certificates.mark_abandoned(serial, "HSM refused")
 
-    assert fresh.count_certificates_by_issuer() == {}
+    assert fresh.certificates.count_issued_by_issuer() == {}
     for issuer, outcome in [(a.id, "issued"), (a.id, "issued"), (a.id, "reserved"), (a.id, "abandoned"),
                             (b.id, "issued"), (b.id, "abandoned")]:
         record(issuer, outcome)
-    assert fresh.count_certificates_by_issuer() == {a.id: 2, b.id: 1}
+    assert fresh.certificates.count_issued_by_issuer() == {a.id: 2, b.id: 1}
 
 
 # -- pure derivation -------------------------------------------------------------------------
@@ -473,17 +473,17 @@ def test_migrate_upgrades_a_database_at_0001(server: Server) -> None:
             s.check_schema()
         serial = 2**125 + 7
         tbs, der = certificate(serial)
-        s.reserve(reservation(serial, tbs))
-        s.mark_issued(serial, der)
+        s.certificates.reserve(reservation(serial, tbs))
+        s.certificates.mark_issued(serial, der)
 
         s.migrate()
         assert s.schema_revision() == head_revision()
         s.check_schema()
         assert _diff(url) == []
-        issued = s.get_certificate(serial)
+        issued = s.certificates.get(serial)
         assert issued is not None and issued.der == der  # existing rows survive
         m = added_and_installed(s)
-        s.schedule_activation(m.id, datetime.now(UTC))
+        s.intermediates.schedule_activation(m.id, datetime.now(UTC))
         assert active_id(s) == m.id
 
     # And back: the downgrades drop exactly what they made, and the upgrade is repeatable.
@@ -497,7 +497,7 @@ def test_migrate_upgrades_a_database_at_0001(server: Server) -> None:
     with Store(url) as s:
         s.migrate()
         s.check_schema()
-        assert s.list_intermediates() == []
+        assert s.intermediates.list() == []
     assert _diff(url) == []
 
 
@@ -517,7 +517,7 @@ def test_migrate_upgrades_a_database_at_0002_to_the_lifecycle_tables(server: Ser
         assert s.schema_revision() == "0004"
         s.check_schema()
         assert _diff(url) == []
-        old = s.get_intermediate("ab12")  # existing rows survive the new column
+        old = s.intermediates.get("ab12")  # existing rows survive the new column
         assert old is not None and old.name == "old"
     engine = sa.create_engine(url, poolclass=NullPool)
     try:

@@ -31,33 +31,33 @@ def test_revoke_records_once_bumps_the_revision_and_drops_the_cached_ocsp_respon
         conn.execute(ocsp_responses.insert(), {"serial": str(serial), "issuer": m.id, "status": "good",
                                                "this_update": T, "next_update": T + timedelta(hours=1),
                                                "der": b"\x30\x00"})
-    assert fresh.get_revocation(serial) is None and fresh.revocation_revision(m.id) == 0
-    first = fresh.revoke(serial, reason_code=1, reason="laptop stolen", source="admin", at=T)
+    assert fresh.revocations.get(serial) is None and fresh.revocations.revision(m.id) == 0
+    first = fresh.revocations.revoke(serial, reason_code=1, reason="laptop stolen", source="admin", at=T)
     assert first.created and first.record.reason_code is RevocationReason.KEY_COMPROMISE
     assert first.record.issuer == m.id and first.record.revoked_at == T
-    assert fresh.revocation_revision(m.id) == 1
+    assert fresh.revocations.revision(m.id) == 1
     with fresh._read("test") as conn:
         assert conn.execute(sa.select(ocsp_responses.c.serial)).first() is None
-    again = fresh.revoke(serial, reason_code=4, source="other", at=T + timedelta(hours=1))
+    again = fresh.revocations.revoke(serial, reason_code=4, source="other", at=T + timedelta(hours=1))
     assert not again.created and again.record == first.record  # the first revocation stands
-    assert fresh.revocation_revision(m.id) == 1
-    assert fresh.get_revocation(serial) == first.record
+    assert fresh.revocations.revision(m.id) == 1
+    assert fresh.revocations.get(serial) == first.record
 
 
 def test_revoke_refuses_unknown_unissued_and_bad_reasons(fresh: Store) -> None:
     m = added_and_installed(fresh)
     with pytest.raises(CertificateNotFound):
-        fresh.revoke(2**100 + 3, source="admin")
+        fresh.revocations.revoke(2**100 + 3, source="admin")
     serial = 2**100 + 5
     tbs, _ = certificate(serial)
-    fresh.reserve(reservation(serial, tbs, issuer=m.id))
+    fresh.certificates.reserve(reservation(serial, tbs, issuer=m.id))
     with pytest.raises(InvalidTransition, match="reserved, not issued"):
-        fresh.revoke(serial, source="admin")
+        fresh.revocations.revoke(serial, source="admin")
     done = issued(fresh, m.id)
     for bad in (7, 8, 11, -1):
         with pytest.raises(StoreError, match="not an RFC 5280 reason code"):
-            fresh.revoke(done, reason_code=bad, source="admin")
-    assert fresh.get_revocation(done) is None
+            fresh.revocations.revoke(done, reason_code=bad, source="admin")
+    assert fresh.revocations.get(done) is None
 
 
 def test_concurrent_revocations_of_one_certificate_leave_one_row(fresh: Store) -> None:
@@ -68,7 +68,7 @@ def test_concurrent_revocations_of_one_certificate_leave_one_row(fresh: Store) -
 
     def go(i: int) -> None:
         try:
-            results.append(fresh.revoke(serial, reason_code=i % 5, source=f"t{i}").created)
+            results.append(fresh.revocations.revoke(serial, reason_code=i % 5, source=f"t{i}").created)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -78,7 +78,7 @@ def test_concurrent_revocations_of_one_certificate_leave_one_row(fresh: Store) -
     for t in threads:
         t.join()
     assert not errors and results.count(True) == 1
-    assert fresh.revocation_revision(m.id) == 1
+    assert fresh.revocations.revision(m.id) == 1
 
 
 def test_stream_gives_one_issuers_revocations_and_can_leave_out_expired_ones(fresh: Store) -> None:
@@ -86,26 +86,26 @@ def test_stream_gives_one_issuers_revocations_and_can_leave_out_expired_ones(fre
     mine = {issued(fresh, a.id) for _ in range(25)}
     issued(fresh, b.id)
     for serial in mine:
-        fresh.revoke(serial, source="admin")
-    fresh.revoke(issued(fresh, b.id), source="admin")  # another issuer's revocation is not in a's CRL
-    got = {r.serial for r in fresh.stream_revocations(a.id)}
+        fresh.revocations.revoke(serial, source="admin")
+    fresh.revocations.revoke(issued(fresh, b.id), source="admin")  # another issuer's revocation is not in a's CRL
+    got = {r.serial for r in fresh.revocations.stream(a.id)}
     assert got == mine
     # The test certificates expire one day after T0 (test_store.certificate): all of them are before this.
-    assert list(fresh.stream_revocations(a.id, expired_before=datetime(2100, 1, 1, tzinfo=UTC))) == []
+    assert list(fresh.revocations.stream(a.id, expired_before=datetime(2100, 1, 1, tzinfo=UTC))) == []
 
 
 def test_a_lease_has_one_holder_until_it_expires_or_is_released(fresh: Store) -> None:
     ttl = timedelta(seconds=30)
-    assert fresh.take_lease("crl:abc", "replica-1", ttl, T)
-    assert not fresh.take_lease("crl:abc", "replica-2", ttl, T + timedelta(seconds=10))
-    assert fresh.take_lease("crl:abc", "replica-1", ttl, T + timedelta(seconds=20))  # renewed
-    assert fresh.lease_holder("crl:abc", T + timedelta(seconds=45)) == "replica-1"
-    assert fresh.take_lease("crl:abc", "replica-2", ttl, T + timedelta(seconds=51))  # expired: taken over
-    fresh.release_lease("crl:abc", "replica-1")  # not the holder: nothing happens
-    assert fresh.lease_holder("crl:abc", T + timedelta(seconds=52)) == "replica-2"
-    fresh.release_lease("crl:abc", "replica-2")
-    assert fresh.lease_holder("crl:abc", T + timedelta(seconds=52)) is None
-    assert fresh.take_lease("crl:abc", "replica-3", ttl, T + timedelta(seconds=53))
+    assert fresh.leases.take("crl:abc", "replica-1", ttl, T)
+    assert not fresh.leases.take("crl:abc", "replica-2", ttl, T + timedelta(seconds=10))
+    assert fresh.leases.take("crl:abc", "replica-1", ttl, T + timedelta(seconds=20))  # renewed
+    assert fresh.leases.holder("crl:abc", T + timedelta(seconds=45)) == "replica-1"
+    assert fresh.leases.take("crl:abc", "replica-2", ttl, T + timedelta(seconds=51))  # expired: taken over
+    fresh.leases.release("crl:abc", "replica-1")  # not the holder: nothing happens
+    assert fresh.leases.holder("crl:abc", T + timedelta(seconds=52)) == "replica-2"
+    fresh.leases.release("crl:abc", "replica-2")
+    assert fresh.leases.holder("crl:abc", T + timedelta(seconds=52)) is None
+    assert fresh.leases.take("crl:abc", "replica-3", ttl, T + timedelta(seconds=53))
 
 
 def test_racing_replicas_get_the_lease_once(fresh: Store) -> None:
@@ -114,7 +114,7 @@ def test_racing_replicas_get_the_lease_once(fresh: Store) -> None:
 
     def go(i: int) -> None:
         try:
-            if fresh.take_lease("ocsp-refresh", f"replica-{i}", timedelta(minutes=1), T):
+            if fresh.leases.take("ocsp-refresh", f"replica-{i}", timedelta(minutes=1), T):
                 won.append(f"replica-{i}")
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
