@@ -26,6 +26,16 @@ def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_directory(directory)
+
+
+def rename_durably(staged: Path, target: Path) -> None:
+    """Rename a file written (and fsynced) earlier over `target`, and make the rename itself durable."""
+    os.replace(staged, target)
+    _sync_directory(target.absolute().parent)
+
+
+def _sync_directory(directory: Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

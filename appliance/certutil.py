@@ -8,6 +8,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509 import ocsp
 
 
 class CertificateFileError(Exception):
@@ -52,3 +53,12 @@ def verify_signature(public: object, signature: bytes, data: bytes, algorithm: h
         public.verify(signature, data)
     else:
         raise InvalidSignature(f"cannot check a signature by a {type(public).__name__}")
+
+
+def read_extensions(obj: x509.Certificate | x509.CertificateSigningRequest | ocsp.OCSPRequest) -> x509.Extensions:
+    """The extensions of a certificate, CSR or OCSP request that came from outside; ValueError saying why when
+    they cannot be read (cryptography's DuplicateExtension, for an OID present twice, is not a ValueError)."""
+    try:
+        return obj.extensions
+    except x509.DuplicateExtension as exc:
+        raise ValueError(f"extension {exc.oid.dotted_string} appears twice") from None

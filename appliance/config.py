@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from appliance.atomic_file import write_atomically
 from kms.errors import InvalidKeyURI
 from kms.uri import KeyURI, parse_key_uri
 from policy import Claims, PolicyConfig, parse_duration
@@ -394,18 +394,7 @@ def load_config(path: Path | None = None) -> CAConfig:
 
 
 def save_config(config: CAConfig, path: Path) -> None:
-    """Write atomically (temp file + rename), so a crash never leaves half a ca.json."""
+    """Write atomically, 0600, so a crash never leaves half a ca.json."""
     data = config.model_dump(mode="json", exclude_none=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ca.json.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode(), 0o600)

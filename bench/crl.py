@@ -91,7 +91,7 @@ def worker_hsmca(db: str, cert_pem: Path) -> dict[str, Any]:
     cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
     with Store(db, timeout=600) as store:
         key = open_key(KEY_URI)
-        issuer = Issuer(key, cert, store)
+        issuer = Issuer(key, cert)
         base = peak_mib()
         started = time.perf_counter()
         rec = sign_crl(issuer, store, number=store.crls.next_number(issuer.id), revision=0,

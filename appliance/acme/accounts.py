@@ -129,7 +129,7 @@ def key_change(call: Call) -> Answer:
 
 
 def _audit(call: Call, action: str, account_id: str, details: dict[str, Any] | None = None) -> None:
-    call.authority.record(AuditEvent(
+    call.ra.record(AuditEvent(
         action=action, decision="allowed", request_id=call.ctx.request_id, remote_addr=call.ctx.remote_addr,
         provisioner=call.provisioner.name, subject=call.links.account(account_id),
         details={"thumbprint": call.jws.thumbprint, **(details or {})}))

@@ -1,28 +1,53 @@
-"""One ACME request as the state machine sees it, and the answer it gives the web layer."""
+"""One ACME request as the state machine sees it, the answer it gives the web layer, and the narrow
+interface through which ACME reaches the registration authority."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from cryptography import x509
 
 from appliance.acme.jws import VerifiedJWS
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
-from appliance.errors import ServiceUnavailable
+from appliance.audit import AuditEvent
+from appliance.provisioners import AuditNote, Provisioners
 from appliance.provisioners.acme import ACMEProvisioner
-from appliance.store import StoreError
+from appliance.ra.pipeline import Issued, RequestContext
+from appliance.ra.revoke import RevokeRequest
+from appliance.store import Revoked, Store
 from appliance.store.acme import AccountRecord, ACMEStore
+from policy import Policy
 
-if TYPE_CHECKING:
-    from appliance.ra.authority import Authority, RequestContext
+
+class Registration(Protocol):
+    """What ACME asks of the registration authority, and nothing more: issue through the one pipeline,
+    revoke, the policy a provisioner's orders are judged by, a leaf's chain, and the audit trail."""
+
+    @property
+    def provisioners(self) -> Provisioners: ...
+
+    def issue(self, credential: object, ctx: RequestContext, *, action: str,
+              note: AuditNote | None = None) -> Issued: ...
+
+    def revoke(self, request: RevokeRequest, *, source: str, ctx: RequestContext,
+               provisioner: str | None = None) -> Revoked: ...
+
+    def policy_for(self, provisioner: str) -> Policy | None: ...
+
+    def chain(self, issuer_id: str) -> tuple[x509.Certificate, ...]: ...
+
+    def record(self, event: AuditEvent) -> None: ...
 
 
 @dataclass(frozen=True)
 class Call:
     """An authenticated request: the JWS, and the account it named (None for a `jwk`-signed request)."""
 
-    authority: Authority
+    ra: Registration
+    sa: Store
     provisioner: ACMEProvisioner
     links: Links
     ctx: RequestContext
@@ -31,7 +56,7 @@ class Call:
 
     @property
     def store(self) -> ACMEStore:
-        return self.authority.store.acme
+        return self.sa.acme
 
     @property
     def acct(self) -> AccountRecord:
@@ -54,8 +79,3 @@ class Answer:
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     links: list[str] = field(default_factory=list)  # extra Link header values
-
-
-def db(what: str, exc: StoreError) -> ServiceUnavailable:
-    """A database failure as the 503 every layer uses (the web layer renders it as a problem)."""
-    return ServiceUnavailable(f"database unavailable while {what}: {exc}")

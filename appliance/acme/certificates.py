@@ -1,13 +1,14 @@
-"""Finalize (CSR checks, policy, issuance), certificate download and revokeCert (RFC 8555 §7.4, §7.4.2, §7.6).
+"""Finalize (CSR checks, then the pipeline), certificate download and revokeCert (RFC 8555 §7.4, §7.4.2, §7.6).
 
-Issuance goes through the active intermediate's `Issuer.issue`, the same path as /1.0/sign: the serial and
-the to-be-signed body are recorded before the KMS signs, and the decision is audited with its reasons.
+Finalize checks what only ACME knows (the CSR names exactly the order's identifiers, its key is not the
+account's), claims the order (ready → processing, one request wins) and hands it to the registration
+authority's one pipeline as an `OrderCredential`: policy, recording before signing, signing and the audit
+record are the same as for /1.0/sign.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -18,13 +19,15 @@ from appliance.acme.identifiers import Identifier, parse_identifier, policy_subp
 from appliance.acme.objects import order_json
 from appliance.acme.orders import own_order
 from appliance.acme.problems import Problem, from_subproblems
-from appliance.audit import AuditEvent
-from appliance.ca.issuer import LeafProfile
-from appliance.errors import BadRequest, CAError
+from appliance.certutil import read_extensions
+from appliance.errors import BadRequest, CAError, PolicyDenied
 from appliance.names import RequestedNames
-from appliance.ra.revoke import RevokeRequest, reason_code, revoke
-from appliance.store import StoreError
-from policy import Request, key_info
+from appliance.provisioners import AuditNote
+from appliance.provisioners.acme import OrderCredential
+from appliance.ra.revoke import RevokeRequest, reason_code
+from appliance.store.records import MAX_SERIAL
+
+BEFORE_RECORD = ("authorize", "csr", "policy", "profile")  # pipeline steps that leave nothing recorded
 
 PEM_CHAIN = "application/pem-certificate-chain"
 
@@ -32,7 +35,7 @@ PEM_CHAIN = "application/pem-certificate-chain"
 def csr_names(csr: x509.CertificateSigningRequest) -> tuple[set[Identifier], str | None]:
     """The identifiers a CSR asks for (SAN DNS names and IPs, plus its CN) and its CN; badCSR otherwise."""
     try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san = read_extensions(csr).get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
     except ValueError as exc:
@@ -90,43 +93,41 @@ def finalize(call: Call, order_id: str) -> Answer:
     spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if spki == call.jws.key.as_der(private=False):
         raise Problem("badCSR", "the certificate key must not be the account key")
-    now = call.now
     idents = sorted(names)
     dns = tuple(i.value for i in idents if i.type == "dns")
     ips = tuple(ipaddress.ip_address(i.value) for i in idents if i.type == "ip")
-    policy = call.authority.policy_for(call.provisioner.name)
-    assert policy is not None
-    decision = policy.evaluate(Request(dns_names=dns, ip_addresses=ips, key=key_info(public_key),
-                                       not_before=order.not_before, not_after=order.not_after, now=now))
-    if not decision.allowed:
-        refused = policy_subproblems(policy, idents, now)
-        problem = from_subproblems(refused, "the policy refuses some names") if refused else Problem(
-            "badCSR", "the policy refuses this request: " + "; ".join(decision.reasons))
-        _audit(call, "denied", order_id, dns, ips, reasons=decision.reasons, status=problem.status)
-        raise problem
     if not call.store.begin_finalize(order.id):
         raise Problem("orderNotReady", "the order is being finalized by another request")
-    names_obj = RequestedNames(dns, ips).canonical()  # serverAuth and clientAuth, as step-ca's ACME issues
-    common = names_obj.canonical_common_name(cn) if cn else (dns[0] if dns else str(ips[0]))
-    profile = LeafProfile(common_name=common, public_key=public_key, not_before=decision.not_before,
-                          not_after=decision.not_after, dns_names=names_obj.dns, ip_addresses=names_obj.ips)
+    credential = OrderCredential(
+        provisioner=call.provisioner.name, order_id=order.id, account_id=call.acct.id, names=RequestedNames(dns, ips),
+        common_name=cn or (dns[0] if dns else str(ips[0])), csr=csr, not_before=order.not_before,
+        not_after=order.not_after)
     try:
-        issuer = call.authority.issuer
-        cert = issuer.issue(profile, provisioner=call.provisioner.name, request_id=call.ctx.request_id)
-    except CAError as exc:
-        call.store.finish_order(order.id, error={"type": "urn:ietf:params:acme:error:serverInternal",
-                                                 "detail": f"issuance failed: {exc.message}"})
-        _audit(call, "error", order_id, dns, ips, reasons=exc.reasons, status=exc.status)
+        issued = call.ra.issue(credential, call.ctx, action="acme.finalize",
+                               note=AuditNote(subject=call.links.account(call.acct.id)))
+    except Exception as exc:
+        _finish_refused(call, order.id, exc)
+        if isinstance(exc, PolicyDenied):
+            policy = call.ra.policy_for(call.provisioner.name)
+            refused = policy_subproblems(policy, idents, call.now) if policy is not None else []
+            raise (from_subproblems(refused, "the policy refuses some names") if refused else Problem(
+                "badCSR", "the policy refuses this request: " + "; ".join(exc.reasons))) from None
         raise
-    except Exception:  # never leave the order in processing: the client would poll it forever
-        call.store.finish_order(order.id, error={"type": "urn:ietf:params:acme:error:serverInternal",
-                                                 "detail": "issuance failed inside the CA; see its log"})
-        raise
-    call.store.finish_order(order.id, serial=cert.serial_number)
-    _audit(call, "allowed", order_id, dns, ips, serial=cert.serial_number, status=200, issuer=issuer.id)
+    call.store.finish_order(order.id, serial=issued.certificate.serial_number)
     done = call.store.order(order.id)
     assert done is not None
     return Answer(200, order_json(call.links, done), headers={"Location": call.links.order(order.id)})
+
+
+def _finish_refused(call: Call, order_id: str, exc: Exception) -> None:
+    """Never leave the order in processing (the client would poll it forever): refused before anything was
+    recorded, it is ready again (Boulder's way: a bad CSR can be replaced); once recorded, it failed."""
+    if getattr(exc, "step", None) in BEFORE_RECORD:
+        call.store.finish_order(order_id, back_to_ready=True)
+        return
+    detail = f"issuance failed: {exc.message}" if isinstance(exc, CAError) else \
+        "issuance failed inside the CA; see its log"
+    call.store.finish_order(order_id, error={"type": "urn:ietf:params:acme:error:serverInternal", "detail": detail})
 
 
 def download(call: Call, order_id: str, alternate: bool = False) -> Answer:
@@ -135,10 +136,10 @@ def download(call: Call, order_id: str, alternate: bool = False) -> Answer:
     order = own_order(call, order_id)
     if order.status != "valid" or order.serial is None:
         raise Problem("malformed", f"the order is {order.status}; it has no certificate", 404)
-    rec = call.authority.store.certificates.get(order.serial)
+    rec = call.sa.certificates.get(order.serial)
     if rec is None or rec.der is None:
         raise Problem("serverInternal", f"certificate {order.serial} is not on record", 500)
-    chain = _chain(call, rec.issuer)
+    chain = call.ra.chain(rec.issuer)
     url = call.links.certificate(order_id)
     if alternate and len(chain) < 2:
         raise Problem("malformed", "this certificate has no alternate chain", 404)
@@ -151,19 +152,6 @@ def download(call: Call, order_id: str, alternate: bool = False) -> Answer:
 
 def download_alternate(call: Call, order_id: str) -> Answer:
     return download(call, order_id, alternate=True)
-
-
-def _chain(call: Call, issuer_id: str) -> tuple[x509.Certificate, ...]:
-    """The intermediate that signed the leaf, then any certificate served after it (a cross-certificate)."""
-    try:
-        rec = call.authority.store.intermediates.get(issuer_id)
-    except StoreError:
-        rec = None
-    if rec is None or rec.certificate is None:  # an in-process issuer (tests) is not in the database
-        issuer = call.authority.issuer
-        return issuer.chain if issuer.id == issuer_id else ()
-    extra = tuple(x509.load_pem_x509_certificates(rec.chain)) if rec.chain else ()
-    return (x509.load_der_x509_certificate(rec.certificate), *extra)
 
 
 def revoke_cert(call: Call) -> Answer:
@@ -182,7 +170,7 @@ def revoke_cert(call: Call) -> Answer:
     except BadRequest as exc:
         raise Problem("badRevocationReason", exc.message) from None
     serial = cert.serial_number
-    rec = call.authority.store.certificates.get(serial) if 0 < serial < 2**159 else None
+    rec = call.sa.certificates.get(serial) if 0 < serial <= MAX_SERIAL else None
     if rec is None or rec.der != der:
         raise Problem("malformed", f"certificate {serial} was not issued by this CA", 404)
     if call.account is not None:
@@ -195,26 +183,9 @@ def revoke_cert(call: Call) -> Answer:
         if spki != call.jws.key.as_der(private=False):
             raise Problem("unauthorized", "the JWS key is not the certificate's key")
         source = f"acme:{call.provisioner.name}:certificate-key"
-    done = revoke(call.authority, RevokeRequest(serial, reason), source=source, ctx=call.ctx,
-                  provisioner=call.provisioner.name)
+    done = call.ra.revoke(RevokeRequest(serial, reason), source=source, ctx=call.ctx,
+                          provisioner=call.provisioner.name)
     if not done.created:
         raise Problem("alreadyRevoked", f"certificate {serial} was already revoked at "
                       f"{done.record.revoked_at.isoformat()}")
     return Answer(200, raw=b"", content_type="application/json")
-
-
-Decision = Literal["allowed", "denied", "error"]
-
-
-def _audit(call: Call, decision: Decision, order_id: str, dns: tuple[str, ...], ips: tuple[object, ...], *,
-           reasons: tuple[str, ...] = (), serial: int | None = None, status: int | None = None,
-           issuer: str | None = None) -> None:
-    details: dict[str, object] = {"order": order_id, "account": call.acct.id}
-    if issuer:
-        details["issuer"] = issuer
-    call.authority.record(AuditEvent(
-        action="acme.finalize", decision=decision, request_id=call.ctx.request_id,
-        remote_addr=call.ctx.remote_addr, provisioner=call.provisioner.name,
-        subject=call.links.account(call.acct.id),
-        sans=tuple([f"dns:{d}" for d in dns] + [f"ip:{i}" for i in ips]), serial=str(serial) if serial else None,
-        reasons=reasons, status=status, details=details))

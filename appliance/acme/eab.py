@@ -57,7 +57,7 @@ def check_binding(store: ACMEStore, provisioner: str, binding: object, request_u
     try:
         bound: Any = json.loads(result.payload)
         bound_thumbprint = jws.account_key(bound).thumbprint()
-    except (ValueError, TypeError, Problem):
+    except (ValueError, TypeError, RecursionError, Problem):
         raise Problem("malformed", "the external account binding's payload must be the account's JWK") from None
     if bound_thumbprint != account_thumbprint:
         raise Problem("unauthorized", "the external account binding vouches for another key than the account's")

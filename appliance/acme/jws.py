@@ -67,7 +67,7 @@ class VerifiedJWS:
         """The payload as a JSON object (malformed otherwise)."""
         try:
             value = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise Problem("malformed", f"the JWS payload is not JSON: {exc}") from None
         if not isinstance(value, dict):
             raise Problem("malformed", "the JWS payload must be a JSON object")
@@ -91,7 +91,7 @@ def parse(body: bytes) -> ParsedJWS:
     """A flattened JWS JSON serialization: protected, payload, signature, and nothing else (§6.2)."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Problem("malformed", "the request body is not JSON (expected a flattened JWS)") from None
     if not isinstance(obj, dict):
         raise Problem("malformed", "the request body must be a flattened JWS JSON object")
@@ -107,7 +107,7 @@ def parse(body: bytes) -> ParsedJWS:
         raise Problem("malformed", f"unexpected JWS members: {', '.join(extra)}")
     try:
         header = json.loads(b64decode(obj["protected"], "the protected header"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Problem("malformed", "the protected header is not JSON") from None
     if not isinstance(header, dict):
         raise Problem("malformed", "the protected header must be a JSON object")

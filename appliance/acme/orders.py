@@ -28,7 +28,7 @@ from appliance.acme.validator import (
 from appliance.audit import AuditEvent
 from appliance.config import ACMEProvisionerConfig
 from appliance.errors import BadRequest
-from appliance.ra.validity import parse_time_or_duration
+from appliance.provisioners.validity import parse_time_or_duration
 from appliance.store.acme import (
     AccountRecord,
     ACMEStore,
@@ -51,7 +51,7 @@ def new_order(call: Call) -> Answer:
     not_after = _time(payload.get("notAfter"), "notAfter", now)
     if "replaces" in payload and not isinstance(payload["replaces"], str):
         raise Problem("malformed", "replaces must be an ARI certificate identifier (a string)")
-    policy = call.authority.policy_for(prov.name)
+    policy = call.ra.policy_for(prov.name)
     if policy is None:
         raise Problem("serverInternal", f"provisioner {prov.name!r} has no policy", 500)
     try:
@@ -80,7 +80,7 @@ def new_order(call: Call) -> Answer:
 def _audit(call: Call, decision: Literal["allowed", "denied"], idents: list[Identifier], *,
            reasons: tuple[str, ...] = (), status: int, order_id: str | None = None) -> None:
     """Orders are audited like sign requests: who asked for which names, and why a refusal."""
-    call.authority.record(AuditEvent(
+    call.ra.record(AuditEvent(
         action="acme.order.new", decision=decision, request_id=call.ctx.request_id, remote_addr=call.ctx.remote_addr,
         provisioner=call.provisioner.name, subject=call.links.account(call.acct.id),
         sans=tuple(f"{i.type}:{i.value}" for i in idents), reasons=reasons, status=status,

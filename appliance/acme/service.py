@@ -8,20 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from appliance.acme import accounts, ari, certificates, jws, orders
-from appliance.acme.call import Answer, Call, db
+from appliance.acme.call import Answer, Call, Registration
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
 from appliance.acme.validator import STALE_AFTER, Sweeper, Validator
 from appliance.provisioners import jose
 from appliance.provisioners.acme import ACMEProvisioner
-from appliance.store import StoreError
+from appliance.ra.pipeline import RequestContext
+from appliance.store import Store
 from appliance.store.acme import AccountRecord
-
-if TYPE_CHECKING:
-    from appliance.ra.authority import Authority, RequestContext
 
 NONCE_LIFETIME = timedelta(hours=1)
 
@@ -29,10 +27,10 @@ Handler = Callable[..., Answer]
 
 
 class ACMEService:
-    def __init__(self, authority: Authority, *, validator: Validator | None = None,
+    def __init__(self, ra: Registration, sa: Store, *, validator: Validator | None = None,
                  sweep_interval: float = 60.0) -> None:
-        self.authority = authority
-        self.store = authority.store.acme
+        self.ra, self.sa = ra, sa
+        self.store = sa.acme
         self.validator = validator or Validator(self.store)
         self._sweeper = Sweeper(self._sweep_quietly, sweep_interval)
         # route → (which key must sign: "jwk", "kid" or "either", handler)
@@ -52,16 +50,13 @@ class ACMEService:
         }
 
     def provisioner(self, name: str) -> ACMEProvisioner:
-        prov = self.authority.provisioners.by_name(name)
+        prov = self.ra.provisioners.by_name(name)
         if not isinstance(prov, ACMEProvisioner):
             raise Problem("malformed", f"no ACME provisioner named {name[:64]!r} on this CA", 404)
         return prov
 
     def new_nonce(self) -> str:
-        try:
-            return self.store.new_nonce(datetime.now(UTC), NONCE_LIFETIME)
-        except StoreError as exc:
-            raise db("issuing a nonce", exc) from None
+        return self.store.new_nonce(datetime.now(UTC), NONCE_LIFETIME)
 
     def directory(self, prov: ACMEProvisioner, links: Links) -> dict[str, Any]:
         meta: dict[str, Any] = {"externalAccountRequired": prov.config.requireEAB}
@@ -79,22 +74,16 @@ class ACMEService:
         """Authenticate a POST to `route` and run it; Problem (or CAError) when refused."""
         self._sweeper.ensure_running()
         want, handler = self._routes[route]
-        try:
-            call, nonce = self._authenticate(prov, links, url, body, ctx, want)
-            answer = handler(call, **params)
-        except StoreError as exc:
-            raise db(f"handling {route}", exc) from None
+        call, nonce = self._authenticate(prov, links, url, body, ctx, want)
+        answer = handler(call, **params)
         answer.headers.setdefault("Replay-Nonce", nonce)
         return answer
 
     def renewal_info(self, cert_id: str) -> Answer:
         cid = ari.parse_cert_id(cert_id)
         now = datetime.now(UTC)
-        try:
-            rec = ari.check(self.authority.store.certificates.get(cid.serial), cid)
-            revocation = self.authority.store.revocations.get(rec.serial)
-        except StoreError as exc:
-            raise db("reading renewal information", exc) from None
+        rec = ari.check(self.sa.certificates.get(cid.serial), cid)
+        revocation = self.sa.revocations.get(rec.serial)
         return Answer(200, ari.window(rec, revocation, now), headers={"Retry-After": str(ari.RETRY_AFTER)})
 
     def _authenticate(self, prov: ACMEProvisioner, links: Links, url: str, body: bytes, ctx: RequestContext,
@@ -120,7 +109,7 @@ class ACMEService:
             return jws.account_key(acct.jwk)
 
         verified = jws.verify_request(body, url, want=want, key_for_kid=key_for_kid, consume_nonce=consume)
-        return Call(self.authority, prov, links, ctx, verified, found[0] if found else None), fresh[0]
+        return Call(self.ra, self.sa, prov, links, ctx, verified, found[0] if found else None), fresh[0]
 
     def _sweep_quietly(self) -> None:
         self.sweep()
@@ -132,7 +121,7 @@ class ACMEService:
         for chal in self.store.stale_challenges(now - STALE_AFTER):
             authz = self.store.authorization(chal.authz_id)
             acct = self.store.account(authz.account_id) if authz else None
-            prov = self.authority.provisioners.by_name(acct.provisioner) if acct else None
+            prov = self.ra.provisioners.by_name(acct.provisioner) if acct else None
             if authz is None or acct is None or not isinstance(prov, ACMEProvisioner):
                 continue
             if orders.resume_stale_challenges(self.store, prov.config, acct, authz, self.validator, now):

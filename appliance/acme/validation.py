@@ -51,6 +51,7 @@ from appliance.acme.resolver import (
     resolve_addresses,
     reverse_name,
 )
+from appliance.certutil import read_extensions
 
 log = logging.getLogger(__name__)
 
@@ -430,8 +431,8 @@ def _check_acme_certificate(der: bytes, ident: _Identifier, key_authorization: s
 
     try:
         cert = x509.load_der_x509_certificate(der)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        acme_id = cert.extensions.get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
+        san = read_extensions(cert).get_extension_for_class(x509.SubjectAlternativeName).value
+        acme_id = read_extensions(cert).get_extension_for_oid(ID_PE_ACME_IDENTIFIER)
     except x509.ExtensionNotFound as e:
         raise wrong("no subjectAltName" if e.oid != ID_PE_ACME_IDENTIFIER else
                     "no acmeIdentifier extension (1.3.6.1.5.5.7.1.31)") from None

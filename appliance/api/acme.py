@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import falcon
 
@@ -16,14 +17,17 @@ from appliance.acme.call import Answer
 from appliance.acme.objects import Links
 from appliance.acme.problems import Problem
 from appliance.acme.service import ACMEService
+from appliance.api.errors import audit_unexpected
 from appliance.api.middleware import read_body, remote_addr
 from appliance.errors import CAError, PolicyDenied
 from appliance.provisioners.acme import ACMEProvisioner
 from appliance.ra.authority import Authority, RequestContext
+from appliance.store import StoreError, as_ca_error
 
 log = logging.getLogger("hsmca.api.acme")
 
 JOSE_JSON = "application/jose+json"
+URL_SAFE = ":/?#[]@!$&'()*+,;=%"  # RFC 3986 reserved characters and escapes stay as they are
 PROBLEM_JSON = "application/problem+json"
 MAX_JWS_BYTES = 64 * 1024  # a CSR with a hundred names and an RSA-8192 jwk fit several times over
 
@@ -55,35 +59,42 @@ def problem_for(exc: CAError) -> Problem:
 
 
 class _ACMEResource:
-    def __init__(self, service: ACMEService) -> None:
+    def __init__(self, service: ACMEService, authority: Authority) -> None:
         self.service = service
+        self.authority = authority
 
     def _serve(self, req: falcon.Request, resp: falcon.Response, name: str,
                work: Callable[[ACMEProvisioner, Links], Answer | None]) -> None:
         links = Links(f"{req.prefix}/acme/{name}")
+        known = False
         try:
             prov = self.service.provisioner(name)
+            known = True
             answer = work(prov, links)
         except Problem as exc:
             self._problem(req, resp, exc)
         except CAError as exc:
             self._problem(req, resp, problem_for(exc))
-        except Exception:
+        except StoreError as exc:
+            self._problem(req, resp, problem_for(as_ca_error(exc)))
+        except Exception as exc:
             rid = getattr(req.context, "request_id", "-")
             log.exception("unexpected error in ACME request %s", rid)
+            audit_unexpected(self.authority, req, exc)
             self._problem(req, resp, Problem("serverInternal", f"internal error; the server log has the details "
                                                                 f"(request id {rid})", 500))
         else:
             if answer is not None:
                 _render(resp, answer)
         resp.set_header("Cache-Control", "no-store")
-        resp.append_header("Link", f'<{links.directory}>;rel="index"')
+        if known:  # a name from the path is never echoed into a header (it may hold any Unicode)
+            resp.append_header("Link", f'<{quote(links.directory, safe=URL_SAFE)}>;rel="index"')
         if resp.get_header("Replay-Nonce"):  # issued with the request's own (see ACMEService.handle)
             return
         try:
             resp.set_header("Replay-Nonce", self.service.new_nonce())
-        except CAError as exc:  # the database is down: the answer says so already, or it will soon
-            log.warning("no Replay-Nonce for request %s: %s", getattr(req.context, "request_id", "-"), exc.message)
+        except StoreError as exc:  # the database is down: the answer says so already, or it will soon
+            log.warning("no Replay-Nonce for request %s: %s", getattr(req.context, "request_id", "-"), exc)
 
     def _problem(self, req: falcon.Request, resp: falcon.Response, exc: Problem) -> None:
         if exc.status >= 500:
@@ -133,8 +144,8 @@ class RenewalInfo(_ACMEResource):
 class Post(_ACMEResource):
     """A JWS-authenticated route; GET is refused as the RFC asks (POST-as-GET instead)."""
 
-    def __init__(self, service: ACMEService, route: str) -> None:
-        super().__init__(service)
+    def __init__(self, service: ACMEService, authority: Authority, route: str) -> None:
+        super().__init__(service, authority)
         self.route = route
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str, **params: str) -> None:
@@ -159,11 +170,11 @@ class Post(_ACMEResource):
 
 def add_acme_routes(app: falcon.App, authority: Authority) -> ACMEService:
     """Register every ACME route on the HTTPS app; the service (and its validation pool) is per process."""
-    service = ACMEService(authority)
+    service = ACMEService(authority, authority.store)
     base = "/acme/{name}"
-    app.add_route(f"{base}/directory", Directory(service))
-    app.add_route(f"{base}/new-nonce", NewNonce(service))
-    app.add_route(f"{base}/renewal-info/{{cert_id}}", RenewalInfo(service))
+    app.add_route(f"{base}/directory", Directory(service, authority))
+    app.add_route(f"{base}/new-nonce", NewNonce(service, authority))
+    app.add_route(f"{base}/renewal-info/{{cert_id}}", RenewalInfo(service, authority))
     for route, template in POST_ROUTES.items():
-        app.add_route(base + template, Post(service, route))
+        app.add_route(base + template, Post(service, authority, route))
     return service

@@ -17,16 +17,16 @@ from appliance.status.ocsp_memo import OCSPMemo
 PREFIXES = ("", "/1.0")  # every step route answers at / and at /1.0
 
 
-def _new_app(max_body: int) -> falcon.App:
+def _new_app(max_body: int, authority: Authority) -> falcon.App:
     middleware: list[Any] = [RequestMetrics(), RequestContext(), BodyLimit(max_body)]
     app = falcon.App(middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
-    errors.install(app)
+    errors.install(app, authority)
     return app
 
 
 def create_app(authority: Authority) -> falcon.App:
-    app = _new_app(authority.config.server.maxRequestBytes)
+    app = _new_app(authority.config.server.maxRequestBytes, authority)
     for p in PREFIXES:
         app.add_route(f"{p}/health", ca.Health(authority))
         app.add_route(f"{p}/version", ca.Version())
@@ -57,7 +57,7 @@ def create_http_app(authority: Authority, memo: OCSPMemo | None = None) -> falco
     `/metrics` too: a scraper need not trust the CA's root, and under `hsmca serve` every process
     reads the same metrics directory, so this listener's scrape includes the HTTPS workers.
     """
-    app = _new_app(64 * 1024)
+    app = _new_app(64 * 1024, authority)
     app.add_route("/health", ca.Health(authority))
     app.add_route("/roots.pem", ca.CertFile(authority, "roots"))
     app.add_route("/root.crt", ca.CertFile(authority, "roots", der=True))

@@ -70,6 +70,8 @@ def read_json_object(req: falcon.Request) -> dict[str, Any]:
     raw = read_body(req)
     try:
         body = json.loads(raw)
+    except RecursionError:  # json.loads recurses once per level of nesting
+        raise BadRequest("error reading request body: malformed JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"error reading request body: malformed JSON ({exc})") from None
     if not isinstance(body, dict):

@@ -13,19 +13,10 @@ from cryptography import x509
 
 from appliance.api.middleware import read_body, read_json_object, remote_addr
 from appliance.api.peer import client_certificate
-from appliance.api.sign import MAX_OTT_LENGTH, parse_csr
-from appliance.certutil import pem
+from appliance.api.sign import MAX_OTT_LENGTH, parse_csr, sign_response
 from appliance.errors import BadRequest, CAError, Unauthorized
 from appliance.provisioners.x5c import X5CToken
-from appliance.ra.authority import Authority, RequestContext, SignResult
-
-
-def sign_response(authority: Authority, resp: falcon.Response, result: SignResult) -> None:
-    """201 with `crt`, `ca`, `certChain`, `tlsOptions`, as `/sign` answers."""
-    chain = [pem(c) for c in result.chain]
-    resp.status = 201
-    resp.media = {"crt": chain[0], "ca": chain[1] if len(chain) > 1 else "",
-                  "certChain": chain, "tlsOptions": authority.tls_options.model_dump()}
+from appliance.ra.authority import Authority, RequestContext
 
 
 def credential(authority: Authority, req: falcon.Request, endpoint: str) -> tuple[x509.Certificate, X5CToken | None]:

@@ -11,7 +11,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from appliance.api.middleware import read_json_object, remote_addr
 from appliance.certutil import pem
 from appliance.errors import BadRequest, CAError
-from appliance.ra.authority import Authority, RequestContext
+from appliance.ra.authority import Authority, Issued, RequestContext
 
 MAX_OTT_LENGTH = 16 * 1024
 
@@ -34,6 +34,14 @@ def parse_csr(text: str) -> x509.CertificateSigningRequest:
     return csr
 
 
+def sign_response(authority: Authority, resp: falcon.Response, result: Issued) -> None:
+    """201 with `crt`, `ca`, `certChain`, `tlsOptions` (step-ca's shape for sign, renew and rekey)."""
+    chain = [pem(c) for c in result.chain]
+    resp.status = 201
+    resp.media = {"crt": chain[0], "ca": chain[1] if len(chain) > 1 else "",
+                  "certChain": chain, "tlsOptions": authority.tls_options.model_dump()}
+
+
 class Sign:
     def __init__(self, authority: Authority):
         self.authority = authority
@@ -50,11 +58,7 @@ class Sign:
         except CAError as exc:
             self.reject(req, exc)
             raise
-        result = self.authority.sign(csr, ott, not_before, not_after, ctx)
-        chain = [pem(c) for c in result.chain]
-        resp.status = 201
-        resp.media = {"crt": chain[0], "ca": chain[1] if len(chain) > 1 else "",
-                      "certChain": chain, "tlsOptions": self.authority.tls_options.model_dump()}
+        sign_response(self.authority, resp, self.authority.sign(csr, ott, not_before, not_after, ctx))
 
     def _parse(self, req: falcon.Request) -> tuple[x509.CertificateSigningRequest, str, str | None, str | None]:
         body = read_json_object(req)

@@ -17,7 +17,7 @@ from appliance.ca.issuer import Issuer
 from appliance.ca.urls import certificate_urls
 from appliance.config import CAConfig, ConfigError
 from appliance.errors import ServiceUnavailable
-from appliance.store import IntermediateRecord, IntermediateState, Store, StoreError
+from appliance.store import IntermediateRecord, IntermediateState, Store
 from kms import open_key
 from kms.errors import KMSError
 
@@ -32,14 +32,11 @@ class ActiveIssuer:
 
     def current(self, now: datetime | None = None) -> Issuer:
         now = now or _now()
-        try:
-            active = self.store.intermediates.active_id(now)
-            issuer = self._issuers.get(active[0]) if active else None
-            if active is not None and issuer is None:
-                rec = self.store.intermediates.get(active[0])
-                issuer = self.issuer_for(rec) if rec is not None and rec.certificate is not None else None
-        except StoreError as exc:
-            raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
+        active = self.store.intermediates.active_id(now)
+        issuer = self._issuers.get(active[0]) if active else None
+        if active is not None and issuer is None:
+            rec = self.store.intermediates.get(active[0])
+            issuer = self.issuer_for(rec) if rec is not None and rec.certificate is not None else None
         if active is None or issuer is None:
             raise ServiceUnavailable("no active intermediate: install one and activate it "
                                      "(hsmca intermediate install CERT --activate-at now)")
@@ -61,7 +58,7 @@ class ActiveIssuer:
                                              f"{exc}") from None
                 cert = x509.load_der_x509_certificate(rec.certificate)
                 extra = x509.load_pem_x509_certificates(rec.chain) if rec.chain else []
-                issuer = self._issuers[rec.id] = Issuer(key, cert, self.store, issuer_id=rec.id, chain=extra,
+                issuer = self._issuers[rec.id] = Issuer(key, cert, issuer_id=rec.id, chain=extra,
                                                          urls=certificate_urls(self.config))
             return issuer
 

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from appliance.certutil import load_certificates, parse_certificates
+from appliance.certutil import load_certificates, parse_certificates, read_extensions
 from appliance.config import CAConfig
 from appliance.store import IntermediateRecord, IntermediateState, Store, StoreError, intermediate_state
 from kms import KeySpec, create_key, default_hash, open_key, parse_key_uri
@@ -97,9 +97,11 @@ def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime
         raise IntermediateError(f"not a certificate: {exc}") from None
     cert = certs[0]
     try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        bc = read_extensions(cert).get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         bc = None
+    except ValueError as exc:
+        raise IntermediateError(f"the certificate's extensions cannot be read: {exc}") from None
     if bc is None or not bc.ca:
         raise IntermediateError("the certificate is not a CA certificate (BasicConstraints CA:TRUE is missing)")
     roots = load_certificates(config.resolve(config.root))

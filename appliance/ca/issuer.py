@@ -1,40 +1,34 @@
-"""The CA proper: build a leaf from a decided profile, record it, have the KMS sign it.
+"""The CA proper: build a leaf from a decided profile and have the KMS sign it, recorded first.
 
-Order matters (Boulder's rule): the serial and the to-be-signed body are stored *before* the HSM
-is asked for a signature, so a crash at any point leaves at worst a reservation whose TBS is on
-record, never a signed certificate the CA does not know about.
+Order matters (Boulder's rule): the serial and the to-be-signed body are handed to the caller's `record`
+*before* the HSM is asked for a signature, so a crash at any point leaves at worst a reservation whose TBS
+is on record, never a signed certificate the CA does not know about. The certificate is built once: the
+recording happens inside the signing call, on exactly the bytes the KMS then signs.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from appliance import metrics
 from appliance.ca import tbs
 from appliance.ca.failpoints import failpoint
 from appliance.ca.urls import CertificateURLs, for_issuer
-from appliance.errors import CAError, ServiceUnavailable, Unauthorized
+from appliance.certutil import verify_signature
+from appliance.errors import CAError, ServiceUnavailable
 from appliance.names import RequestedNames
-from appliance.store import OneTimeToken, Reservation, Store, StoreError, TokenReplayed
 from kms import default_hash
 from kms.cacerts import new_serial
 from kms.errors import BackendUnavailable, KMSError
 from kms.signer import CAKey
-
-log = logging.getLogger(__name__)
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -45,16 +39,20 @@ class LeafProfile:
     public_key: CertificatePublicKeyTypes
     not_before: datetime
     not_after: datetime
-    dns_names: tuple[str, ...] = ()
-    ip_addresses: tuple[IPAddress, ...] = ()
-    emails: tuple[str, ...] = ()
-    uris: tuple[str, ...] = ()
+    names: RequestedNames = RequestedNames()
     server_auth: bool = True
     client_auth: bool = True
     extra_extensions: tuple[x509.Extension[x509.ExtensionType], ...] = field(default=())
 
-    def san_strings(self) -> list[str]:
-        return RequestedNames(self.dns_names, self.ip_addresses, self.emails, self.uris).as_strings()
+    def subject(self) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)]) if self.common_name \
+            else x509.Name([])
+
+    def subject_text(self) -> str:
+        return self.subject().rfc4514_string()
+
+
+Record = Callable[[int, bytes], None]
 
 
 def _key_usage(public_key: object) -> x509.KeyUsage:
@@ -65,23 +63,14 @@ def _key_usage(public_key: object) -> x509.KeyUsage:
                          crl_sign=False, encipher_only=False, decipher_only=False)
 
 
-def _general_names(p: LeafProfile) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.DNSName(n) for n in p.dns_names]
-    names += [x509.IPAddress(i) for i in p.ip_addresses]
-    names += [x509.RFC822Name(e) for e in p.emails]
-    names += [x509.UniformResourceIdentifier(u) for u in p.uris]
-    return names
-
-
 class Issuer:
-    """One intermediate: its KMS key adapter, its certificate, and the store it records into."""
+    """One intermediate: its KMS key adapter and its certificate."""
 
-    def __init__(self, key: CAKey, certificate: x509.Certificate, store: Store, *, issuer_id: str | None = None,
+    def __init__(self, key: CAKey, certificate: x509.Certificate, *, issuer_id: str | None = None,
                  chain: Sequence[x509.Certificate] = (), urls: CertificateURLs | None = None):
         self.key = key
         self.certificate = certificate
         self.chain = (certificate, *chain)  # what follows a leaf it signs: itself, then any cross-certificate
-        self.store = store
         self.hash = default_hash(key)
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
@@ -89,12 +78,10 @@ class Issuer:
         self._url_extensions = _url_extensions(for_issuer(urls, self.id)) if urls else ()
 
     def _builder(self, p: LeafProfile, serial: int) -> x509.CertificateBuilder:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, p.common_name)]) \
-            if p.common_name else x509.Name([])
         ekus = ([ExtendedKeyUsageOID.SERVER_AUTH] if p.server_auth else []) + \
                ([ExtendedKeyUsageOID.CLIENT_AUTH] if p.client_auth else [])
         b = (x509.CertificateBuilder()
-             .subject_name(subject)
+             .subject_name(p.subject())
              .issuer_name(self.certificate.subject)
              .public_key(p.public_key)
              .serial_number(serial)
@@ -106,7 +93,7 @@ class Issuer:
              .add_extension(self._aki, critical=False))
         if ekus:
             b = b.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
-        names = _general_names(p)
+        names = p.names.general_names()
         if names:
             # An empty subject needs a critical SAN (RFC 5280 §4.2.1.6).
             b = b.add_extension(x509.SubjectAlternativeName(names), critical=not p.common_name)
@@ -116,63 +103,35 @@ class Issuer:
             b = b.add_extension(ext.value, critical=ext.critical)
         return b
 
-    def issue(self, p: LeafProfile, *, provisioner: str, request_id: str | None,
-              token: OneTimeToken | None = None) -> x509.Certificate:
-        """Reserve (burning `token` in the same transaction), sign through the KMS, record."""
-        serial = new_serial()
-        builder = self._builder(p, serial)
-        to_be_signed = tbs.capture(self.key, lambda k: builder.sign(k, self.hash))
-        try:
-            self.store.certificates.reserve(Reservation(
-                serial=serial, issuer=self.id, subject=builder_subject(p), sans=p.san_strings(),
-                not_before=p.not_before, not_after=p.not_after, provisioner=provisioner,
-                tbs=to_be_signed, request_id=request_id), token)
-        except TokenReplayed:
-            raise Unauthorized("token already used (one-time tokens cannot be replayed)") from None
-        except StoreError as exc:
-            raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
+    def record_and_sign(self, profile: LeafProfile, record: Record) -> x509.Certificate:
+        """Build the certificate once; hand `record` its serial and to-be-signed bytes before the KMS is
+        asked (Boulder's rule: nothing is signed that is not on record), then sign exactly those bytes.
 
-        failpoint("issuer.before-sign")
+        `record` raising stops everything before any signature. The signature is verified before the
+        certificate is returned (a faulty signer is caught here); a signing failure is a CAError (503 when
+        the backend is unavailable) and what was recorded stays recorded for the caller to abandon.
+        """
+        serial = new_serial()
+        builder = self._builder(profile, serial)
+        backend = metrics.backend_of(self.key)
+
+        def on_sign(data: bytes, real: Callable[[], bytes]) -> bytes:
+            record(serial, data)
+            failpoint("issuer.before-sign")
+            return metrics.timed_signature(backend, real)
+
         try:
-            cert = builder.sign(tbs.guarded(self.key, to_be_signed), self.hash)
-            self._check_signature(cert)
+            cert = builder.sign(tbs.proxy(self.key, on_sign), self.hash)
+            verify_signature(self.key.public_key(), cert.signature, cert.tbs_certificate_bytes,
+                             cert.signature_hash_algorithm, cert.signature_algorithm_parameters)
         except BackendUnavailable as exc:
-            self._abandon(serial, f"signing backend unavailable: {exc}")
             raise ServiceUnavailable(f"signing backend unavailable: {exc}") from None
-        except (KMSError, tbs.TBSMismatch, InvalidSignature) as exc:
+        except (KMSError, InvalidSignature) as exc:
             if isinstance(exc, InvalidSignature):
-                metrics.signature_rejected(metrics.backend_of(self.key))
-            self._abandon(serial, f"signing failed: {exc}")
+                metrics.signature_rejected(backend)
             raise CAError(f"signing failed: {exc}") from None
         failpoint("issuer.after-sign")
-        try:
-            self.store.certificates.mark_issued(serial, cert.public_bytes(Encoding.DER))
-        except StoreError as exc:
-            # Signed but not marked issued: the certificate is never handed out, and the
-            # reservation (with its TBS) is resolved by the housekeeping sweep.
-            raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
-        metrics.certificate_issued(provisioner)
         return cert
-
-    def _check_signature(self, cert: x509.Certificate) -> None:
-        """Verify what the HSM returned before anyone sees it (a faulty signer is caught here)."""
-        pub = self.key.public_key()
-        data, sig, alg = cert.tbs_certificate_bytes, cert.signature, cert.signature_hash_algorithm
-        if isinstance(pub, ec.EllipticCurvePublicKey):
-            assert alg is not None
-            pub.verify(sig, data, ec.ECDSA(alg))
-        elif isinstance(pub, rsa.RSAPublicKey):
-            pad = cert.signature_algorithm_parameters
-            assert alg is not None
-            pub.verify(sig, data, pad if isinstance(pad, padding.PSS) else padding.PKCS1v15(), alg)
-        elif isinstance(pub, ed25519.Ed25519PublicKey):
-            pub.verify(sig, data)
-
-    def _abandon(self, serial: int, reason: str) -> None:
-        try:
-            self.store.certificates.mark_abandoned(serial, reason)
-        except StoreError:
-            log.warning("could not mark reservation %s abandoned; the sweep will", serial)
 
 
 def _url_extensions(urls: CertificateURLs) -> tuple[x509.ExtensionType, ...]:
@@ -188,9 +147,3 @@ def _url_extensions(urls: CertificateURLs) -> tuple[x509.ExtensionType, ...]:
     if access:
         out.append(x509.AuthorityInformationAccess(access))
     return tuple(out)
-
-
-def builder_subject(p: LeafProfile) -> str:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, p.common_name)]).rfc4514_string() \
-        if p.common_name else ""
-

@@ -1,11 +1,10 @@
-"""Get a certificate's to-be-signed bytes before the HSM signs, and sign only those bytes.
+"""Proxy keys: see the to-be-signed bytes a cryptography builder hands to `.sign()`, before the KMS does.
 
-cryptography's builders offer no "TBS only" call: they hand the TBS to the key's `.sign()`. So a
-first pass runs the builder with a proxy key that captures the bytes and aborts (no HSM call), the
-CA records them, and the second pass runs with a proxy that forwards to the real key only if the
-bytes are exactly the recorded ones. The builder is deterministic for fixed inputs, so both passes
-produce the same TBS; the guard turns any drift into a refusal instead of an unrecorded signature.
-(Hand-written: no library offers this.)
+cryptography's builders offer no "TBS only" call: they hand the TBS to the key's `.sign()`. A proxy of the
+KMS key adapter (same ABC, so the builders accept it) gets those bytes first: the issuer records them
+before forwarding them to the real key (record before sign, in one build), CRLs keep them to verify the
+signature without re-encoding a million entries, and every signature is timed here, the one place all CA
+signatures pass. (Hand-written: no library offers this.)
 """
 
 from __future__ import annotations
@@ -19,16 +18,6 @@ from appliance import metrics
 from kms.signer import CAKey
 
 SignFn = Callable[[bytes, Callable[[], bytes]], bytes]
-
-
-class _Captured(Exception):
-    def __init__(self, data: bytes):
-        super().__init__("captured")
-        self.data = data
-
-
-class TBSMismatch(Exception):
-    """The builder produced bytes other than those recorded: nothing was signed."""
 
 
 class _ECProxy(ec.EllipticCurvePrivateKey):
@@ -129,43 +118,14 @@ def proxy(key: CAKey, on_sign: SignFn) -> CAKey:
     raise TypeError(f"unsupported CA key type {type(key).__name__}")
 
 
-def capture(key: CAKey, build: Callable[[CAKey], object]) -> bytes:
-    """Run `build(proxy)`; return the bytes it asked to sign. The real key is not used."""
-
-    def on_sign(data: bytes, _real: Callable[[], bytes]) -> bytes:
-        raise _Captured(data)
-
-    try:
-        build(proxy(key, on_sign))
-    except _Captured as got:
-        return got.data
-    raise RuntimeError("the builder finished without asking for a signature")
-
-
-def guarded(key: CAKey, expected: bytes) -> CAKey:
-    """A key that signs `expected` through the real key, and refuses anything else.
-
-    This is where every CA signature reaches kms, so it is timed here (`hsmca_kms_sign_seconds`);
-    a refused mismatch never reaches the backend and is not counted as a backend failure.
-    """
-    backend = metrics.backend_of(key)
-
-    def on_sign(data: bytes, real: Callable[[], bytes]) -> bytes:
-        if data != expected:
-            raise TBSMismatch("the to-be-signed bytes differ from those recorded; not signing")
-        return metrics.timed_signature(backend, real)
-
-    return proxy(key, on_sign)
-
-
 def timed(key: CAKey) -> CAKey:
-    """A key that signs whatever it is given, timed like `guarded` (OCSP responses: nothing to record first)."""
+    """A key that signs whatever it is given, timed (OCSP responses: nothing to record first)."""
     backend = metrics.backend_of(key)
     return proxy(key, lambda _data, real: metrics.timed_signature(backend, real))
 
 
 def recording(key: CAKey, seen: list[tuple[bytes, bytes]]) -> CAKey:
-    """A key that signs whatever it is given, timed like `guarded`, and appends (data, signature) to `seen`:
+    """A key that signs whatever it is given, timed, and appends (data, signature) to `seen`:
     the caller checks the signature over exactly those bytes, without re-encoding a large structure (a CRL)."""
     backend = metrics.backend_of(key)
 

@@ -73,12 +73,12 @@ def ocsp_responder(key_uri: str, ident: str | None, spec: str, existing: bool, l
     """
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from appliance.ca.active import ActiveIssuer
     from appliance.ca.intermediates import IntermediateError, stored_key_uri
     from appliance.config import ConfigError, DelegatedResponder, default_config_path, load_config, save_config
     from appliance.errors import CAError
-    from appliance.status.ocsp_delegation import issue_responder_certificate
-    from appliance.store import Store, StoreError
+    from appliance.ra.authority import Authority
+    from appliance.store import StoreError
+    from kms import create_key, open_key
     from kms.errors import KMSError
     from policy import parse_duration
 
@@ -87,12 +87,18 @@ def ocsp_responder(key_uri: str, ident: str | None, spec: str, existing: bool, l
         config = load_config(path)
         valid = parse_duration(lifetime)
         stored = stored_key_uri(key_uri)
-        with Store.from_config(config.db.model_dump(), config.base_dir) as store:
+        authority = Authority.from_config(config)
+        try:
+            store = authority.store
             rec = store.intermediates.find(ident) if ident else store.intermediates.active()
             if rec is None:
                 fail("no active intermediate: give --intermediate")
-            cert = issue_responder_certificate(config, ActiveIssuer(config, store), rec, stored, lifetime=valid,
-                                               spec=KeySpec(spec), existing=existing)
+            config.apply_kms_environment()
+            full = config.key_uri(stored)
+            key = open_key(full) if existing else create_key(full, KeySpec(spec))
+            cert = authority.issue_ocsp_responder_certificate(rec, key.public_key(), valid, stored).certificate
+        finally:
+            authority.close()
     except (ConfigError, StoreError, KMSError, CAError, IntermediateError, ValueError) as exc:
         fail(getattr(exc, "message", None) or str(exc))
     out = config.resolve(f"certs/ocsp_responder_{cert.serial_number:x}.crt")

@@ -7,7 +7,6 @@ the order that keeps a usable pair on disk whenever the process dies.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from appliance.atomic_file import write_atomically
+from appliance.atomic_file import rename_durably, write_atomically
 from appliance.client.http import ClientError
 from appliance.client.keys import CURVES, LeafKey
 from appliance.client.renewal import RenewError, chain_pem, check_pair, load_chain, load_key, post_as
@@ -79,16 +78,6 @@ def _names(cert: x509.Certificate) -> set[x509.GeneralName]:
         return set()
 
 
-def _install(staged: Path, target: Path) -> None:
-    """Rename a staged file over its target and make the rename durable (fsync the directory)."""
-    os.replace(staged, target)
-    dir_fd = os.open(target.absolute().parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def finish_interrupted_rekey(files: RekeyFiles) -> list[x509.Certificate] | None:
     """Complete a rekey that died between its renames; return the installed chain, or None if none was pending.
 
@@ -103,8 +92,8 @@ def finish_interrupted_rekey(files: RekeyFiles) -> list[x509.Certificate] | None
         for candidate in (files.staged_key, files.out_key):
             if candidate.exists() and load_key(candidate).public_key() == chain[0].public_key():
                 if candidate == files.staged_key:
-                    _install(files.staged_key, files.out_key)
-                _install(files.staged_crt, files.out_crt)
+                    rename_durably(files.staged_key, files.out_key)
+                rename_durably(files.staged_crt, files.out_crt)
                 return chain
     except (OSError, ValueError, RenewError):
         pass
@@ -145,6 +134,6 @@ def rekey_once(ca_url: str, root: Path | None, files: RekeyFiles, new_key: LeafK
         files.staged_key.unlink(missing_ok=True)
         files.staged_crt.unlink(missing_ok=True)
         raise
-    _install(files.staged_key, files.out_key)
-    _install(files.staged_crt, files.out_crt)
+    rename_durably(files.staged_key, files.out_key)
+    rename_durably(files.staged_crt, files.out_crt)
     return new

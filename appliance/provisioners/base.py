@@ -1,28 +1,51 @@
-"""The interface every provisioner implements, and what a successful authorization yields."""
+"""The interface every provisioner implements, the token credential most of them take, and JWT helpers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from appliance.errors import Unauthorized
+from cryptography import x509
+
+from appliance.errors import BadRequest, Unauthorized
+from appliance.provisioners.request import IssuanceRequest
+from appliance.provisioners.validity import in_range
+from appliance.store import OneTimeToken
 from policy import Claims, PolicyConfig
+
+if TYPE_CHECKING:
+    from appliance.provisioners.registry import Provisioners
 
 
 @dataclass(frozen=True)
-class SignAuthorization:
-    """A verified one-time token: who may get which names, and the token id to burn."""
+class TokenGrant:
+    """A verified one-time token: who it names, which names it grants, and its id (spent once)."""
 
     provisioner: str
     subject: str
     sans: tuple[str, ...]
-    token_id: str
-    token_expires_at: datetime
+    token: OneTimeToken
+
+
+@dataclass(frozen=True)
+class TokenCredential:
+    """A one-time token and the CSR it came with (`POST /1.0/sign`; JWK today, OIDC and K8sSA to come)."""
+
+    token: str
+    csr: x509.CertificateSigningRequest
+    audiences: frozenset[str]
+    not_before: str | None = None  # as the client wrote them: RFC 3339 or a duration from now
+    not_after: str | None = None
+
+    def locate(self, provisioners: Provisioners) -> Provisioner:
+        return provisioners.for_token(self.token)
 
 
 class Provisioner(Protocol):
+    """Proves who is asking and says what they asked for; never signs, stores or audits (the pipeline does)."""
+
     name: str
     type: str
     claims: Claims | None
@@ -31,11 +54,18 @@ class Provisioner(Protocol):
     @property
     def key_id(self) -> str: ...
 
-    def authorize_sign(self, token: str, audiences: frozenset[str], now: datetime) -> SignAuthorization:
-        """Verify a sign token; raise `appliance.errors.Unauthorized` saying why not."""
+    def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
+        """Turn the credential into a request; raise a CAError (401/403/400) saying why not."""
 
     def describe(self, *, with_encrypted_key: bool) -> dict[str, Any]:
         """The provisioner as `GET /provisioners` lists it (public data only)."""
+
+
+class TokenProvisioner(Provisioner, Protocol):
+    """A provisioner whose credential is a one-time token, which also authorizes revocation."""
+
+    def verify_token(self, token: str, audiences: frozenset[str], now: datetime) -> TokenGrant:
+        """Check signature, issuer, audience, times and jti; raise Unauthorized saying why not."""
 
 
 def strip_port(url: str) -> str:
@@ -65,7 +95,8 @@ def endpoint_audiences(dns_names: list[str], endpoint: str) -> frozenset[str]:
 
 
 def numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> datetime | None:
-    """A JWT NumericDate claim as an aware datetime; Unauthorized (with the claim named) when malformed."""
+    """A JWT NumericDate claim as an aware datetime; Unauthorized (with the claim named) when malformed,
+    BadRequest when it is a number no certificate time could be (year 9999, say)."""
     value = claims.get(name)
     if value is None:
         if required:
@@ -74,9 +105,10 @@ def numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> dateti
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Unauthorized(f"token claim '{name}' must be a NumericDate (seconds since the epoch)")
     try:
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        when = datetime.fromtimestamp(value, tz=timezone.utc)
     except (OverflowError, OSError, ValueError):
-        raise Unauthorized(f"token claim '{name}' is out of range") from None
+        raise BadRequest(f"token claim '{name}' is out of range") from None
+    return in_range(when, f"token claim '{name}'")
 
 
 TOKEN_LEEWAY = timedelta(minutes=1)  # clock skew allowed between client and CA

@@ -19,6 +19,8 @@ from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.registry import HeaderParameter, is_list_str
 
+from appliance.errors import BadRequest
+
 PublicKey = ECKey | RSAKey | OKPKey
 
 # The encrypted provisioner key, as step-ca stores it (see shared/reference/step-api.md).
@@ -109,7 +111,7 @@ def decrypt_jwk(token: str, password: bytes) -> PublicKey:
         raise JOSEError(f"malformed encrypted key: {exc}") from None
     try:
         data = json.loads(obj.plaintext or b"")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise JOSEError("the encrypted key does not hold a JSON Web Key") from None
     return import_jwk(data)
 
@@ -149,6 +151,8 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise JOSEError("the token is not a compact JWS (header.payload.signature)")
     try:
         return _b64json(parts[0]), _b64json(parts[1])
+    except RecursionError:  # json.loads recurses once per level: a hostile input, not a bad credential
+        raise BadRequest("the token's header or payload is JSON nested too deeply") from None
     except (ValueError, UnicodeError):
         raise JOSEError("the token's header or payload is not base64url-encoded JSON") from None
 

@@ -6,10 +6,15 @@ from datetime import datetime
 from typing import Any
 
 from appliance.errors import Unauthorized
+from appliance.names import split_sans
 from appliance.provisioners import jose
-from appliance.provisioners.base import TOKEN_LEEWAY, SignAuthorization, strip_port, token_times
+from appliance.provisioners.base import TOKEN_LEEWAY, TokenCredential, TokenGrant, strip_port, token_times
+from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, Window
+from appliance.provisioners.validity import parse_time_or_duration
+from appliance.store import OneTimeToken
 from policy import Claims, PolicyConfig
 
+TYPE = "JWK"
 LEEWAY = TOKEN_LEEWAY
 MAX_JTI_LENGTH = 256
 
@@ -26,7 +31,7 @@ def _audiences(claims: dict[str, Any]) -> list[str]:
 class JWKProvisioner:
     """A provisioner that holds a public JWK; the private half is the client's (or encrypted)."""
 
-    type = "JWK"
+    type = TYPE
 
     def __init__(self, name: str, key: dict[str, Any], encrypted_key: str | None = None,
                  claims: Claims | None = None, policy: PolicyConfig | None = None):
@@ -44,7 +49,7 @@ class JWKProvisioner:
     def key_id(self) -> str:
         return self._kid
 
-    def authorize_sign(self, token: str, audiences: frozenset[str], now: datetime) -> SignAuthorization:
+    def verify_token(self, token: str, audiences: frozenset[str], now: datetime) -> TokenGrant:
         try:
             _, claims = jose.verify_token(token, self.key)
         except jose.JOSEError as exc:
@@ -68,8 +73,21 @@ class JWKProvisioner:
         sans = claims.get("sans") or [subject]
         if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans):
             raise Unauthorized("token claim 'sans' must be a list of names")
-        return SignAuthorization(provisioner=self.name, subject=subject, sans=tuple(sans),
-                                 token_id=jti, token_expires_at=expires + LEEWAY)
+        return TokenGrant(provisioner=self.name, subject=subject, sans=tuple(sans),
+                          token=OneTimeToken(jti, self.name, expires + LEEWAY))
+
+    def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
+        """The token's subject and SANs, the CSR's key, the window the client asked for."""
+        if not isinstance(credential, TokenCredential):
+            raise Unauthorized(f"provisioner {self.name!r} accepts one-time tokens only")
+        grant = self.verify_token(credential.token, credential.audiences, now)
+        names = split_sans(grant.sans)
+        window = Window(not_before=parse_time_or_duration(credential.not_before, now, "notBefore"),
+                        not_after=parse_time_or_duration(credential.not_after, now, "notAfter"))
+        return IssuanceRequest(
+            provisioner=self.name, common_name=grant.subject, names=names.with_common_name(grant.subject),
+            public_key=credential.csr.public_key(), window=window, csr=credential.csr, csr_rule=CSRRule.TOKEN,
+            csr_names=names, token=grant.token, audit=AuditNote(subject=grant.subject))
 
     def describe(self, *, with_encrypted_key: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "name": self.name, "key": self.key_dict}

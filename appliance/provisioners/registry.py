@@ -1,43 +1,88 @@
-"""The configured provisioners, found the way step-ca finds them: by token `iss` + header `kid`."""
+"""Provisioner types by name (as `kms/registry.py` finds backends by URI scheme), and the configured set.
+
+A new type is one module with a class whose constructor takes its validated `ca.json` object, registered
+here under its `type`. The set also holds the built-in provisioners that no `ca.json` lists: renewal (a
+certificate vouches for its successor) and the CA's own certificates.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from appliance.config import AnyProvisionerConfig
 from appliance.errors import BadRequest, NotFound, Unauthorized
 from appliance.provisioners import jose
 from appliance.provisioners.acme import ACMEProvisioner
 from appliance.provisioners.base import Provisioner
+from appliance.provisioners.internal import InternalProvisioner
 from appliance.provisioners.jwk import JWKProvisioner
+from appliance.provisioners.x5c import RenewalProvisioner
 
 MAX_PAGE = 100
 
+Factory = Callable[[Any], Provisioner]
+
+_TYPES: dict[str, Factory] = {}
+
+
+def register(type_name: str, factory: Factory) -> None:
+    """Make `type_name` (ca.json's `type`) buildable; a second registration of a name is a programming error."""
+    if type_name in _TYPES:
+        raise ValueError(f"provisioner type {type_name!r} is already registered")
+    _TYPES[type_name] = factory
+
 
 def build(cfg: AnyProvisionerConfig) -> Provisioner:
-    if cfg.type == "JWK":
-        return JWKProvisioner(cfg.name, cfg.key, cfg.encryptedKey, cfg.claims, cfg.policy)
-    if cfg.type == "ACME":
-        return ACMEProvisioner(cfg)
-    raise ValueError(f"unsupported provisioner type {cfg.type!r}")
+    factory = _TYPES.get(cfg.type)
+    if factory is None:
+        raise ValueError(f"unsupported provisioner type {cfg.type!r}; known: {sorted(_TYPES)}")
+    return factory(cfg)
+
+
+register("JWK", lambda cfg: JWKProvisioner(cfg.name, cfg.key, cfg.encryptedKey, cfg.claims, cfg.policy))
+register("ACME", ACMEProvisioner)
+
+
+class Credential(Protocol):
+    """Anything a provisioner accepts; it knows which provisioner judges it."""
+
+    def locate(self, provisioners: Provisioners) -> Provisioner: ...
 
 
 class Provisioners:
-    def __init__(self, provisioners: list[Provisioner]):
+    def __init__(self, provisioners: list[Provisioner], *, renewal: RenewalProvisioner | None = None,
+                 internal: InternalProvisioner | None = None):
         self._list = list(provisioners)
         self._by_token_key = {(p.name, p.key_id): p for p in self._list}
         self._by_kid = {p.key_id: p for p in self._list}
+        self._renewal = renewal
+        self.internal = internal or InternalProvisioner()
 
     @classmethod
-    def from_config(cls, configs: list[AnyProvisionerConfig]) -> Provisioners:
-        return cls([build(c) for c in configs])
+    def from_config(cls, configs: list[AnyProvisionerConfig], *, renewal: RenewalProvisioner | None = None
+                    ) -> Provisioners:
+        return cls([build(c) for c in configs], renewal=renewal)
+
+    @property
+    def renewal(self) -> RenewalProvisioner:
+        if self._renewal is None:
+            raise Unauthorized("renewal is not available here")
+        return self._renewal
 
     def __iter__(self) -> Iterator[Provisioner]:
         return iter(self._list)
 
     def __len__(self) -> int:
         return len(self._list)
+
+    def find(self, credential: object) -> Provisioner:
+        """The provisioner that judges `credential` (verification is that provisioner's)."""
+        locate = getattr(credential, "locate", None)
+        if locate is None:
+            raise TypeError(f"{type(credential).__name__} is not a credential")
+        found: Provisioner = locate(self)
+        return found
 
     def by_name(self, name: str) -> Provisioner | None:
         return next((p for p in self._list if p.name == name), None)

@@ -1,10 +1,12 @@
-"""The x5c renew token: a JWT that carries a certificate (`x5cInsecure`) and is signed by its key.
+"""Renew and rekey by the certificate itself: the x5c renew token, and the provisioner that authorizes them.
+
+The x5c renew token is a JWT that carries a certificate (`x5cInsecure`) and is signed by its key.
 
 It is how a client proves possession of a certificate's key when no TLS client certificate can
 reach the CA (a TLS-terminating load balancer in between). "Insecure" is step-ca's word for "the
 header's chain is not trusted by itself": this module only proves that the token was signed by
 the key of the certificate it carries; whether this CA issued that certificate, and whether it
-may still be renewed, is the renewal rules' business (appliance/ra/renew.py).
+may still be renewed, is `RenewalProvisioner`'s business (below).
 """
 
 from __future__ import annotations
@@ -13,15 +15,29 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from appliance.errors import Unauthorized
+from appliance.certutil import read_extensions
+from appliance.errors import Forbidden, Unauthorized
+from appliance.names import RequestedNames
 from appliance.provisioners import jose
 from appliance.provisioners.base import TOKEN_LEEWAY, strip_port, token_times
+from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, Window
+from appliance.store import OneTimeToken, Store
+from appliance.store.records import MAX_SERIAL
+from policy import Claims, PolicyConfig
+from policy.validity import BACKDATE
+
+if TYPE_CHECKING:
+    from appliance.provisioners.base import Provisioner
+    from appliance.provisioners.registry import Provisioners
 
 LEEWAY = TOKEN_LEEWAY
 MAX_LIFETIME = timedelta(hours=1)  # a renew token is minted just before use; a longer one smells
@@ -51,7 +67,10 @@ def _leaf(header: dict[str, Any]) -> x509.Certificate:
 
 
 def _public_jwk(cert: x509.Certificate) -> jose.PublicKey:
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise Unauthorized("the token's certificate has a public key this CA cannot read") from None
     if isinstance(key, ec.EllipticCurvePublicKey):
         return ECKey.import_key(key)
     if isinstance(key, rsa.RSAPublicKey):
@@ -62,11 +81,13 @@ def _public_jwk(cert: x509.Certificate) -> jose.PublicKey:
 
 
 def _subject_names(cert: x509.Certificate) -> set[str]:
-    names = {str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)}
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = {str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)}
+        san = read_extensions(cert).get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return names
+    except ValueError as exc:
+        raise Unauthorized(f"the token's certificate cannot be read: {exc}") from None
     names.update(str(v) for v in san.get_values_for_type(x509.DNSName))
     names.update(str(v) for v in san.get_values_for_type(x509.IPAddress))
     names.update(str(v) for v in san.get_values_for_type(x509.RFC822Name))
@@ -96,9 +117,139 @@ def verify(token: str, audiences: frozenset[str], now: datetime) -> X5CToken:
         raise Unauthorized(f"token audience {aud!r} is not this CA's endpoint "
                            f"(expected one of {sorted(audiences)})")
     sub = claims.get("sub")
-    if sub not in (None, "") and sub not in _subject_names(cert):
+    if sub is not None and not isinstance(sub, str):
+        raise Unauthorized("token subject (sub) must be a string")
+    if sub and sub not in _subject_names(cert):
         raise Unauthorized(f"token subject {sub!r} is not a name of the certificate it carries")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_LENGTH:
         raise Unauthorized(f"token must carry a one-time id (jti) of 1 to {MAX_JTI_LENGTH} characters")
     return X5CToken(cert, jti, expires + LEEWAY)
+
+
+# --- renewal: a certificate this CA issued vouches for its own successor -----------------------------------
+
+NOT_YET_LEEWAY = timedelta(minutes=1)
+TOKEN_SPENDER = "x5c:renew"  # the `provisioner` recorded with a spent renew token's id
+
+
+@dataclass(frozen=True)
+class CertificateCredential:
+    """A certificate whose key the caller proved to hold: by TLS client auth, or an x5c token it signed.
+
+    With `csr`, a rekey: the same names and lifetime for the CSR's key.
+    """
+
+    certificate: x509.Certificate
+    token: X5CToken | None = None
+    csr: x509.CertificateSigningRequest | None = None
+
+    @property
+    def via(self) -> str:
+        return "x5c-token" if self.token else "mtls"
+
+    def locate(self, provisioners: Provisioners) -> Provisioner:
+        return provisioners.renewal
+
+    def audit_note(self) -> AuditNote:
+        """Known before authorization, so a refusal names the certificate too."""
+        return AuditNote(subject=common_name(self.certificate.subject),
+                         details={"renewed": str(self.certificate.serial_number), "via": self.via},
+                         sans=tuple(names_of(self.certificate).as_strings()))
+
+
+class RenewalProvisioner:
+    """Renew and rekey: the new certificate repeats the subject, the SANs, the EKUs and the lifetime of one
+    this CA issued and still stands behind (same DER on record, one of its intermediates signed it, not
+    revoked, not past expiry plus `grace`). It is recorded under the provisioner of the certificate it
+    replaces, whose policy still judges it (the authority's alone when that provisioner was removed)."""
+
+    type = "X5C-renew"
+    name = TOKEN_SPENDER
+    claims: Claims | None = None
+    policy: PolicyConfig | None = None
+
+    def __init__(self, store: Store, *, grace: timedelta = timedelta(0), disabled: bool = False) -> None:
+        self.store, self.grace, self.disabled = store, grace, disabled
+
+    @property
+    def key_id(self) -> str:
+        return TOKEN_SPENDER  # never a token's kid
+
+    def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
+        assert isinstance(credential, CertificateCredential)
+        old = credential.certificate
+        provisioner = check_renewable(self.store, old, now, grace=self.grace)
+        if self.disabled:
+            raise Forbidden("renewal is disabled on this CA (authority claims.disableRenewal)")
+        token = credential.token
+        try:
+            ekus = set(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            ekus = set()
+        cn = common_name(old.subject)
+        names = names_of(old)
+        # The old window was backdated like every window policy decides; its duration ignores that.
+        lifetime = old.not_valid_after_utc - old.not_valid_before_utc - BACKDATE
+        csr = credential.csr
+        return IssuanceRequest(
+            provisioner=provisioner, common_name=cn, names=names.with_common_name(cn) if cn else names,
+            public_key=csr.public_key() if csr is not None else old.public_key(),
+            window=Window(lifetime=lifetime), csr=csr, csr_rule=CSRRule.SAME, csr_names=names,
+            server_auth=ExtendedKeyUsageOID.SERVER_AUTH in ekus, client_auth=ExtendedKeyUsageOID.CLIENT_AUTH in ekus,
+            token=OneTimeToken(token.token_id, TOKEN_SPENDER, token.expires_at) if token else None,
+            audit=credential.audit_note())
+
+    def describe(self, *, with_encrypted_key: bool) -> dict[str, Any]:
+        return {"type": self.type, "name": self.name}
+
+
+def check_renewable(store: Store, cert: x509.Certificate, now: datetime, *, grace: timedelta) -> str:
+    """Refuse unless this CA issued `cert` and still stands behind it; return its provisioner."""
+    provisioner = check_issued(store, cert, now, grace=grace)
+    revoked = store.revocations.get(cert.serial_number)
+    if revoked is not None:
+        raise Unauthorized(f"certificate {cert.serial_number} was revoked at {revoked.revoked_at.isoformat()} "
+                           f"({revoked.reason_code.name.lower()}); it cannot be renewed")
+    return provisioner
+
+
+def check_issued(store: Store, cert: x509.Certificate, now: datetime, *, grace: timedelta = timedelta(0)) -> str:
+    """This CA recorded exactly this certificate, one of its intermediates signed it, and it is
+    within its validity (plus `grace` after expiry); return the provisioner that issued it.
+
+    The TLS handshake does not check a client certificate's dates (appliance/api/peer.py), so every
+    use of one as a credential goes through here.
+    """
+    serial = cert.serial_number
+    record = store.certificates.get(serial) if 0 < serial <= MAX_SERIAL else None
+    if record is None or record.der != cert.public_bytes(Encoding.DER):
+        raise Unauthorized(f"certificate {serial} was not issued by this CA")
+    rec = store.intermediates.get(record.issuer)
+    if rec is None or rec.certificate is None:
+        raise Unauthorized(f"certificate {serial} was issued by an intermediate this CA does not hold")
+    intermediate = x509.load_der_x509_certificate(rec.certificate)
+    try:
+        cert.verify_directly_issued_by(intermediate)
+    except (ValueError, TypeError, InvalidSignature):
+        raise Unauthorized(f"certificate {serial} does not chain to this CA's intermediate "
+                           f"{intermediate.subject.rfc4514_string()}") from None
+    if now > cert.not_valid_after_utc + grace:
+        after = f" (renewal grace {grace})" if grace else ""
+        raise Unauthorized(f"certificate {serial} expired at {cert.not_valid_after_utc.isoformat()}{after}")
+    if now < cert.not_valid_before_utc - NOT_YET_LEEWAY:
+        raise Unauthorized(f"certificate {serial} is not valid before {cert.not_valid_before_utc.isoformat()}")
+    return record.provisioner
+
+
+def names_of(cert: x509.Certificate) -> RequestedNames:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return RequestedNames()
+    return RequestedNames.from_general_names(san)
+
+
+def common_name(subject: x509.Name) -> str:
+    cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else ""

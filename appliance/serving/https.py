@@ -26,6 +26,7 @@ from appliance.errors import CAError
 from appliance.ra.authority import Authority
 from appliance.serving import logs
 from appliance.serving.tls import ServerContext
+from appliance.store import StoreError
 
 log = logging.getLogger("hsmca.https")
 
@@ -53,8 +54,8 @@ class HTTPSApplication(BaseApplication):
         authority = Authority.from_config(config)
         try:
             _ = authority.issuer  # open the KMS key now, in the worker: the first request is not slower
-        except CAError as exc:
-            log.error("worker started without its signing key: %s", exc.message)
+        except (CAError, StoreError) as exc:
+            log.error("worker started without its signing key: %s", getattr(exc, "message", exc))
         return create_app(authority)
 
 

@@ -125,18 +125,15 @@ class PublishedCRLs:
         self._lock = threading.Lock()
 
     def latest(self, issuer_id: str) -> CRLRecord:
-        try:
-            info = self.store.crls.latest_info(issuer_id)
-            if info is None:
-                raise ServiceUnavailable("no CRL has been signed yet for this intermediate; the housekeeping "
-                                         "process of `hsmca serve` signs one within seconds")
-            with self._lock:
-                cached = self._cache.get(issuer_id)
-            if cached is not None and cached.info.number == info.number:
-                return cached
-            found = self.store.crls.get(issuer_id, info.number)
-        except StoreError as exc:
-            raise ServiceUnavailable(f"certificate database unavailable: {exc}") from None
+        info = self.store.crls.latest_info(issuer_id)
+        if info is None:
+            raise ServiceUnavailable("no CRL has been signed yet for this intermediate; the housekeeping "
+                                     "process of `hsmca serve` signs one within seconds")
+        with self._lock:
+            cached = self._cache.get(issuer_id)
+        if cached is not None and cached.info.number == info.number:
+            return cached
+        found = self.store.crls.get(issuer_id, info.number)
         if found is None:  # pruned between the two queries: a newer one exists
             return self.latest(issuer_id)
         with self._lock:

@@ -27,7 +27,7 @@ from cryptography.x509 import ocsp
 from appliance.ca import tbs
 from appliance.ca.active import ActiveIssuer
 from appliance.ca.issuer import Issuer
-from appliance.certutil import verify_signature
+from appliance.certutil import read_extensions, verify_signature
 from appliance.config import CAConfig
 from appliance.errors import CAError
 from appliance.status.ocsp_delegation import Delegate, delegate_for, load_delegates, open_delegate_key
@@ -317,7 +317,7 @@ def parse_request(request_der: bytes) -> ParsedRequest | Answer:
 
 def _nonce(req: ocsp.OCSPRequest) -> bytes | None:
     try:
-        return req.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
+        return read_extensions(req).get_extension_for_class(x509.OCSPNonce).value.nonce
     except x509.ExtensionNotFound:
         return None
 

@@ -4,25 +4,22 @@ the OCSPSigning EKU and id-pkix-ocsp-nocheck, so responses need not be signed by
 The responder key is created and used through kms like every CA key. `ca.json` lists them under
 `ocsp.responders` (key URI + certificate file); the responder picks, per intermediate, a listed certificate
 that this intermediate issued and that is valid now, and otherwise signs with the intermediate itself.
+The certificate is issued through the one pipeline (`Authority.issue_ocsp_responder_certificate`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from appliance.audit import AuditEvent, JsonLinesAudit
-from appliance.ca.active import ActiveIssuer
-from appliance.ca.issuer import LeafProfile
 from appliance.certutil import CertificateFileError, load_certificates
-from appliance.config import CAConfig, ConfigError
-from appliance.store import IntermediateRecord
-from kms import KeySpec, create_key, open_key
+from appliance.config import CAConfig
+from kms import open_key
 from kms.signer import CAKey
 
 log = logging.getLogger(__name__)
@@ -69,30 +66,3 @@ def delegate_for(delegates: list[Delegate], issuer: x509.Certificate, now: datet
 def open_delegate_key(config: CAConfig, delegate: Delegate) -> CAKey:
     config.apply_kms_environment()
     return open_key(config.key_uri(delegate.key_uri))
-
-
-def issue_responder_certificate(config: CAConfig, issuers: ActiveIssuer, rec: IntermediateRecord, key_uri: str, *,
-                                lifetime: timedelta, spec: KeySpec = KeySpec.EC_P256, existing: bool = False,
-                                now: datetime | None = None) -> x509.Certificate:
-    """Create (or open) the responder key in kms and have the intermediate issue its certificate (recorded)."""
-    now = now or datetime.now(UTC)
-    if rec.certificate is None:
-        raise ConfigError(f"intermediate {rec.name!r} has no certificate yet")
-    config.apply_kms_environment()
-    full = config.key_uri(key_uri)
-    key = open_key(full) if existing else create_key(full, spec)
-    issuer = issuers.issuer_for(rec)
-    cn = issuer.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    name = f"{cn[0].value!s} OCSP Responder" if cn else "OCSP Responder"
-    not_after = min(now + lifetime, issuer.certificate.not_valid_after_utc)
-    extensions = (
-        x509.Extension(x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING])),
-        x509.Extension(x509.OCSPNoCheck.oid, False, x509.OCSPNoCheck()),  # relying parties do not check it
-    )
-    profile = LeafProfile(common_name=name, public_key=key.public_key(), not_before=now - timedelta(minutes=1),
-                          not_after=not_after, server_auth=False, client_auth=False, extra_extensions=extensions)
-    cert = issuer.issue(profile, provisioner=PROVISIONER, request_id=None)
-    JsonLinesAudit(config.resolve(config.audit.path)).record(AuditEvent(
-        action="x509.sign.ocsp-responder", decision="allowed", provisioner=PROVISIONER, subject=name,
-        serial=str(cert.serial_number), details={"issuer": issuer.id, "key": key_uri}))
-    return cert

@@ -49,6 +49,11 @@ class TokenStore(Repository):
                 conn.execute(used_tokens.delete().where(used_tokens.c.expires_at < moment)).rowcount
             )
 
+    def count(self) -> int:
+        """How many token ids are on record (spent and not yet purged)."""
+        with self._read("counting one-time tokens") as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(used_tokens)).scalar_one())
+
     def _used(self, jti: str) -> bool:
         with self._read("reading a one-time token") as conn:
             return token_used(conn, jti)

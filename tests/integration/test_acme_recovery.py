@@ -31,7 +31,7 @@ def service(dev_ca: DevCA, http01: ChallengeServer) -> Iterator[ACMEService]:
     dev_ca.edit_config(add)
     authority = Authority.from_config(dev_ca.config)
     authority.store.migrate()
-    yield ACMEService(authority)
+    yield ACMEService(authority, authority.store)
     authority.close()
 
 

@@ -27,8 +27,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from appliance.acme.ari import cert_id
+from appliance.ra.pipeline import STEPS
 from appliance.store import Store
 from appliance.store.schema import intermediates
+from tests import der_surgery
 from tests.integration.acme_dns import AcmeDNS
 from tests.integration.conftest import DevCA, Server, free_port, hsmca, openssl_verify_chain, start_server
 
@@ -169,6 +171,7 @@ def test_http01_order_issues_a_chain_that_verifies_then_ari_and_revocation(
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     event = next(e for e in reversed(served.ca.audit_events()) if e["action"] == "acme.finalize")
     assert event["decision"] == "allowed" and event["serial"] == str(leaf.serial_number)
+    assert event["details"]["steps"] == list(STEPS)
 
     # ARI: a window at about 2/3 of the lifetime, with Retry-After; the library agrees.
     aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
@@ -273,7 +276,7 @@ class RawClient:
 
     def body(self, url: str, payload: Any, *, kid: str | None = None, nonce: str | None = None,
              signed_url: str | None = None) -> bytes:
-        raw = b"" if payload is None else json.dumps(payload).encode()
+        raw = payload if isinstance(payload, bytes) else b"" if payload is None else json.dumps(payload).encode()
         jws = acme_jws.JWS.sign(raw, key=self.key, alg=self.alg, nonce=jose.decode_b64jose(nonce or self.nonce()),
                                 url=signed_url or url, kid=kid)
         return jws.json_dumps().encode()
@@ -354,6 +357,25 @@ def test_csr_with_an_extra_name_is_bad_csr(account: tuple[RawClient, str], http0
     # the order is still ready: the right CSR finalizes it
     done = acme.finalize_order(orderr, deadline())
     assert "BEGIN CERTIFICATE" in done.fullchain_pem
+
+
+def test_a_csr_with_a_duplicate_extension_is_bad_csr(account: tuple[RawClient, str], http01: ChallengeServer) -> None:
+    acme = new_client(account[0].served)
+    orderr = acme.new_order(crypto_util.make_csr(key_pem(), ["dup.acme.test"]))
+    answer_http01(acme, orderr, http01)
+    orderr = acme.poll_authorizations(orderr, deadline())
+    bad_csr = der_surgery.csr_pem(der_surgery.csr_with_a_duplicate_extension("dup.acme.test")).encode()
+    with pytest.raises(messages.Error) as caught:
+        acme.finalize_order(orderr.update(csr_pem=bad_csr), deadline())
+    assert caught.value.typ == ERR + "badCSR" and "appears twice" in str(caught.value.detail)
+
+
+def test_hostile_requests_get_problems_not_500s(account: tuple[RawClient, str]) -> None:
+    raw, kid = account
+    assert "not JSON" in problem(raw.send(raw.url("new-order"), b"[" * 50000), "malformed")
+    assert "not JSON" in problem(raw.post(raw.url("new-order"), b"[" * 40000, kid=kid), "malformed")
+    resp = requests.get(f"{raw.served.url}/acme/%E2%80%AE/directory", verify=str(raw.served.ca.root), timeout=10)
+    assert resp.status_code == 404 and resp.headers["Content-Type"].startswith("application/problem+json"), resp.text
 
 
 def test_name_the_policy_denies_is_rejected_identifier(account: tuple[RawClient, str]) -> None:

@@ -27,10 +27,10 @@ import kms
 import softhsm
 from appliance.ca.active import ActiveIssuer
 from appliance.ca.intermediates import install, listing, make_csr
-from appliance.ca.issuer import LeafProfile
 from appliance.certutil import load_certificates
 from appliance.store import IntermediateRecord, Store
 from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, make_ca, start_server
+from tests.integration.signing import issue_recorded
 
 Expected = str | re.Pattern[str]  # an exact error message, or a pattern when part of it is not ours to fix
 NO_ACTIVE = "no active intermediate: install one and activate it (hsmca intermediate install CERT --activate-at now)"
@@ -133,15 +133,10 @@ def _issue_in_process(ca: DevCA, count: int) -> None:
     """Leaves signed by the active intermediate through its HSM key and recorded, as the server does."""
     config = ca.config
     config.apply_kms_environment()
-    now = _now()
     with _store(ca) as store:
         issuer = ActiveIssuer(config, store).current()
         for i in range(count):
-            key = ec.generate_private_key(ec.SECP256R1())
-            issuer.issue(LeafProfile(common_name=f"leaf{i}.internal", public_key=key.public_key(),
-                                     not_before=now, not_after=now + timedelta(hours=1),
-                                     dns_names=(f"leaf{i}.internal",)),
-                         provisioner="test", request_id=None)
+            issue_recorded(store, issuer, f"leaf{i}.internal")
 
 
 def _certificate(server: Server, name: str) -> subprocess.CompletedProcess[str]:

@@ -26,8 +26,10 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from appliance.certutil import load_certificates
+from appliance.ra.pipeline import STEPS
 from appliance.status.stamp import POLL_SECONDS, bump, stamp_path
 from appliance.store import Store
+from tests import der_surgery
 from tests.integration.conftest import DevCA, Server, hsmca, issue_through, make_ca, start_server, wait_for
 from tests.unit.test_metrics import parse, value
 
@@ -206,6 +208,18 @@ def test_tampered_and_unknown_and_foreign_requests(server: Server, ca: DevCA, tm
     assert big.status_code == 413
 
 
+def test_two_nonces_are_a_malformed_request_on_both_listeners(server: Server, ca: DevCA) -> None:
+    cert, _ = leaf_of(issue_through(server, "nonces.example"))
+    der = der_surgery.ocsp_request_with_two_nonces(cert, load_certificates(ca.intermediate)[0])
+    encoded = quote(base64.b64encode(der).decode(), safe="")
+    for base, verify in ((server.http_url, True), (server.url, str(ca.root)), (f"{server.url}/1.0", str(ca.root))):
+        for resp in (requests.post(f"{base}/ocsp", data=der, headers=OCSP_REQUEST, verify=verify, timeout=30),
+                     requests.get(f"{base}/ocsp/{encoded}", verify=verify, timeout=30)):
+            assert resp.status_code == 200, (base, resp.text)
+            status = ocsp.load_der_ocsp_response(resp.content).response_status
+            assert status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST, (base, resp.request.method)
+
+
 def test_presigned_response_is_served_without_a_kms_signature(server: Server, ca: DevCA, store: Store) -> None:
     cert, leaf = leaf_of(issue_through(server, "cached.example"))
     wait_presigned(store, cert.serial_number)  # housekeeping pre-signed it: the first request is a hit
@@ -277,6 +291,7 @@ def test_delegated_responder_made_by_the_cli_signs_and_openssl_accepts_it(tmp_pa
     responder.extensions.get_extension_for_class(x509.OCSPNoCheck)
     events = [e for e in ca.audit_events() if e["action"] == "x509.sign.ocsp-responder"]
     assert len(events) == 1 and events[0]["serial"] == str(responder.serial_number)
+    assert events[0]["details"]["steps"] == list(STEPS)
     server = start_server(ca)
     try:
         path = issue_through(server, "delegated.example")

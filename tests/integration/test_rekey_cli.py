@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from appliance.ra.pipeline import STEPS
 from tests.integration.conftest import DevCA, Server, free_port, hsmca, openssl_verify_chain
 
 
@@ -78,7 +79,7 @@ def test_rekey_over_mtls_replaces_both_files_in_place(served: Server):
     assert (crt.parent / "hook-ran").exists()
     events = [e for e in served.ca.audit_events() if e["action"] == "x509.rekey" and e["decision"] == "allowed"]
     assert events[-1]["details"] == {**events[-1]["details"], "renewed": str(old.serial_number), "via": "mtls"}
-    assert events[-1]["serial"] == str(new.serial_number)
+    assert events[-1]["serial"] == str(new.serial_number) and events[-1]["details"]["steps"] == list(STEPS)
     # The new pair is a credential in its turn.
     hsmca(served.ca, "renew", str(crt), str(key), "--ca-url", served.url, "--root", str(served.ca.root), "--force")
     assert leaf(crt).serial_number != new.serial_number and leaf(crt).public_key() == new.public_key()

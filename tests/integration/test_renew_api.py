@@ -28,7 +28,9 @@ from appliance.client.keys import build_csr
 from appliance.client.renewal import renew_token
 from appliance.provisioners import jose
 from appliance.ra.authority import Authority
+from appliance.ra.pipeline import STEPS
 from appliance.store import Store
+from tests import der_surgery
 from tests.integration.conftest import DevCA, Server, hsmca, openssl_verify_chain
 
 
@@ -100,7 +102,9 @@ def test_renew_over_mtls(served: Server, tmp_path: Path):
     assert record is not None and record.status == "issued"
     events = [e for e in served.ca.audit_events() if e["action"] == "x509.renew" and e["decision"] == "allowed"]
     assert events and events[-1]["details"]["renewed"] == str(old.serial_number)
-    assert events[-1]["details"]["via"] == "mtls"
+    assert events[-1]["details"]["via"] == "mtls" and events[-1]["details"]["steps"] == list(STEPS)
+    server_tls = [e for e in served.ca.audit_events() if e["action"] == "x509.sign.server"]
+    assert server_tls and all(e["details"]["steps"] == list(STEPS) for e in server_tls)
 
 
 def test_clients_without_a_certificate_are_served_and_renew_needs_a_credential(served: Server):
@@ -186,8 +190,33 @@ def test_a_certificate_from_another_ca_is_refused(served: Server):
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now)
             .not_valid_after(now + timedelta(hours=1)).sign(key, hashes.SHA256()))
+    store = db(served.ca)
+    before = store.tokens.count()
     resp = renew_bearer(served, forged([cert], key, served.url))
     assert resp.status_code == 401 and "not issued by this CA" in resp.json()["message"]
+    assert store.tokens.count() == before  # refused before any token row is written
+
+
+def test_hostile_bearer_tokens_are_refused_not_crashed(served: Server):
+    crt, key_file = issue(served, "hostile.corp")
+    chain = x509.load_pem_x509_certificates(crt.read_bytes())
+    signer = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    cases = {
+        "sub is a list": forged(chain, signer, served.url, sub=["hostile.corp"]),
+        "unknown key algorithm": forged([x509.load_der_x509_certificate(
+            der_surgery.with_unknown_key_algorithm(chain[0]))], signer, served.url),
+        "malformed extension": forged([x509.load_der_x509_certificate(der_surgery.with_garbled_san(chain[0]))],
+                                      signer, served.url),
+    }
+    for what, token in cases.items():
+        resp = renew_bearer(served, token)
+        assert resp.status_code == 401, (what, resp.text)
+        assert resp.json()["status"] == 401 and "Traceback" not in resp.text, what
+
+
+def test_deeply_nested_rekey_body_is_a_bad_request(served: Server):
+    resp = served.post("/1.0/rekey", data=b"[" * 50000, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and "nested too deeply" in resp.json()["message"], resp.text
 
 
 # --- revoked, expired ------------------------------------------------------------------------

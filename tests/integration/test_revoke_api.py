@@ -121,6 +121,7 @@ def test_bad_reason_code_is_400(client, authority, prov_key, code):
     ({"serial": "123", "ott": "x", "reason": 5}, 400, "reason"),
     ("not json", 400, "malformed JSON"),
     ("[1]", 400, "JSON object"),
+    ("[" * 50000, 400, "nested too deeply"),
 ])
 def test_malformed_requests_get_clear_errors(client, body, status, message):
     resp = post_revoke(client, body)

@@ -28,7 +28,9 @@ from appliance.api import create_app
 from appliance.client.keys import build_csr
 from appliance.provisioners import jose
 from appliance.ra.authority import Authority
+from appliance.ra.pipeline import STEPS
 from appliance.store import CertificateStatus
+from tests import der_surgery
 from tests.integration.conftest import DevCA
 
 
@@ -123,6 +125,7 @@ def test_sign_issues_a_conformant_leaf(client, authority, prov_key, dev_ca, make
     assert rec.provisioner == "admin"
     last = dev_ca.audit_events()[-1]
     assert last["decision"] == "allowed" and last["serial"] == str(cert.serial_number)
+    assert last["details"]["steps"] == list(STEPS)  # the one pipeline, as every other issuance
 
     # The chain verifies with openssl too.
     leaf = dev_ca.base / "leaf.pem"
@@ -274,6 +277,58 @@ def _no_ott(key):  # type: ignore[no-untyped-def]
 @case("10 MB body", 413, "exceeds the limit")
 def _huge(key):  # type: ignore[no-untyped-def]
     return json.dumps({"csr": "A" * (10 * 1024 * 1024), "ott": "x"}).encode()
+
+
+# What each of these sent got a 500 before the one pipeline; now a 4xx that says why.
+
+@case("deeply nested JSON body", 400, "nested too deeply")
+def _nested_body(key):  # type: ignore[no-untyped-def]
+    return b"[" * 50000
+
+
+@case("deeply nested JSON in a field", 400, "nested too deeply")
+def _nested_field(key):  # type: ignore[no-untyped-def]
+    return b'{"csr": ' + b"[" * 50000
+
+
+@case("deeply nested token payload", 400, "nested too deeply")
+def _nested_token(key):  # type: ignore[no-untyped-def]
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "ES256", "kid": key.thumbprint()}).encode()).rstrip(b"=")
+    payload = base64.urlsafe_b64encode(b"[" * 10000).rstrip(b"=")  # a token may be 16 KiB
+    return {"csr": csr_pem("a.internal", []), "ott": f"{header.decode()}.{payload.decode()}.c2ln"}
+
+
+@case("CSR with a duplicate extension", 400, "appears twice")
+def _duplicate_extension(key):  # type: ignore[no-untyped-def]
+    return {"csr": der_surgery.csr_pem(der_surgery.csr_with_a_duplicate_extension("a.internal")),
+            "ott": token(key, "a.internal")}
+
+
+@case("notBefore in the year 9999", 400, "out of range")
+def _nb_9999(key):  # type: ignore[no-untyped-def]
+    return {"csr": csr_pem("a.internal", []), "ott": token(key, "a.internal"), "notBefore": "9999-12-31T23:59:59Z"}
+
+
+@case("notBefore before year 1 in UTC", 400, "out of range")
+def _nb_year_1(key):  # type: ignore[no-untyped-def]
+    return {"csr": csr_pem("a.internal", []), "ott": token(key, "a.internal"),
+            "notBefore": "0001-01-01T00:00:00+01:00"}
+
+
+@case("notAfter after year 9999 in UTC", 400, "out of range")
+def _na_9999(key):  # type: ignore[no-untyped-def]
+    return {"csr": csr_pem("a.internal", []), "ott": token(key, "a.internal"),
+            "notAfter": "9999-12-31T23:59:59-01:00"}
+
+
+@case("token exp in the year 9999", 400, "out of range")
+def _exp_9999(key):  # type: ignore[no-untyped-def]
+    return {"csr": csr_pem("a.internal", []), "ott": token(key, "a.internal", exp=253402300799)}
+
+
+@case("a full-width email address", 400, "user@corp.internal")
+def _fullwidth(key):  # type: ignore[no-untyped-def]
+    return {"csr": csr_pem("a.internal", []), "ott": token(key, "a.internal", ["a.internal", "user@ｃｏｒｐ.internal"])}
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_acme_provisioners_are_a_type_of_their_own() -> None:
     assert prov.type == "ACME" and prov.describe(with_encrypted_key=True)["challenges"] == [
         "http-01", "dns-01", "tls-alpn-01"]
     with pytest.raises(Exception, match="ACME protocol"):
-        prov.authorize_sign("token", frozenset(), None)  # type: ignore[arg-type]
+        prov.authorize(object(), datetime.now(timezone.utc))
 
 
 @pytest.mark.parametrize(("field", "value"), [("resolvers", ["nope"]), ("denyValidationTo", ["10.0.0.0/33"]),

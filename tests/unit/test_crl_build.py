@@ -26,7 +26,7 @@ def issuer(key: ec.EllipticCurvePrivateKey) -> Issuer:
             .serial_number(1).not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=30))
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
-    return Issuer(key, cert, None)  # type: ignore[arg-type]  # building a CRL never touches the store
+    return Issuer(key, cert)
 
 
 def wrong_key() -> ec.EllipticCurvePrivateKey:

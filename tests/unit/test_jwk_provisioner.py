@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from appliance.errors import Unauthorized
-from appliance.provisioners import JWKProvisioner, Provisioners, jose
+from appliance.provisioners import Provisioners, jose
 from appliance.provisioners.base import sign_audiences, strip_port
+from appliance.provisioners.jwk import JWKProvisioner
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 AUD = sign_audiences(["ca.internal", "10.0.0.5"])
@@ -28,17 +29,17 @@ def tok(**over: Any) -> str:
 
 
 def test_valid_token_grants_its_sans():
-    auth = PROV.authorize_sign(tok(), AUD, NOW)
+    auth = PROV.verify_token(tok(), AUD, NOW)
     assert auth.subject == "svc.internal" and auth.sans == ("svc.internal", "10.1.1.1")
-    assert auth.provisioner == "admin" and len(auth.token_id) == 64
+    assert auth.provisioner == "admin" and len(auth.token.jti) == 64
     # the id is kept a minute past expiry: the leeway must not reopen a replay window
-    assert auth.token_expires_at == NOW + timedelta(seconds=300) + timedelta(minutes=1)
+    assert auth.token.expires_at == NOW + timedelta(seconds=300) + timedelta(minutes=1)
 
 
 def test_sans_default_to_the_subject_and_audiences_ignore_the_port():
-    auth = PROV.authorize_sign(tok(sans=None, aud=["https://ca.internal/sign"]), AUD, NOW)
+    auth = PROV.verify_token(tok(sans=None, aud=["https://ca.internal/sign"]), AUD, NOW)
     assert auth.sans == ("svc.internal",)
-    PROV.authorize_sign(tok(aud="https://[10.0.0.5]:443/1.0/sign".replace("[10.0.0.5]", "10.0.0.5")), AUD, NOW)
+    PROV.verify_token(tok(aud="https://[10.0.0.5]:443/1.0/sign".replace("[10.0.0.5]", "10.0.0.5")), AUD, NOW)
     assert strip_port("https://ca.internal:9000/1.0/sign") == "https://ca.internal/1.0/sign"
 
 
@@ -59,13 +60,13 @@ def test_sans_default_to_the_subject_and_audiences_ignore_the_port():
 ])
 def test_bad_claims_are_refused_with_the_reason(over, message):
     with pytest.raises(Unauthorized, match=message):
-        PROV.authorize_sign(tok(**over), AUD, NOW)
+        PROV.verify_token(tok(**over), AUD, NOW)
 
 
 def test_leeway_is_one_minute():
     t = int(NOW.timestamp())
-    PROV.authorize_sign(tok(exp=t - 59), AUD, NOW)
-    PROV.authorize_sign(tok(nbf=t + 59), AUD, NOW)
+    PROV.verify_token(tok(exp=t - 59), AUD, NOW)
+    PROV.verify_token(tok(nbf=t + 59), AUD, NOW)
 
 
 def test_collection_finds_by_issuer_and_kid():

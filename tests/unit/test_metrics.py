@@ -168,11 +168,15 @@ def test_signature_failures_by_reason_on_a_real_token(softhsm_token: SoftHSMToke
     metrics.KMS_BACKEND_UP.labels("pkcs11").set(1)
 
 
-def test_a_tbs_mismatch_is_not_a_backend_failure():
+def test_a_refused_record_is_not_a_backend_failure():
     key = ec.generate_private_key(ec.SECP256R1())
     before = _sample("hsmca_kms_sign_failures_total", backend="software", reason="refused")
-    with pytest.raises(tbs.TBSMismatch):
-        tbs.guarded(key, b"recorded").sign(b"other", ec.ECDSA(hashes.SHA256()))
+
+    def refuse(data: bytes, real: object) -> bytes:
+        raise RuntimeError("not recorded")
+
+    with pytest.raises(RuntimeError):
+        tbs.proxy(key, refuse).sign(b"other", ec.ECDSA(hashes.SHA256()))
     assert _sample("hsmca_kms_sign_failures_total", backend="software", reason="refused") == before
 
 

@@ -6,7 +6,7 @@ from cryptography import x509
 
 from appliance.errors import BadRequest
 from appliance.names import RequestedNames, split_sans
-from appliance.ra.validity import parse_time_or_duration
+from appliance.provisioners.validity import parse_time_or_duration
 
 
 def test_split_sans_like_step():

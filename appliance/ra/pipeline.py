@@ -1,0 +1,257 @@
+"""The one issuance pipeline: every certificate the CA signs passes these steps, in this order.
+
+    authorize → csr → policy → profile → record → sign → issued   (then the audit record)
+
+`authorize` finds the provisioner for the credential and lets it turn the credential into an
+`IssuanceRequest` (who is asking, and for what); `csr` holds the CSR to what was granted; `policy` judges
+names, key and validity; `profile` decides what the certificate holds and which intermediate signs it;
+`record` stores the serial and the to-be-signed body and spends the one-time token in one transaction;
+`sign` has the KMS sign exactly those bytes; `issued` attaches the certificate to its record. A request
+refused before `record` spends its token all the same (no probing the policy with one token). Every
+outcome leaves one audit record naming the steps it passed, so an auditor sees that JWK sign, renew,
+rekey, ACME finalize and the CA's own certificates all went the same way.
+
+`Pipeline.issue` is the only caller of `Issuer.record_and_sign` (a test walks the code to keep it so).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from appliance import metrics
+from appliance.audit import AuditEvent, AuditLog
+from appliance.ca.issuer import Issuer, LeafProfile
+from appliance.certutil import read_extensions
+from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
+from appliance.names import RequestedNames
+from appliance.provisioners import Provisioner, Provisioners
+from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest
+from appliance.store import Reservation, Store, StoreError, TokenReplayed, as_ca_error
+from policy import Policy, key_info
+
+log = logging.getLogger(__name__)
+
+STEPS = ("authorize", "csr", "policy", "profile", "record", "sign", "issued")
+REPLAYED = "token already used (one-time tokens cannot be replayed)"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Where a request came from, for the audit trail."""
+
+    request_id: str | None = None
+    remote_addr: str | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # leaf first, then the intermediate and what follows it
+    request: IssuanceRequest
+
+
+class Issuers(Protocol):
+    """Which intermediate signs: the active one, or a named one (the CA's own certificates)."""
+
+    def current(self) -> Issuer: ...
+
+    def by_id(self, issuer_id: str) -> Issuer: ...
+
+
+class Policies(Protocol):
+    def for_request(self, provisioner: Provisioner, request: IssuanceRequest) -> Policy: ...
+
+
+@dataclass
+class _Trace:
+    """The steps one request passed, and what the audit record will say about it."""
+
+    action: str
+    ctx: RequestContext
+    note: AuditNote
+    steps: list[str] = field(default_factory=list)
+    provisioner: str | None = None
+    names: RequestedNames | None = None
+
+    def enter(self, step: str) -> None:
+        self.steps.append(step)
+
+    def event(self, decision: Literal["allowed", "denied", "error"], *, status: int,
+              reasons: tuple[str, ...] = (), serial: int | None = None,
+              issuer: str | None = None) -> AuditEvent:
+        details: dict[str, Any] = {**self.note.details, "steps": list(self.steps)}
+        if issuer:
+            details["issuer"] = issuer
+        sans = tuple(self.names.as_strings()) if self.names is not None else self.note.sans
+        return AuditEvent(action=self.action, decision=decision, request_id=self.ctx.request_id,
+                          remote_addr=self.ctx.remote_addr, provisioner=self.provisioner,
+                          subject=self.note.subject, sans=sans, serial=str(serial) if serial else None,
+                          reasons=reasons, status=status, details=details)
+
+
+class Pipeline:
+    def __init__(self, store: Store, audit: AuditLog, provisioners: Provisioners, policies: Policies,
+                 issuers: Issuers, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.audit = audit
+        self.provisioners = provisioners
+        self.policies = policies
+        self.issuers = issuers
+        self.clock = clock
+
+    def issue(self, credential: object, ctx: RequestContext, *, action: str,
+              note: AuditNote | None = None) -> Issued:
+        """Run every step for one credential; the refusal (a CAError) or the certificate, audited either way."""
+        note = note or AuditNote()
+        trace = _Trace(action, ctx, note)
+        recorded: list[int] = []
+        try:
+            now = self.clock()
+            trace.enter("authorize")
+            provisioner = self.provisioners.find(credential)
+            request = provisioner.authorize(credential, now)
+            trace.provisioner = request.provisioner
+            trace.note = _merge(note, request.audit)
+            trace.names = request.names
+            try:
+                trace.enter("csr")
+                _check_csr(request)
+                trace.enter("policy")
+                decided = self._judge(self.policies.for_request(provisioner, request), request, now)
+                trace.enter("profile")
+                issuer = self._issuer(request)
+                profile = _profile(request, decided, issuer)
+                trace.names = profile.names
+            except CAError:
+                self._spend_refused(request)
+                raise
+
+            def record(serial: int, tbs: bytes) -> None:
+                trace.enter("record")
+                self._record(serial, tbs, profile, issuer, request, ctx)
+                recorded.append(serial)
+                trace.enter("sign")
+
+            try:
+                cert = issuer.record_and_sign(profile, record)
+            except CAError as exc:
+                if recorded:
+                    self._abandon(recorded[0], exc.message)
+                raise
+            trace.enter("issued")
+            self.store.certificates.mark_issued(cert.serial_number, cert.public_bytes(Encoding.DER))
+        except Exception as exc:
+            error = exc if isinstance(exc, CAError) else as_ca_error(exc) if isinstance(exc, StoreError) else None
+            status = error.status if error is not None else 500
+            reasons = error.reasons if error is not None else (f"internal error ({type(exc).__name__})",)
+            decision: Literal["denied", "error"] = "denied" if status < 500 else "error"
+            write_audit(self.audit, trace.event(decision, status=status, reasons=reasons,
+                                           serial=recorded[0] if recorded else None))
+            exc.audited = True  # type: ignore[attr-defined]  # the web layer must not audit it twice
+            exc.step = trace.steps[-1] if trace.steps else None  # type: ignore[attr-defined]
+            raise
+        metrics.certificate_issued(request.provisioner)
+        write_audit(self.audit, trace.event("allowed", status=201, serial=cert.serial_number, issuer=issuer.id))
+        return Issued(cert, (cert, *issuer.chain), request)
+
+    def _judge(self, policy: Policy, request: IssuanceRequest, now: datetime) -> tuple[datetime, datetime]:
+        window = request.window
+        not_after = window.not_after
+        if window.lifetime is not None and not_after is None:
+            not_after = now + min(window.lifetime, policy.limits.maximum.value)
+        decision = policy.evaluate(request.names.policy_request(
+            key_info(request.public_key), not_before=window.not_before, not_after=not_after, now=now))
+        if not decision.allowed:
+            raise PolicyDenied("; ".join(decision.reasons), reasons=decision.reasons)
+        return decision.not_before, decision.not_after
+
+    def _issuer(self, request: IssuanceRequest) -> Issuer:
+        return self.issuers.by_id(request.issuer) if request.issuer else self.issuers.current()
+
+    def _record(self, serial: int, tbs: bytes, profile: LeafProfile, issuer: Issuer, request: IssuanceRequest,
+                ctx: RequestContext) -> None:
+        try:
+            self.store.certificates.reserve(Reservation(
+                serial=serial, issuer=issuer.id, subject=profile.subject_text(), sans=profile.names.as_strings(),
+                not_before=profile.not_before, not_after=profile.not_after, provisioner=request.provisioner,
+                tbs=tbs, request_id=ctx.request_id), request.token)
+        except TokenReplayed:
+            raise Unauthorized(REPLAYED) from None
+
+    def _spend_refused(self, request: IssuanceRequest) -> None:
+        """A refused request spends its token too; a replay is reported as such, whatever else was wrong."""
+        token = request.token
+        if token is not None and not self.store.tokens.use(token.jti, token.provisioner, token.expires_at):
+            raise Unauthorized(REPLAYED) from None
+
+    def _abandon(self, serial: int, reason: str) -> None:
+        try:
+            self.store.certificates.mark_abandoned(serial, reason[:1000])
+        except StoreError:
+            log.warning("could not mark reservation %s abandoned; the housekeeping sweep will", serial)
+
+
+def _check_csr(request: IssuanceRequest) -> None:
+    """The CSR may only ask for what the credential grants (step-ca's CN and SAN validators)."""
+    csr = request.csr
+    if csr is None:
+        return
+    if not csr.is_signature_valid:
+        raise BadRequest("invalid csr: its signature does not verify")
+    if request.csr_rule is CSRRule.NONE:
+        return
+    cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    cn = str(cns[0].value) if cns else ""
+    if cn and cn != request.common_name:
+        what = "the token subject" if request.csr_rule is CSRRule.TOKEN else "the certificate's"
+        raise Forbidden(f"certificate request common name {cn!r} differs from {what} {request.common_name!r}")
+    try:
+        ext = read_extensions(csr).get_extension_for_class(x509.SubjectAlternativeName).value
+        asked = RequestedNames.from_general_names(ext)
+    except x509.ExtensionNotFound:
+        asked = None
+    except ValueError as exc:
+        raise BadRequest(f"invalid csr extensions: {exc}") from None
+    if request.csr_rule is CSRRule.TOKEN:
+        if asked is not None:
+            mismatch = (request.csr_names or request.names).mismatch(asked)
+            if mismatch:
+                raise Forbidden(f"certificate request names differ from the token's: {mismatch}")
+        return
+    have, want = (asked or RequestedNames()).comparable(), (request.csr_names or request.names).comparable()
+    if have != want:
+        raise Forbidden(f"certificate request names {sorted(have)} differ from the certificate's "
+                        f"{sorted(want)}; a rekey keeps the names")
+
+
+def _profile(request: IssuanceRequest, window: tuple[datetime, datetime], issuer: Issuer) -> LeafProfile:
+    """What the certificate will hold: the names policy judged, in the one spelling it judged them in."""
+    names = request.names.canonical()
+    not_before, not_after = window
+    if request.window.not_after is None:  # a defaulted end never outlives the intermediate that signs
+        not_after = min(not_after, issuer.certificate.not_valid_after_utc)
+    return LeafProfile(common_name=names.canonical_common_name(request.common_name) if request.common_name else "",
+                       public_key=request.public_key, not_before=not_before, not_after=not_after, names=names,
+                       server_auth=request.server_auth, client_auth=request.client_auth,
+                       extra_extensions=request.extensions)
+
+
+def _merge(first: AuditNote, then: AuditNote) -> AuditNote:
+    return AuditNote(subject=then.subject if then.subject is not None else first.subject,
+                     details={**first.details, **then.details}, sans=then.sans or first.sans)
+
+
+def write_audit(audit: AuditLog, event: AuditEvent) -> None:
+    """Write an audit record; a trail that cannot be written stops the request (503)."""
+    try:
+        audit.record(event)
+    except OSError as exc:  # the audit trail must not silently vanish
+        log.error("cannot write the audit record: %s", exc)
+        raise ServiceUnavailable(f"audit trail unavailable: {exc}") from None
