@@ -35,10 +35,51 @@ def _sans(exts: x509.Extensions) -> list[str]:
             + [f"URI:{v}" for v in san.get_values_for_type(x509.UniformResourceIdentifier)])
 
 
+def _general_name(name: x509.GeneralName) -> str:
+    """openssl's spelling (`URI:http://…`), so that a URL reads as a URL, not as a Python repr."""
+    if isinstance(name, x509.UniformResourceIdentifier):
+        return f"URI:{name.value}"
+    if isinstance(name, x509.DNSName):
+        return f"DNS:{name.value}"
+    if isinstance(name, x509.IPAddress):
+        return f"IP:{name.value}"
+    if isinstance(name, x509.RFC822Name):
+        return f"email:{name.value}"
+    if isinstance(name, x509.DirectoryName):
+        return f"dirName:{name.value.rfc4514_string()}"
+    if isinstance(name, x509.RegisteredID):
+        return f"RID:{name.value.dotted_string}"
+    if isinstance(name, x509.OtherName):
+        return f"othername:{name.type_id.dotted_string}"
+    return repr(name)
+
+
+def _distribution_points(points: x509.CRLDistributionPoints | x509.FreshestCRL) -> str:
+    out = []
+    for point in points:
+        parts = [_general_name(n) for n in point.full_name or ()]
+        if point.relative_name is not None:
+            parts.append(f"relativeName:{point.relative_name.rfc4514_string()}")
+        if point.reasons:
+            parts.append("reasons:" + "|".join(sorted(r.value for r in point.reasons)))
+        if point.crl_issuer:
+            parts.append("CRLissuer:" + "|".join(_general_name(n) for n in point.crl_issuer))
+        out.append(" ".join(parts))
+    return ", ".join(out)
+
+
+def _access(descriptions: x509.AuthorityInformationAccess | x509.SubjectInformationAccess) -> str:
+    return ", ".join(f"{_oid_name(d.access_method)} - {_general_name(d.access_location)}" for d in descriptions)
+
+
+def _oid_name(oid: x509.ObjectIdentifier) -> str:
+    return oid._name if oid._name != "Unknown OID" else oid.dotted_string
+
+
 def _extensions(exts: x509.Extensions) -> dict[str, str]:
     out: dict[str, str] = {}
     for ext in exts:
-        name = ext.oid._name if ext.oid._name != "Unknown OID" else ext.oid.dotted_string
+        name = _oid_name(ext.oid)
         v: Any = ext.value
         if isinstance(v, x509.KeyUsage):
             text = ", ".join(k for k in ("digital_signature", "content_commitment", "key_encipherment",
@@ -54,6 +95,10 @@ def _extensions(exts: x509.Extensions) -> dict[str, str]:
             text = (v.key_identifier or b"").hex(":")
         elif isinstance(v, x509.SubjectAlternativeName):
             text = ", ".join(_sans(exts))
+        elif isinstance(v, (x509.CRLDistributionPoints, x509.FreshestCRL)):
+            text = _distribution_points(v)
+        elif isinstance(v, (x509.AuthorityInformationAccess, x509.SubjectInformationAccess)):
+            text = _access(v)
         else:
             text = repr(v)
         out[name] = text + (" (critical)" if ext.critical else "")
