@@ -322,6 +322,16 @@ class CAConfig(_Strict):
         split_address(v)
         return v
 
+    @field_validator("publicURL")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        # Only the shape, as for certificateURLs: a CA whose publicURL names `localhost` keeps starting;
+        # `hsmca public-url` and `hsmca init --public-url` check the host too (appliance/ca/urls.py).
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://ca.internal:9080 "
+                             "(set it with `hsmca public-url URL`)")
+        return v
+
     @property
     def base_dir(self) -> Path:
         """The CA's home: the parent of the `config/` directory holding ca.json, else $HSMCA_PATH."""

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 import softhsm
 from appliance.ca.intermediates import bootstrap
+from appliance.ca.urls import DefaultPublicURL, check_public_url, default_public_url
 from appliance.certutil import fingerprint, parse_certificates
 from appliance.config import (
     AuditConfig,
@@ -67,6 +68,8 @@ class InitOptions:
     # The intermediate key in another backend (vault:…, awskms:…, gcpkms:…, azurekv:…); the dev
     # root stays in the CA's SoftHSM token.
     intermediate_key: str | None = None
+    # The base of the CRL/OCSP/caIssuers URLs in certificates; None: derived (ca/urls.default_public_url).
+    public_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ class InitResult:
     root_key_uri: str | None
     intermediate_key_uri: str | None
     kms_uri: str
+    public_url: str
+    # Set when the URL was derived rather than given: where its host came from, and whether only
+    # this machine can reach it (init then says to set --public-url).
+    derived_url: DefaultPublicURL | None = None
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -111,6 +118,15 @@ def init_ca(opts: InitOptions) -> InitResult:
         split_address(opts.http_address)
     except ValueError as exc:
         raise InitError(str(exc)) from None
+    derived: DefaultPublicURL | None = None
+    if opts.public_url:
+        try:
+            public_url = check_public_url(opts.public_url)
+        except ValueError as exc:
+            raise InitError(f"--public-url: {exc}") from None
+    else:
+        derived = default_public_url(opts.dns_names, opts.http_address)
+        public_url = derived.url
     ceremony_root = _ceremony_root(opts.root_certificate) if opts.root_certificate is not None else None
     if opts.intermediate_key and ceremony_root is not None:
         raise InitError("--intermediate-key makes a dev intermediate; with --root, make it with "
@@ -162,7 +178,7 @@ def init_ca(opts: InitOptions) -> InitResult:
     config = CAConfig(
         root=str(root_path), crt=str(int_path) if int_uri else None,
         key=(opts.intermediate_key or "pkcs11:object=intermediate_ca") if int_uri else None,
-        address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names),
+        address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names), publicURL=public_url,
         db=DBConfig(type="sqlite", dataSource=str(db_dir / "hsmca.sqlite")),
         kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment={"SOFTHSM2_CONF": str(conf)}),
         authority=AuthorityConfig(provisioners=[provisioner]),
@@ -176,7 +192,7 @@ def init_ca(opts: InitOptions) -> InitResult:
     save_config(config, config_path)
     return InitResult(config_path, root_path, int_path if int_uri else None, fingerprint(root), opts.provisioner,
                       str(root_uri.redacted()) if root_uri else None, str(int_uri.redacted()) if int_uri else None,
-                      str(kms_uri.redacted()))
+                      str(kms_uri.redacted()), public_url, derived)
 
 
 def _ceremony_root(data: bytes) -> x509.Certificate:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 import appliance
-from appliance.cli import acme, client, intermediate, kms, provisioner, renew, revocation, server
+from appliance.cli import acme, client, intermediate, kms, provisioner, public_url, renew, revocation, server
 from appliance.cli import ocsp as ocsp_command
 from ceremony.cli import ceremony
 
@@ -16,7 +16,7 @@ def main() -> None:
     """hsmca: a private certificate authority whose every signature is made inside an HSM.
 
     \b
-    Run a CA:     hsmca init, then hsmca serve
+    Run a CA:     hsmca init, then hsmca serve; hsmca public-url (the URLs certificates carry)
     Rotate:       hsmca intermediate csr|install|list|activate|retire
     Keys:         hsmca kms create-key|public-key|check
     Offline:      hsmca ceremony plan|root|sign-intermediate|verify
@@ -35,6 +35,7 @@ for command in (server.init, server.serve, server.db, intermediate.intermediate,
     main.add_command(command)
 main.add_command(ocsp_command.ocsp)
 main.add_command(provisioner.provisioner)
+main.add_command(public_url.public_url)
 main.add_command(acme.acme)
 main.add_command(ocsp_command.ocsp_responder)
 

@@ -60,7 +60,9 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     config.authority.provisioners.append(new)
     save_config(config, path)
-    click.echo(f"Added ACME provisioner {name!r}: directory at <CA URL>/acme/{name}/directory")
+    from appliance.ca.urls import api_url
+
+    click.echo(f"Added ACME provisioner {name!r}: directory at {api_url(config)}/acme/{name}/directory")
     click.echo("Running servers pick it up on SIGHUP (or restart them).")
 
 

@@ -19,7 +19,13 @@ CONFIG_HELP = "Path to ca.json [default: $HSMCA_PATH/config/ca.json]."
               help="DNS name or IP of the CA (repeatable); tokens are accepted for these. [default: localhost]")
 @click.option("--address", default=":9000", show_default=True, help="HTTPS listen address, HOST:PORT.")
 @click.option("--http-address", default=":9080", show_default=True,
-              help="Plain-HTTP listen address for CA certificates (and later OCSP/CRL).")
+              help="Plain-HTTP listen address: CA certificates, CRLs and OCSP.")
+@click.option("--public-url", metavar="URL",
+              help="Base of the CRL, OCSP and CA-certificate URLs written into certificates, as other machines "
+                   "reach the plain-HTTP listener, e.g. http://ca.internal:9080 (host: an IP or a name with a "
+                   "dot). [default: http://HOST:PORT of --http-address, HOST its address if it names one, else "
+                   "the first --dns value that is an IP or has a dot, else 127.0.0.1]; change it later with "
+                   "`hsmca public-url`.")
 @click.option("--provisioner", default="admin", show_default=True, help="Name of the first JWK provisioner.")
 @click.option("--password-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File with the provisioner's password (prompted for when absent).")
@@ -40,9 +46,9 @@ CONFIG_HELP = "Path to ca.json [default: $HSMCA_PATH/config/ca.json]."
                                         "e.g. vault:transit/keys/intermediate or awskms:key-id=alias/int;region=… "
                                         "(credentials from that SDK's usual chain).")
 @click.option("--force", is_flag=True, help="Replace an existing CA (its token, keys and database).")
-def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str, provisioner: str,
-         password_file: Path | None, kty: str, crv: str | None, size: int | None, token_label: str,
-         module: str | None, pin_file: Path | None, so_pin_file: Path | None, root_file: Path | None,
+def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str, public_url: str | None,
+         provisioner: str, password_file: Path | None, kty: str, crv: str | None, size: int | None,
+         token_label: str, module: str | None, pin_file: Path | None, so_pin_file: Path | None, root_file: Path | None,
          intermediate_key: str | None, force: bool) -> None:
     """Create a CA: a SoftHSM token for its keys, a provisioner, the database and ca.json.
 
@@ -69,7 +75,7 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         pin=read_secret_file(pin_file, "PIN").decode() if pin_file else None,
         so_pin=read_secret_file(so_pin_file, "SO PIN").decode() if so_pin_file else None,
         root_certificate=read_secret_file(root_file, "root certificate") if root_file else None,
-        intermediate_key=intermediate_key)
+        intermediate_key=intermediate_key, public_url=public_url)
     try:
         result = init_ca(opts)
     except (InitError, KMSError, OSError) as exc:
@@ -87,7 +93,13 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         click.echo(f"Root key:                 {result.root_key_uri}")
         click.echo(f"Intermediate key:         {result.intermediate_key_uri}")
     click.echo(f"Provisioner:              {result.provisioner} (JWK)")
+    click.echo(f"Public URL:               {result.public_url} (base of the CRL, OCSP and CA-certificate URLs "
+               f"in certificates; {result.derived_url.source if result.derived_url else 'from --public-url'})")
     click.echo(f"Configuration:            {result.config_path}")
+    if result.derived_url is not None and result.derived_url.local_only:
+        click.echo(f"warning: certificates will point relying parties at {result.public_url}, which only this "
+                   "machine reaches: set --public-url (now: `hsmca public-url URL`, e.g. http://ca.internal:9080) "
+                   "before other machines use the CA", err=True)
 
 
 @click.command()
@@ -119,6 +131,11 @@ def serve(config_path: Path | None, address: str | None, http_address: str | Non
                 split_address(a)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
+    from appliance.ca.urls import certificate_url_warning
+
+    warning = certificate_url_warning(config)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     opts = ServeOptions(config_path=path.resolve(), address=address or config.address,
                         http_address=http_address or config.httpAddress,
                         workers=workers or config.server.workers)

@@ -96,11 +96,16 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path):
           "--dns", "10.0.0.5", env=no_conf)
     assert ca.root.read_bytes() != old
     assert load_config(ca.config_path).dnsNames == ["ca.internal", "10.0.0.5"]
+    assert load_config(ca.config_path).publicURL == "http://ca.internal:9080"  # the first dotted --dns value
+    hsmca(ca, "init", "--password-file", str(ca.password_file), "--force", "--public-url",
+          "HTTP://PKI.corp.example/hsmca/", env=no_conf)
+    assert load_config(ca.config_path).publicURL == "http://pki.corp.example/hsmca"
 
 
 @pytest.mark.parametrize("args, message", [
     (["--kty", "EC", "--size", "2048"], "invalid CA key options"),
     (["--address", "nonsense"], "HOST:PORT"),
+    (["--public-url", "http://localhost:9080"], "--public-url: 'http://localhost:9080': the host must be"),
 ])
 def test_init_rejects_bad_options_clearly(tmp_path: Path, args, message):
     pw = tmp_path / "pw"

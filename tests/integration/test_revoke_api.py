@@ -167,8 +167,9 @@ def test_tokens_are_bound_to_their_endpoint(client, authority, prov_key):
 def test_leaves_carry_the_crl_and_aia_urls(client, prov_key, dev_ca):
     cert = issue(client, prov_key)
     urls = for_issuer(certificate_urls(dev_ca.config), cert_issuer_id(cert))
-    assert urls.crl == f"http://localhost:9080/crl/{cert_issuer_id(cert)}"  # httpAddress ":9080", first DNS name
-    assert urls.ca_issuers == f"http://localhost:9080/intermediate/{cert_issuer_id(cert)}.crt"
+    # hsmca init's publicURL: no IP or dotted name among dnsNames (["localhost"]), so loopback, httpAddress's port
+    assert urls.crl == f"http://127.0.0.1:9080/crl/{cert_issuer_id(cert)}"
+    assert urls.ca_issuers == f"http://127.0.0.1:9080/intermediate/{cert_issuer_id(cert)}.crt"
     cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert [n.value for n in cdp[0].full_name or []] == [urls.crl]
     aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
