@@ -100,6 +100,26 @@ class KMSConfig(_Strict):
     environment: dict[str, str] = Field(default_factory=dict)
 
 
+class X509Options(_Strict):
+    """step-ca's `options.x509`: a certificate template (hsmca's are Jinja2: see the README's "Certificate
+    templates"; a step-ca Go template is refused when the CA loads it), inline or in a file, and its data."""
+
+    template: str | None = None
+    templateFile: str | None = None  # relative to the CA's home
+    templateData: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_template(self) -> X509Options:
+        if self.template is not None and self.templateFile is not None:
+            raise ValueError("give template or templateFile, not both")
+        return self
+
+
+class ProvisionerOptions(_Strict):
+    x509: X509Options | None = None
+    ssh: dict[str, Any] | None = None  # step-ca's SSH template options: accepted, not used yet
+
+
 class ProvisionerConfig(_Strict):
     """A step-ca JWK provisioner, plus its own `policy` (names, keys) on top of the authority's."""
 
@@ -109,6 +129,7 @@ class ProvisionerConfig(_Strict):
     encryptedKey: str | None = None
     claims: Claims | None = None
     policy: PolicyConfig | None = None
+    options: ProvisionerOptions | None = None
 
 
 ChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
@@ -136,6 +157,7 @@ class ACMEProvisionerConfig(_Strict):
     requireEAB: bool = False
     claims: Claims | None = None
     policy: PolicyConfig | None = None
+    options: ProvisionerOptions | None = None
 
     @field_validator("resolvers")
     @classmethod

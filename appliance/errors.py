@@ -59,3 +59,13 @@ class PayloadTooLarge(CAError):
 class ServiceUnavailable(CAError):
     status = 503
     type = "serviceUnavailable"
+
+
+class LintRefused(Forbidden):
+    """The certificate about to be signed would not validate (lint before sign); `rule` names what it breaks."""
+
+    type = "lintFailed"
+
+    def __init__(self, rule: str, message: str, *, reasons: tuple[str, ...] = ()):
+        super().__init__(f"the certificate would not validate ({rule}): {message}", reasons=reasons)
+        self.rule = rule

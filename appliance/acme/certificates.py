@@ -19,15 +19,16 @@ from appliance.acme.identifiers import Identifier, parse_identifier, policy_subp
 from appliance.acme.objects import order_json
 from appliance.acme.orders import own_order
 from appliance.acme.problems import Problem, from_subproblems
+from appliance.ca.lint import NAME_CONSTRAINTS
 from appliance.certutil import read_extensions
-from appliance.errors import BadRequest, CAError, PolicyDenied
+from appliance.errors import BadRequest, CAError, LintRefused, PolicyDenied
 from appliance.names import RequestedNames
 from appliance.provisioners import AuditNote
 from appliance.provisioners.acme import OrderCredential
 from appliance.ra.revoke import RevokeRequest, reason_code
 from appliance.store.records import MAX_SERIAL
 
-BEFORE_RECORD = ("authorize", "csr", "policy", "profile")  # pipeline steps that leave nothing recorded
+BEFORE_RECORD = ("authorize", "csr", "template", "policy", "profile", "lint")  # steps that leave nothing recorded
 
 PEM_CHAIN = "application/pem-certificate-chain"
 
@@ -112,6 +113,8 @@ def finalize(call: Call, order_id: str) -> Answer:
             refused = policy_subproblems(policy, idents, call.now) if policy is not None else []
             raise (from_subproblems(refused, "the policy refuses some names") if refused else Problem(
                 "badCSR", "the policy refuses this request: " + "; ".join(exc.reasons))) from None
+        if isinstance(exc, LintRefused):  # the intermediate could not vouch for it: names, or the CSR's key
+            raise Problem("rejectedIdentifier" if exc.rule == NAME_CONSTRAINTS else "badCSR", exc.message) from None
         raise
     call.store.finish_order(order.id, serial=issued.certificate.serial_number)
     done = call.store.order(order.id)

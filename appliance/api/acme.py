@@ -19,7 +19,8 @@ from appliance.acme.problems import Problem
 from appliance.acme.service import ACMEService
 from appliance.api.errors import audit_unexpected
 from appliance.api.middleware import read_body, remote_addr
-from appliance.errors import CAError, PolicyDenied
+from appliance.ca.lint import NAME_CONSTRAINTS
+from appliance.errors import CAError, LintRefused, PolicyDenied
 from appliance.provisioners.acme import ACMEProvisioner
 from appliance.ra.authority import Authority, RequestContext
 from appliance.store import StoreError, as_ca_error
@@ -52,6 +53,8 @@ def problem_for(exc: CAError) -> Problem:
     """The CA's own errors (database down, signing failed, revocation conflicts) as ACME problems."""
     if isinstance(exc, PolicyDenied):
         return Problem("rejectedIdentifier", exc.message, 400)
+    if isinstance(exc, LintRefused):
+        return Problem("rejectedIdentifier" if exc.rule == NAME_CONSTRAINTS else "badCSR", exc.message, 400)
     kind = {401: "unauthorized", 403: "unauthorized"}.get(exc.status)
     if kind is None:
         kind = "serverInternal" if exc.status >= 500 else "malformed"

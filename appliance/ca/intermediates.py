@@ -8,6 +8,7 @@ at once, and a scheduled activation at its time, with no restart and no message 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from appliance.ca.lint import name_findings
 from appliance.certutil import load_certificates, parse_certificates, read_extensions
 from appliance.config import CAConfig
 from appliance.store import IntermediateRecord, IntermediateState, Store, StoreError, intermediate_state
@@ -81,6 +83,18 @@ def make_csr(config: CAConfig, store: Store, uri: str, subject: str, *, name: st
     except StoreError as exc:
         raise IntermediateError(str(exc)) from None
     return csr.public_bytes(Encoding.PEM), rec
+
+
+def own_name_problems(config: CAConfig, cert: x509.Certificate) -> list[str]:
+    """The CA's own names (`dnsNames`, which its HTTPS certificate carries) that `cert`'s name constraints
+    refuse, each sentence naming the constraint; empty when they all fit."""
+    names: list[x509.GeneralName] = []
+    for name in config.dnsNames:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            names.append(x509.DNSName(name))
+    return [f"the CA's own {f.message}" for f in name_findings(names, None, cert)]
 
 
 def install(config: CAConfig, store: Store, pem: bytes, *, activate_at: datetime | None,

@@ -40,13 +40,15 @@ class LeafProfile:
     not_before: datetime
     not_after: datetime
     names: RequestedNames = RequestedNames()
-    server_auth: bool = True
-    client_auth: bool = True
+    ext_key_usage: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,
+                                                        ExtendedKeyUsageOID.CLIENT_AUTH)
+    key_usage: x509.KeyUsage | None = None  # None: what fits the key type (see key_usage)
+    subject_extra: tuple[x509.NameAttribute, ...] = ()  # attributes before the CN (a template's)
     extra_extensions: tuple[x509.Extension[x509.ExtensionType], ...] = field(default=())
 
     def subject(self) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)]) if self.common_name \
-            else x509.Name([])
+        cn = [x509.NameAttribute(NameOID.COMMON_NAME, self.common_name)] if self.common_name else []
+        return x509.Name([*self.subject_extra, *cn])
 
     def subject_text(self) -> str:
         return self.subject().rfc4514_string()
@@ -55,12 +57,22 @@ class LeafProfile:
 Record = Callable[[int, bytes], None]
 
 
-def _key_usage(public_key: object) -> x509.KeyUsage:
-    # keyEncipherment only where RSA key transport is possible (RFC 5280 §4.2.1.3).
-    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
-    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                         crl_sign=False, encipher_only=False, decipher_only=False)
+KEY_USAGE_FIELDS = {"digitalSignature": "digital_signature", "contentCommitment": "content_commitment",
+                    "keyEncipherment": "key_encipherment", "dataEncipherment": "data_encipherment",
+                    "keyAgreement": "key_agreement", "encipherOnly": "encipher_only", "decipherOnly": "decipher_only"}
+
+
+def key_usage(public_key: object, names: tuple[str, ...] | None = None) -> x509.KeyUsage:
+    """The named usages (RFC 5280 names; ValueError for a combination X.509 forbids), by default
+    digitalSignature, plus keyEncipherment where RSA key transport is possible (RFC 5280 §4.2.1.3)."""
+    if names is None:
+        names = ("digitalSignature", "keyEncipherment") if isinstance(public_key, rsa.RSAPublicKey) \
+            else ("digitalSignature",)
+    unknown = set(names) - set(KEY_USAGE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown key usage {sorted(unknown)}; known: {sorted(KEY_USAGE_FIELDS)}")
+    flags = {field: name in names for name, field in KEY_USAGE_FIELDS.items()}
+    return x509.KeyUsage(key_cert_sign=False, crl_sign=False, **flags)
 
 
 class Issuer:
@@ -78,8 +90,6 @@ class Issuer:
         self._url_extensions = _url_extensions(for_issuer(urls, self.id)) if urls else ()
 
     def _builder(self, p: LeafProfile, serial: int) -> x509.CertificateBuilder:
-        ekus = ([ExtendedKeyUsageOID.SERVER_AUTH] if p.server_auth else []) + \
-               ([ExtendedKeyUsageOID.CLIENT_AUTH] if p.client_auth else [])
         b = (x509.CertificateBuilder()
              .subject_name(p.subject())
              .issuer_name(self.certificate.subject)
@@ -88,11 +98,11 @@ class Issuer:
              .not_valid_before(p.not_before)
              .not_valid_after(p.not_after)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(_key_usage(p.public_key), critical=True)
+             .add_extension(p.key_usage or key_usage(p.public_key), critical=True)
              .add_extension(x509.SubjectKeyIdentifier.from_public_key(p.public_key), critical=False)
              .add_extension(self._aki, critical=False))
-        if ekus:
-            b = b.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+        if p.ext_key_usage:
+            b = b.add_extension(x509.ExtendedKeyUsage(list(p.ext_key_usage)), critical=False)
         names = p.names.general_names()
         if names:
             # An empty subject needs a critical SAN (RFC 5280 §4.2.1.6).

@@ -7,8 +7,8 @@ intermediate): after a rotation, the retired intermediate's leaves must still fi
 certificate, not the new active one's. Operators' own URLs may use `{issuer}` too.
 
 Their base is `publicURL` in ca.json. `hsmca init` always writes one (`--public-url`, else
-`default_public_url`), and `hsmca public-url` changes it; a CA made before that has none and keeps the
-listener-derived base of `base_url`, so the URLs its new leaves carry do not change under it.
+`default_public_url`), and `hsmca public-url` changes it; a CA made before that has none and gets
+`default_public_url` too (see `base_url`).
 """
 
 from __future__ import annotations
@@ -125,15 +125,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def base_url(config: CAConfig) -> str:
-    """`publicURL`, else http://HOST:PORT of the plain-HTTP listener (HOST: its address, or the first DNS
-    name when it listens on every interface). The fallback is what CAs made before `hsmca init` wrote a
-    publicURL have always used; it is kept for them (their leaves already carry it)."""
+    """`publicURL`, else the base `hsmca init` would choose today (`default_public_url`).
+
+    A CA made before `hsmca init` wrote a publicURL used `http://<first DNS name>:<port>`, typically
+    `http://localhost:9080`; lint before sign refuses a certificate with such a URI (RFC 5280 linters and URI
+    parsers refuse the host), so those CAs move to the same rule as new ones (`127.0.0.1` when no DNS name has
+    a dot): the same loopback listener, in a spelling a certificate may carry. `hsmca serve` says so.
+    """
     if config.publicURL:
         return config.publicURL.rstrip("/")
-    host, port = split_address(config.httpAddress)
-    if host in _ALL_INTERFACES:
-        host = config.dnsNames[0]
-    return f"http://{_netloc(host, port)}"
+    return default_public_url(config.dnsNames, config.httpAddress).url
 
 
 def certificate_url_warning(config: CAConfig) -> str | None:

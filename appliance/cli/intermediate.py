@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from cryptography import x509
 
 from appliance.cli.common import fail, opened_store
 
@@ -98,6 +99,7 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
     It must be a CA certificate issued by this CA's root, for a recorded key.
     """
     from appliance.ca.intermediates import install as do_install
+    from appliance.ca.intermediates import own_name_problems
 
     when = parse_when(activate_at, "--activate-at")
     with _opened(config_path) as (config, store):
@@ -108,6 +110,12 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
     click.echo(f"installed {rec.name!r} (id {rec.id}): {rec.subject}, valid to {rec.not_after}")
     click.echo(f"activates at {rec.activate_at}" if rec.activate_at else
                "pending: activate it with `hsmca intermediate activate " + rec.name + "`")
+    problems = own_name_problems(config, x509.load_pem_x509_certificates(certificate.read_bytes())[0])
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    if problems:
+        click.echo("warning: `hsmca serve` refuses to start while this intermediate is active: change dnsNames in "
+                   "ca.json, or have the ceremony sign an intermediate whose constraints permit them", err=True)
 
 
 @intermediate.command("list")

@@ -5,7 +5,18 @@ from __future__ import annotations
 import click
 
 import appliance
-from appliance.cli import acme, client, intermediate, kms, provisioner, public_url, renew, revocation, server
+from appliance.cli import (
+    acme,
+    client,
+    intermediate,
+    kms,
+    provisioner,
+    public_url,
+    renew,
+    revocation,
+    server,
+    template,
+)
 from appliance.cli import ocsp as ocsp_command
 from ceremony.cli import ceremony
 
@@ -22,7 +33,8 @@ def main() -> None:
     Offline:      hsmca ceremony plan|root|sign-intermediate|verify
     Get certs:    hsmca bootstrap, hsmca certificate, hsmca token, hsmca renew, hsmca rekey
     Revocation:   hsmca revoke, hsmca crl
-    Provisioners: hsmca provisioner add|list|remove (ACME at /acme/NAME/directory), hsmca acme eab
+    Provisioners: hsmca provisioner add|list|remove|template (ACME at /acme/NAME/directory), hsmca acme eab
+    Templates:    hsmca template render
     Look inside:  hsmca inspect, hsmca ocsp
 
     The CA's files live under $HSMCA_PATH (default ~/.hsmca).
@@ -38,6 +50,7 @@ main.add_command(provisioner.provisioner)
 main.add_command(public_url.public_url)
 main.add_command(acme.acme)
 main.add_command(ocsp_command.ocsp_responder)
+main.add_command(template.template)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""`hsmca provisioner add|list|remove`: edit ca.json's provisioners (running servers reload on SIGHUP)."""
+"""`hsmca provisioner add|list|remove|template`: edit ca.json's provisioners (running servers reload on SIGHUP)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -37,9 +38,14 @@ def provisioner() -> None:
 @click.option("--challenge", "challenges", multiple=True, type=click.Choice(["http-01", "dns-01", "tls-alpn-01"]),
               help="Challenge type offered (repeatable) [default: all three].")
 @click.option("--terms-of-service", help="URL of the terms of service, shown in the directory's meta.")
+@click.option("--x509-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A certificate template (Jinja2; see the README), checked now and stored in ca.json.")
+@click.option("--x509-template-data", "template_data_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A JSON object the template sees as `data`.")
 @CONFIG
 def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | None, resolvers: tuple[str, ...],
-        challenges: tuple[str, ...], terms_of_service: str | None, config_path: Path | None) -> None:
+        challenges: tuple[str, ...], terms_of_service: str | None, template_file: Path | None,
+        template_data_file: Path | None, config_path: Path | None) -> None:
     """Add an ACME provisioner NAME, served at /acme/NAME/directory."""
     path = config_path or default_config_path()
     config = _load(path)
@@ -54,11 +60,15 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
         fields["resolvers"] = list(resolvers)
     if challenges:
         fields["challenges"] = list(dict.fromkeys(challenges))
+    options = _template_options(template_file, template_data_file)
+    if options:
+        fields["options"] = options
     try:
         new = ACMEProvisionerConfig.model_validate(fields)
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     config.authority.provisioners.append(new)
+    _check_templates(config)
     save_config(config, path)
     from appliance.ca.urls import api_url
 
@@ -87,6 +97,67 @@ def remove(name: str, config_path: Path | None) -> None:
     config.authority.provisioners = kept
     save_config(config, path)
     click.echo(f"Removed provisioner {name!r}")
+
+
+@provisioner.command("template")
+@click.argument("name")
+@click.option("--x509-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The certificate template (Jinja2; see the README), checked now and stored in ca.json.")
+@click.option("--x509-template-data", "template_data_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A JSON object the template sees as `data`.")
+@click.option("--remove", "remove_template", is_flag=True, help="Drop the provisioner's template (default leaves).")
+@CONFIG
+def set_template(name: str, template_file: Path | None, template_data_file: Path | None, remove_template: bool,
+                 config_path: Path | None) -> None:
+    """Give provisioner NAME a certificate template (or --remove it); running servers pick it up on SIGHUP."""
+    from appliance.config import ProvisionerOptions
+
+    if remove_template == (template_file is not None):
+        fail("give --x509-template FILE, or --remove")
+    path = config_path or default_config_path()
+    config = _load(path)
+    found = next((p for p in config.authority.provisioners if p.name == name), None)
+    if found is None:
+        fail(f"{path}: no provisioner named {name!r}")
+    options = found.options or ProvisionerOptions()
+    try:
+        options.x509 = None if remove_template else ProvisionerOptions.model_validate(
+            _template_options(template_file, template_data_file)).x509
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    found.options = options
+    _check_templates(config)
+    save_config(config, path)
+    click.echo(f"{'Removed the template of' if remove_template else 'Set the template of'} provisioner {name!r}")
+    click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+def _template_options(template_file: Path | None, data_file: Path | None) -> dict[str, object]:
+    """ca.json's `options` for a template given as files (stored inline: ca.json stays the one source)."""
+    if template_file is None:
+        if data_file is not None:
+            fail("--x509-template-data goes with --x509-template")
+        return {}
+    try:
+        x509: dict[str, object] = {"template": template_file.read_text()}
+        if data_file is not None:
+            data = json.loads(data_file.read_text())
+            if not isinstance(data, dict):
+                fail(f"{data_file}: template data must be a JSON object")
+            x509["templateData"] = data
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        fail(f"cannot read the template or its data: {exc}")
+    return {"x509": x509}
+
+
+def _check_templates(config: CAConfig) -> None:
+    """Compile every template as the server will, so a broken one never reaches ca.json."""
+    from appliance.ra.templates import load_templates
+
+    try:
+        load_templates(config)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _load(path: Path) -> CAConfig:

@@ -51,8 +51,8 @@ def public_url(url: str | None, config_path: Path | None) -> None:
     elif config.publicURL:
         click.echo(f"publicURL: {config.publicURL}")
     else:
-        click.echo("publicURL: not set (a CA made before `hsmca init` wrote one): the base comes from httpAddress "
-                   "and the first of dnsNames")
+        click.echo("publicURL: not set (a CA made before `hsmca init` wrote one): the base is the plain-HTTP "
+                   "listener's address, else the first IP or dotted name of dnsNames, else 127.0.0.1")
     urls = certificate_urls(config)
     given = config.certificateURLs
     for label, value, override in (("CRL", urls.crl, given.crl), ("OCSP", urls.ocsp, given.ocsp),

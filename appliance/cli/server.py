@@ -100,6 +100,22 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         click.echo(f"warning: certificates will point relying parties at {result.public_url}, which only this "
                    "machine reaches: set --public-url (now: `hsmca public-url URL`, e.g. http://ca.internal:9080) "
                    "before other machines use the CA", err=True)
+    _warn_about_constraints(result.config_path, [result.root_path, result.intermediate_path])
+
+
+def _warn_about_constraints(config_path: Path, certificates: list[Path | None]) -> None:
+    """Say it now if the root's or the intermediate's name constraints leave out the CA's own names: every
+    leaf with them would be refused, and `hsmca serve` would not start (its certificate names them)."""
+    from cryptography import x509
+
+    from appliance.ca.intermediates import own_name_problems
+    from appliance.config import load_config
+
+    config = load_config(config_path)
+    for path in filter(None, certificates):
+        for problem in own_name_problems(config, x509.load_pem_x509_certificates(path.read_bytes())[0]):
+            click.echo(f"warning: {problem}: change --dns, or use a CA certificate whose constraints permit them",
+                       err=True)
 
 
 @click.command()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,7 @@ class TokenGrant:
     subject: str
     sans: tuple[str, ...]
     token: OneTimeToken
+    claims: Mapping[str, Any] = field(default_factory=dict)  # all of them, for certificate templates
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,7 @@ class InternalCredential:
     public_key: CertificatePublicKeyTypes
     lifetime: timedelta
     names: RequestedNames = RequestedNames()
-    server_auth: bool = False
-    client_auth: bool = False
+    ext_key_usage: tuple[x509.ObjectIdentifier, ...] = ()
     extensions: tuple[x509.Extension[x509.ExtensionType], ...] = ()
     issuer: str | None = None  # an intermediate id; None: the active one
     details: dict[str, Any] = field(default_factory=dict)
@@ -61,7 +60,7 @@ class InternalProvisioner:
         return IssuanceRequest(
             provisioner=credential.purpose, common_name=credential.common_name, names=credential.names,
             public_key=credential.public_key, window=Window(lifetime=credential.lifetime),
-            server_auth=credential.server_auth, client_auth=credential.client_auth,
+            ext_key_usage=credential.ext_key_usage,
             extensions=credential.extensions, issuer=credential.issuer,
             audit=AuditNote(subject=credential.common_name, details=credential.details))
 

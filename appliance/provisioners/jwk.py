@@ -74,7 +74,7 @@ class JWKProvisioner:
         if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans):
             raise Unauthorized("token claim 'sans' must be a list of names")
         return TokenGrant(provisioner=self.name, subject=subject, sans=tuple(sans),
-                          token=OneTimeToken(jti, self.name, expires + LEEWAY))
+                          token=OneTimeToken(jti, self.name, expires + LEEWAY), claims=claims)
 
     def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
         """The token's subject and SANs, the CSR's key, the window the client asked for."""
@@ -87,7 +87,8 @@ class JWKProvisioner:
         return IssuanceRequest(
             provisioner=self.name, common_name=grant.subject, names=names.with_common_name(grant.subject),
             public_key=credential.csr.public_key(), window=window, csr=credential.csr, csr_rule=CSRRule.TOKEN,
-            csr_names=names, token=grant.token, audit=AuditNote(subject=grant.subject))
+            csr_names=names, token=grant.token, audit=AuditNote(subject=grant.subject),
+            template_data={"token": dict(grant.claims)})
 
     def describe(self, *, with_encrypted_key: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "name": self.name, "key": self.key_dict}

@@ -16,9 +16,12 @@ from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from appliance.names import RequestedNames
 from appliance.store import OneTimeToken
+
+DEFAULT_EXT_KEY_USAGE = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)  # as step-ca issues
 
 
 class CSRRule(enum.Enum):
@@ -70,10 +73,11 @@ class IssuanceRequest:
     csr: x509.CertificateSigningRequest | None = None
     csr_rule: CSRRule = CSRRule.NONE
     csr_names: RequestedNames | None = None  # what the CSR's SANs are held to, when not `names` (a token's own)
-    server_auth: bool = True
-    client_auth: bool = True
+    ext_key_usage: tuple[x509.ObjectIdentifier, ...] = DEFAULT_EXT_KEY_USAGE
+    key_usage: tuple[str, ...] | None = None  # a template's (RFC 5280 names); None: what fits the key type
+    subject_extra: tuple[x509.NameAttribute, ...] = ()  # subject attributes beside the CN (templates)
     extensions: tuple[x509.Extension[x509.ExtensionType], ...] = ()
-    template_data: Mapping[str, Any] = field(default_factory=dict)
+    template_data: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"token": claims}, for templates
     token: OneTimeToken | None = None  # spent with the reservation (one transaction), or when refused
     issuer: str | None = None  # an intermediate id; None: the active one (only the CA's own certificates choose)
     audit: AuditNote = AuditNote()

@@ -21,7 +21,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from appliance.certutil import read_extensions
@@ -184,9 +183,9 @@ class RenewalProvisioner:
             raise Forbidden("renewal is disabled on this CA (authority claims.disableRenewal)")
         token = credential.token
         try:
-            ekus = set(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+            ekus = tuple(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
         except x509.ExtensionNotFound:
-            ekus = set()
+            ekus = ()
         cn = common_name(old.subject)
         names = names_of(old)
         # The old window was backdated like every window policy decides; its duration ignores that.
@@ -196,7 +195,7 @@ class RenewalProvisioner:
             provisioner=provisioner, common_name=cn, names=names.with_common_name(cn) if cn else names,
             public_key=csr.public_key() if csr is not None else old.public_key(),
             window=Window(lifetime=lifetime), csr=csr, csr_rule=CSRRule.SAME, csr_names=names,
-            server_auth=ExtendedKeyUsageOID.SERVER_AUTH in ekus, client_auth=ExtendedKeyUsageOID.CLIENT_AUTH in ekus,
+            ext_key_usage=ekus,
             token=OneTimeToken(token.token_id, TOKEN_SPENDER, token.expires_at) if token else None,
             audit=credential.audit_note())
 

@@ -31,6 +31,7 @@ from appliance.provisioners.x5c import CertificateCredential, RenewalProvisioner
 from appliance.provisioners.x5c import verify as verify_x5c_token
 from appliance.ra import revoke as revocation
 from appliance.ra.pipeline import Issued, Pipeline, RequestContext, write_audit
+from appliance.ra.templates import Template, load_templates
 from appliance.status.crl import PublishedCRLs
 from appliance.status.ocsp import OCSPResponder
 from appliance.store import CRLRecord, IntermediateRecord, Revoked, Store, StoreError
@@ -67,6 +68,7 @@ class Authority:
         self._internal = Policy.from_config(
             authority_policy={"keys": _dump(auth.policy.keys)} if auth.policy and auth.policy.keys else None,
             authority_claims=INTERNAL_CLAIMS)
+        self._templates = load_templates(config)
         self._issuer = issuer
         self.pipeline = Pipeline(store, audit, self.provisioners, self, self)
         self.revocations = revocation.Revocations(store, audit, self.provisioners, config)
@@ -91,6 +93,10 @@ class Authority:
         if provisioner is self.provisioners.internal:
             return self._internal
         return self._policies.get(request.provisioner, self._authority_only)
+
+    def template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None:
+        """The provisioner's certificate template; renewals repeat the certificate they replace, untemplated."""
+        return self._templates.get(provisioner.name)
 
     def current(self) -> Issuer:
         """The intermediate that signs now (the database decides, so activation reaches every worker)."""
@@ -149,7 +155,8 @@ class Authority:
                                  lifetime: timedelta) -> Issued:
         """The HTTPS listener's certificate, from the internal provisioner."""
         return self.issue(InternalCredential(SERVER, dns_names[0], public_key, lifetime, split_sans(dns_names),
-                                             server_auth=True), RequestContext(request_id="server-tls"),
+                                             ext_key_usage=(x509.ExtendedKeyUsageOID.SERVER_AUTH,)),
+                          RequestContext(request_id="server-tls"),
                           action="x509.sign.server")
 
     def issue_ocsp_responder_certificate(self, rec: IntermediateRecord, public_key: CertificatePublicKeyTypes,
@@ -160,12 +167,9 @@ class Authority:
         issuing = x509.load_der_x509_certificate(rec.certificate)
         cn = issuing.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         name = f"{cn[0].value!s} OCSP Responder" if cn else "OCSP Responder"
-        extensions = (
-            x509.Extension(x509.ExtendedKeyUsage.oid, False,
-                           x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.OCSP_SIGNING])),
-            x509.Extension(x509.OCSPNoCheck.oid, False, x509.OCSPNoCheck()),  # relying parties do not check it
-        )
-        return self.issue(InternalCredential(OCSP_RESPONDER, name, public_key, lifetime, extensions=extensions,
+        nocheck = x509.Extension(x509.OCSPNoCheck.oid, False, x509.OCSPNoCheck())  # relying parties do not check it
+        return self.issue(InternalCredential(OCSP_RESPONDER, name, public_key, lifetime, extensions=(nocheck,),
+                                             ext_key_usage=(x509.ExtendedKeyUsageOID.OCSP_SIGNING,),
                                              issuer=rec.id, details={"key": key_uri}),
                           RequestContext(), action="x509.sign.ocsp-responder")
 

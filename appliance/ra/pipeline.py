@@ -1,10 +1,12 @@
 """The one issuance pipeline: every certificate the CA signs passes these steps, in this order.
 
-    authorize → csr → policy → profile → record → sign → issued   (then the audit record)
+    authorize → csr → template → policy → profile → lint → record → sign → issued   (then the audit record)
 
 `authorize` finds the provisioner for the credential and lets it turn the credential into an
-`IssuanceRequest` (who is asking, and for what); `csr` holds the CSR to what was granted; `policy` judges
+`IssuanceRequest` (who is asking, and for what); `csr` holds the CSR to what was granted; `template` lets the
+provisioner's certificate template (if it has one) shape the request (templates.py); `policy` judges
 names, key and validity; `profile` decides what the certificate holds and which intermediate signs it;
+`lint` reads the exact to-be-signed bytes as a verifier would, against that intermediate (ca/lint.py);
 `record` stores the serial and the to-be-signed body and spends the one-time token in one transaction;
 `sign` has the KMS sign exactly those bytes; `issued` attaches the certificate to its record. A request
 refused before `record` spends its token all the same (no probing the policy with one token). Every
@@ -27,18 +29,21 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance import metrics
 from appliance.audit import AuditEvent, AuditLog
-from appliance.ca.issuer import Issuer, LeafProfile
+from appliance.ca.issuer import Issuer, LeafProfile, key_usage
+from appliance.ca.lint import lint
 from appliance.certutil import read_extensions
 from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
 from appliance.names import RequestedNames
 from appliance.provisioners import Provisioner, Provisioners
 from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest
+from appliance.ra import templates
+from appliance.ra.templates import Template
 from appliance.store import Reservation, Store, StoreError, TokenReplayed, as_ca_error
 from policy import Policy, key_info
 
 log = logging.getLogger(__name__)
 
-STEPS = ("authorize", "csr", "policy", "profile", "record", "sign", "issued")
+STEPS = ("authorize", "csr", "template", "policy", "profile", "lint", "record", "sign", "issued")
 REPLAYED = "token already used (one-time tokens cannot be replayed)"
 
 
@@ -66,7 +71,11 @@ class Issuers(Protocol):
 
 
 class Policies(Protocol):
+    """The rules a provisioner's requests are held to: its policy, and its certificate template."""
+
     def for_request(self, provisioner: Provisioner, request: IssuanceRequest) -> Policy: ...
+
+    def template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None: ...
 
 
 @dataclass
@@ -123,6 +132,12 @@ class Pipeline:
             try:
                 trace.enter("csr")
                 _check_csr(request)
+                trace.enter("template")
+                template = self.policies.template_for(provisioner, request)
+                if template is not None:
+                    request = templates.apply(request, template.render(
+                        templates.variables(request, provisioner.name, provisioner.type)))
+                    trace.names = request.names
                 trace.enter("policy")
                 decided = self._judge(self.policies.for_request(provisioner, request), request, now)
                 trace.enter("profile")
@@ -134,6 +149,12 @@ class Pipeline:
                 raise
 
             def record(serial: int, tbs: bytes) -> None:
+                trace.enter("lint")
+                try:
+                    lint(tbs, issuer.certificate)
+                except CAError:
+                    self._spend_refused(request)
+                    raise
                 trace.enter("record")
                 self._record(serial, tbs, profile, issuer, request, ctx)
                 recorded.append(serial)
@@ -237,9 +258,13 @@ def _profile(request: IssuanceRequest, window: tuple[datetime, datetime], issuer
     not_before, not_after = window
     if request.window.not_after is None:  # a defaulted end never outlives the intermediate that signs
         not_after = min(not_after, issuer.certificate.not_valid_after_utc)
+    try:
+        usage = key_usage(request.public_key, request.key_usage) if request.key_usage is not None else None
+    except ValueError as exc:
+        raise BadRequest(f"key usage: {exc}") from None
     return LeafProfile(common_name=names.canonical_common_name(request.common_name) if request.common_name else "",
                        public_key=request.public_key, not_before=not_before, not_after=not_after, names=names,
-                       server_auth=request.server_auth, client_auth=request.client_auth,
+                       ext_key_usage=request.ext_key_usage, key_usage=usage, subject_extra=request.subject_extra,
                        extra_extensions=request.extensions)
 
 

@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from appliance import metrics
-from appliance.ca.intermediates import bootstrap
-from appliance.config import CAConfig, split_address
+from appliance.ca.intermediates import bootstrap, own_name_problems
+from appliance.config import CAConfig, ConfigError, load_config, split_address
 from appliance.ra.authority import Authority
+from appliance.ra.templates import load_templates
 from appliance.serving.housekeeping import sweep
 from appliance.serving.tls import issue_server_certificate, tls_directory
 from policy import parse_duration
@@ -86,6 +89,12 @@ def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
     try:
         authority.store.migrate()
         bootstrap(config, authority.store)  # a CA made before intermediates were recorded
+        active = authority.store.intermediates.active()
+        if active is not None and active.certificate is not None:
+            problems = own_name_problems(config, x509.load_der_x509_certificate(active.certificate))
+            if problems:
+                raise StartupError("; ".join(problems) + ": its HTTPS certificate could not validate. Change "
+                                   "dnsNames in ca.json, or activate an intermediate whose constraints permit them")
         stale = sweep(authority.store, config.server.reservationTimeout)
         if stale:
             log.warning("resolved %d reservation(s) left by an interrupted issuance", len(stale))
@@ -94,6 +103,13 @@ def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
                                         parse_duration(config.server.tlsCertificateLifetime))
     finally:
         authority.close()
+
+
+def check_config(path: Path) -> CAConfig:
+    """ca.json as `hsmca serve` would load it: valid, and every certificate template compiles."""
+    config = load_config(path)
+    load_templates(config)
+    return config
 
 
 def fresh_metrics_dir(path: Path) -> Path:
@@ -129,11 +145,24 @@ class Supervisor:
             Child("housekeeping", [py, "-m", "appliance.serving.housekeeping", "--config", cfg], env),
         ]
         self.stopping = False
+        self.reload_asked = False
+        self.config_path = opts.config_path
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.stopping = True
 
     def _on_hup(self, signum: int, frame: Any) -> None:
+        self.reload_asked = True  # checked in the main loop: loading ca.json is no work for a signal handler
+
+    def _reload(self) -> None:
+        """Pass SIGHUP on to gunicorn only for a ca.json that loads (templates compiled): workers that cannot
+        start would take the HTTPS API down; with a broken file the running workers keep serving."""
+        self.reload_asked = False
+        try:
+            check_config(self.config_path)
+        except (ConfigError, ValueError) as exc:
+            log.error("SIGHUP ignored: ca.json cannot be loaded, the running configuration stays: %s", exc)
+            return
         for c in self.children:
             if c.name == "https" and c.proc and c.proc.poll() is None:
                 log.info("SIGHUP: gunicorn reloads ca.json in new workers")
@@ -148,6 +177,8 @@ class Supervisor:
         code = 0
         while not self.stopping:
             time.sleep(0.2)
+            if self.reload_asked:
+                self._reload()
             for c in self.children:
                 if c.proc is None or c.proc.poll() is None or self.stopping:
                     continue

@@ -15,22 +15,35 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from acme import crypto_util
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.certutil import load_certificates
 from tests.integration.acme_dns import AcmeDNS
-from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, openssl_verify_chain, start_server
+from tests.integration.conftest import (
+    PASSWORD,
+    DevCA,
+    Server,
+    free_port,
+    hsmca,
+    openssl_verify_chain,
+    start_server,
+)
 from tests.integration.test_acme_server import ChallengeServer, answer_http01, deadline, key_pem, new_client
 
 pytestmark = pytest.mark.slow
 
 LINT = Path(sys.executable).parent / "lint_pkix_cert"
 ACME_NAME = "app.localhost"  # under .localhost: the validator needs --resolver for it (README, ACME section)
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+MTLS_TEMPLATE = README.split("An mTLS client certificate for a team")[1].split("```json")[1].split("```")[0]
 
 
 @dataclass
@@ -67,6 +80,14 @@ def site(readme_ca: DevCA) -> Iterator[Site]:
         added = hsmca(readme_ca, "provisioner", "add", "acme", "--type", "ACME",
                       "--http01-port", str(http01.port), "--resolver", dns.address)
         assert "directory at https://localhost:9000/acme/acme/directory" in added.stdout, added.stdout
+        # A second JWK provisioner (the same key) whose leaves come from the README's mTLS client template.
+        readme_ca.edit_config(lambda cfg: cfg["authority"]["provisioners"].append(
+            {**cfg["authority"]["provisioners"][0], "name": "teams"}))
+        template, data = readme_ca.base / "client.json.j2", readme_ca.base / "client-data.json"
+        template.write_text(MTLS_TEMPLATE)
+        data.write_text('{"organization": "Platform"}')
+        hsmca(readme_ca, "provisioner", "template", "teams", "--x509-template", str(template),
+              "--x509-template-data", str(data))
         server = start_server(readme_ca)
         try:
             yield Site(server, dns, http01)
@@ -75,12 +96,12 @@ def site(readme_ca: DevCA) -> Iterator[Site]:
             http01.stop()
 
 
-def quick_start(site: Site, name: str, *extra: str) -> Path:
+def quick_start(site: Site, name: str, *extra: str, provisioner: str = "admin") -> Path:
     """The README's quick start: `hsmca certificate` with a provisioner password; the chain must verify."""
     ca = site.ca
     crt = ca.base / f"{name}.crt"
     hsmca(ca, "certificate", "api.internal", str(crt), str(ca.base / f"{name}.key"), "--san", "api.corp",
-          "--san", "10.0.1.50", "--ca-url", site.server.url, "--root", str(ca.root), "--provisioner", "admin",
+          "--san", "10.0.1.50", "--ca-url", site.server.url, "--root", str(ca.root), "--provisioner", provisioner,
           "--password-file", str(ca.password_file), "--force", *extra)
     assert ": OK" in openssl_verify_chain(ca.root, crt)
     return crt
@@ -110,6 +131,16 @@ def acme_leaf(site: Site, tmp: Path) -> Path:
     return chain
 
 
+def template_leaf(site: Site, tmp: Path) -> Path:
+    """A leaf from the README's mTLS client template: O=Platform, clientAuth only."""
+    crt = quick_start(site, "templated", provisioner="teams")
+    leaf = load_certificates(crt)[0]
+    assert leaf.subject.rfc4514_string() == "CN=api.internal,O=Platform"  # RFC 4514 writes the last RDN first
+    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+    return crt
+
+
 def renewed_leaf(site: Site, tmp: Path) -> Path:
     """`hsmca renew --force` of a quick-start leaf (mTLS with its key)."""
     crt = quick_start(site, "renewed")
@@ -127,6 +158,7 @@ LEAVES: dict[str, Callable[[Site, Path], Path]] = {
     "jwk-ed25519": jwk_ed25519_leaf,
     "acme": acme_leaf,
     "renewed": renewed_leaf,
+    "template": template_leaf,
 }
 
 
@@ -155,20 +187,30 @@ def test_leaves_with_the_readme_defaults_lint_clean(site: Site, tmp_path: Path, 
     assert_pkilint_clean(path)
 
 
-def test_the_linter_does_catch_the_old_default(site: Site, tmp_path: Path) -> None:
-    """The check has teeth: a leaf issued with the URL base the CA used before (`http://localhost:9080`, a
-    CA without publicURL) is reported, and `hsmca public-url` is refused that host."""
+def test_a_localhost_url_is_refused_before_signing_and_pkilint_has_teeth(site: Site, tmp_path: Path) -> None:
+    """`hsmca public-url` refuses a localhost base; one written into ca.json by hand stops `hsmca serve` at
+    start, naming the rule (its own HTTPS certificate is linted before it is signed, like every leaf); pkilint
+    reports such a leaf (made here with a software key, since the CA no longer signs one)."""
     refused = hsmca(site.ca, "public-url", "http://localhost:9080", check=False)
     assert refused.returncode == 1 and "localhost" in refused.stderr
-    site.ca.edit_config(lambda cfg: cfg.pop("publicURL"))
-    old = start_server(site.ca)
+    site.ca.edit_config(lambda cfg: cfg.update(publicURL="http://localhost:9080"))
     try:
-        crt = tmp_path / "old.crt"
-        hsmca(site.ca, "certificate", "old.internal", str(crt), str(tmp_path / "old.key"), "--ca-url", old.url,
-              "--root", str(site.ca.root), "--provisioner", "admin", "--password-file", str(site.ca.password_file))
-        assert "warning: certificates get URLs such as http://localhost:9080/" in old.log()
+        done = hsmca(site.ca, "serve", "--address", f"127.0.0.1:{free_port()}", "--http-address",
+                     f"127.0.0.1:{free_port()}", check=False)
+        assert done.returncode == 1 and "cannot start" in done.stderr and "(rfc5280.uri)" in done.stderr, done.stderr
+        assert "warning: certificates get URLs such as http://localhost:9080/" in done.stderr
     finally:
-        old.stop()
         hsmca(site.ca, "public-url", "http://127.0.0.1:9080")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old.internal")])
+    now = datetime.now(timezone.utc)
+    leaf = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("old.internal")]), critical=False)
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier("http://localhost:9080/crl")], None, None, None)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    crt = tmp_path / "localhost.crt"
+    crt.write_bytes(leaf.public_bytes(Encoding.PEM))
     with pytest.raises(AssertionError, match="pkix.invalid_uri_syntax"):
         assert_pkilint_clean(crt)

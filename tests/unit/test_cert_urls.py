@@ -17,7 +17,7 @@ def config(**kw: Any) -> CAConfig:
 
 @pytest.mark.parametrize(("http_address", "base"), [
     (":9080", "http://ca.internal:9080"),
-    ("0.0.0.0:80", "http://ca.internal:80"),
+    ("0.0.0.0:80", "http://ca.internal"),
     ("[::]:8080", "http://ca.internal:8080"),
     ("10.1.2.3:9080", "http://10.1.2.3:9080"),
     ("[fd00::1]:9080", "http://[fd00::1]:9080"),

@@ -85,10 +85,11 @@ def config(**kw: object) -> CAConfig:
     return CAConfig.model_validate({"root": "root.crt", "dnsNames": ["localhost"], "db": {"dataSource": "db"}, **kw})
 
 
-def test_a_ca_without_public_url_keeps_its_urls_and_is_warned() -> None:
-    old = config()
-    assert certificate_urls(old).ocsp == "http://localhost:9080/ocsp"  # what its leaves already carry
-    assert "hsmca public-url" in (certificate_url_warning(old) or "")
+def test_a_ca_without_public_url_gets_the_rule_of_init_and_a_localhost_one_is_warned() -> None:
+    old = config()  # dnsNames ["localhost"]: its leaves used to carry http://localhost:9080, which lint refuses
+    assert certificate_urls(old).ocsp == "http://127.0.0.1:9080/ocsp"
+    assert certificate_url_warning(old) is None
+    assert "hsmca public-url" in (certificate_url_warning(config(publicURL="http://localhost:9080")) or "")
     assert certificate_url_warning(config(publicURL="http://127.0.0.1:9080")) is None
     assert certificate_url_warning(config(certificateURLs={"crl": "", "ocsp": "", "caIssuers": ""})) is None
 
@@ -119,8 +120,8 @@ def test_public_url_command_sets_it_0600_and_says_what_follows(tmp_path: Path) -
     path = ca_json(tmp_path, certificateURLs={"ocsp": "http://ocsp.corp.example/"})
     run = CliRunner().invoke
     shown = run(main, ["public-url", "--config", str(path)])
-    assert shown.exit_code == 0 and "not set" in shown.output and "http://localhost:9080/crl/{issuer}" in shown.output
-    assert "warning" in shown.output
+    assert shown.exit_code == 0 and "not set" in shown.output and "http://127.0.0.1:9080/crl/{issuer}" in shown.output
+    assert "warning" not in shown.output  # 127.0.0.1 is a host certificates may carry
     done = run(main, ["public-url", "HTTP://CA.internal:9080/", "--config", str(path)])
     assert done.exit_code == 0, done.output
     assert load_config(path).publicURL == "http://ca.internal:9080"
