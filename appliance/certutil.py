@@ -62,3 +62,22 @@ def read_extensions(obj: x509.Certificate | x509.CertificateSigningRequest | ocs
         return obj.extensions
     except x509.DuplicateExtension as exc:
         raise ValueError(f"extension {exc.oid.dotted_string} appears twice") from None
+
+
+def general_name_text(name: x509.GeneralName) -> str:
+    """openssl's spelling (`DNS:a.example`, `URI:http://…`), for people: error messages and `hsmca inspect`."""
+    if isinstance(name, x509.UniformResourceIdentifier):
+        return f"URI:{name.value}"
+    if isinstance(name, x509.DNSName):
+        return f"DNS:{name.value}"
+    if isinstance(name, x509.IPAddress):
+        return f"IP:{name.value}"
+    if isinstance(name, x509.RFC822Name):
+        return f"email:{name.value}"
+    if isinstance(name, x509.DirectoryName):
+        return f"dirName:{name.value.rfc4514_string()}"
+    if isinstance(name, x509.RegisteredID):
+        return f"RID:{name.value.dotted_string}"
+    if isinstance(name, x509.OtherName):
+        return f"othername:{name.type_id.dotted_string}"
+    return repr(name)

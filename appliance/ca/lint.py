@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, PublicKeyAlgorithmOID
 
+from appliance.certutil import general_name_text
 from appliance.errors import LintRefused
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -93,7 +94,7 @@ def name_findings(names: Iterable[x509.GeneralName], subject: x509.Name | None,
     for name in candidates:
         why = _outside(name, constraints)
         if why:
-            findings.append(Finding(NAME_CONSTRAINTS, f"{_describe(name)} {why} of the intermediate "
+            findings.append(Finding(NAME_CONSTRAINTS, f"{general_name_text(name)} {why} of the intermediate "
                                                       f"{issuer.subject.rfc4514_string()}"))
     return findings
 
@@ -103,10 +104,10 @@ def _outside(name: x509.GeneralName, nc: x509.NameConstraints) -> str | None:
     excluded = [s for s in nc.excluded_subtrees or () if type(s) is type(name)]
     hit = next((s for s in excluded if _within(name, s)), None)
     if hit is not None:
-        return f"is in the excluded subtree {_describe(hit)}"
+        return f"is in the excluded subtree {general_name_text(hit)}"
     permitted = [s for s in nc.permitted_subtrees or () if type(s) is type(name)]
     if permitted and not any(_within(name, s) for s in permitted):
-        return "is outside the permitted subtrees (" + ", ".join(_describe(s) for s in permitted) + ")"
+        return "is outside the permitted subtrees (" + ", ".join(general_name_text(s) for s in permitted) + ")"
     return None
 
 
@@ -153,20 +154,6 @@ def _email_within(address: str, constraint: str) -> bool:
         return local == c_local and domain.lower() == c_domain.lower()
     domain, constraint = domain.lower(), constraint.lower()
     return domain.endswith(constraint) if constraint.startswith(".") else domain == constraint
-
-
-def _describe(name: x509.GeneralName) -> str:
-    if isinstance(name, x509.DNSName):
-        return f"DNS name {name.value}"
-    if isinstance(name, x509.IPAddress):
-        return f"IP {name.value}"
-    if isinstance(name, x509.RFC822Name):
-        return f"email {name.value}"
-    if isinstance(name, x509.UniformResourceIdentifier):
-        return f"URI {name.value}"
-    if isinstance(name, x509.DirectoryName):
-        return f"directory name {name.value.rfc4514_string()}"
-    return str(name)
 
 
 def _eku_findings(leaf: _Extensions, issuer: x509.Certificate) -> list[Finding]:

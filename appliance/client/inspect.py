@@ -9,6 +9,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from appliance.certutil import general_name_text
+
 
 class InspectError(Exception):
     """The file is not a certificate or a CSR (PEM or DER)."""
@@ -35,41 +37,22 @@ def _sans(exts: x509.Extensions) -> list[str]:
             + [f"URI:{v}" for v in san.get_values_for_type(x509.UniformResourceIdentifier)])
 
 
-def _general_name(name: x509.GeneralName) -> str:
-    """openssl's spelling (`URI:http://…`), so that a URL reads as a URL, not as a Python repr."""
-    if isinstance(name, x509.UniformResourceIdentifier):
-        return f"URI:{name.value}"
-    if isinstance(name, x509.DNSName):
-        return f"DNS:{name.value}"
-    if isinstance(name, x509.IPAddress):
-        return f"IP:{name.value}"
-    if isinstance(name, x509.RFC822Name):
-        return f"email:{name.value}"
-    if isinstance(name, x509.DirectoryName):
-        return f"dirName:{name.value.rfc4514_string()}"
-    if isinstance(name, x509.RegisteredID):
-        return f"RID:{name.value.dotted_string}"
-    if isinstance(name, x509.OtherName):
-        return f"othername:{name.type_id.dotted_string}"
-    return repr(name)
-
-
 def _distribution_points(points: x509.CRLDistributionPoints | x509.FreshestCRL) -> str:
     out = []
     for point in points:
-        parts = [_general_name(n) for n in point.full_name or ()]
+        parts = [general_name_text(n) for n in point.full_name or ()]
         if point.relative_name is not None:
             parts.append(f"relativeName:{point.relative_name.rfc4514_string()}")
         if point.reasons:
             parts.append("reasons:" + "|".join(sorted(r.value for r in point.reasons)))
         if point.crl_issuer:
-            parts.append("CRLissuer:" + "|".join(_general_name(n) for n in point.crl_issuer))
+            parts.append("CRLissuer:" + "|".join(general_name_text(n) for n in point.crl_issuer))
         out.append(" ".join(parts))
     return ", ".join(out)
 
 
 def _access(descriptions: x509.AuthorityInformationAccess | x509.SubjectInformationAccess) -> str:
-    return ", ".join(f"{_oid_name(d.access_method)} - {_general_name(d.access_location)}" for d in descriptions)
+    return ", ".join(f"{_oid_name(d.access_method)} - {general_name_text(d.access_location)}" for d in descriptions)
 
 
 def _oid_name(oid: x509.ObjectIdentifier) -> str:

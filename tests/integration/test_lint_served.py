@@ -142,7 +142,7 @@ def test_a_name_outside_the_constraints_is_refused_with_the_reason(served: Serve
     def run() -> None:
         done = certificate(served, "svc.example.com")
         assert done.returncode != 0 and "403" in done.stderr or "would not validate" in done.stderr, done.stderr
-        assert "svc.example.com is outside the permitted subtrees (DNS name internal, DNS name localhost" \
+        assert "DNS:svc.example.com is outside the permitted subtrees (DNS:internal, DNS:localhost" \
             in done.stderr, done.stderr
     assert_refused_before_signing(served, "x509.sign", run)
     inside = certificate(served, "svc.internal", check=True)
@@ -182,7 +182,7 @@ def test_acme_finalize_is_rejected_identifier(served: Server, http01: ChallengeS
         with pytest.raises(messages.Error) as caught:
             acme.finalize_order(orderr, deadline())
         assert caught.value.typ == "urn:ietf:params:acme:error:rejectedIdentifier", caught.value
-        assert "127.0.0.1 is outside the permitted subtrees (IP 10.0.0.0/8)" in str(caught.value.detail)
+        assert "IP:127.0.0.1 is outside the permitted subtrees (IP:10.0.0.0/8)" in str(caught.value.detail)
     event = assert_refused_before_signing(served, "acme.finalize", run)
     assert json.dumps(event)  # one record, with the account and order in its details
     assert event["details"]["order"]

@@ -51,13 +51,12 @@ def sign(ca: InProcessCA, name: str, sans: list[str] | None = None, **kw: str) -
 
 
 @pytest.mark.parametrize("names, why", [
-    (["svc.example.com"], "DNS name svc.example.com is outside the permitted subtrees (DNS name internal, "
-                          "DNS name localhost)"),
-    (["db.secret.internal"], "DNS name db.secret.internal is in the excluded subtree DNS name secret.internal"),
-    (["svc.internal", "192.168.1.1"], "IP 192.168.1.1 is outside the permitted subtrees (IP 10.0.0.0/8)"),
-    (["svc.internal", "ops@example.org"], "email ops@example.org is outside"),
-    (["svc.internal", "https://app.example.org/x"], "URI https://app.example.org/x is outside"),
-    (["*.example.com"], "DNS name *.example.com is outside"),
+    (["svc.example.com"], "DNS:svc.example.com is outside the permitted subtrees (DNS:internal, DNS:localhost)"),
+    (["db.secret.internal"], "DNS:db.secret.internal is in the excluded subtree DNS:secret.internal"),
+    (["svc.internal", "192.168.1.1"], "IP:192.168.1.1 is outside the permitted subtrees (IP:10.0.0.0/8)"),
+    (["svc.internal", "ops@example.org"], "email:ops@example.org is outside"),
+    (["svc.internal", "https://app.example.org/x"], "URI:https://app.example.org/x is outside"),
+    (["*.example.com"], "DNS:*.example.com is outside"),
 ])
 def test_names_outside_the_constraints_are_refused_before_any_signature(ca: InProcessCA, names: list[str],
                                                                         why: str) -> None:
