@@ -91,3 +91,28 @@ def test_the_step_api_answers_any_body_with_a_4xx(ca: InProcessCA, path: str, bo
     assert resp.status_code < 500, resp.text
     event(f"{path} {resp.status_code}")
     assert resp.json["status"] == resp.status_code
+
+
+TEAM = """{"subject": {"commonName": {{ subject.commonName | tojson }}, "organization": {{ token.org | tojson }}},
+  "sans": {{ sans | tojson }},
+  "extensions": [{"id": "1.3.6.1.4.1.55555.1", "value": {{ token.team | asn1(token.kind) | tojson }}}]}"""
+
+
+@pytest.fixture(scope="module")
+def templated_ca() -> Iterator[InProcessCA]:
+    with make_ca(options={"x509": {"template": TEAM}}) as made:
+        yield made
+
+
+@FUZZ
+@given(team=JSON, org=JSON, kind=st.sampled_from(["utf8", "ia5", "printable", "integer", "boolean", "octets", "x"]))
+def test_token_claims_a_template_uses_never_make_a_500(templated_ca: InProcessCA, team: Any, org: Any,
+                                                       kind: str) -> None:
+    ca = templated_ca
+    try:
+        ca.authority.sign(bare_csr(), ca.token("t.internal", team=team, org=org, kind=kind), None, None, CTX)
+    except CAError as exc:
+        assert exc.status < 500, (exc.status, exc.message)
+        event(f"refused {exc.status}")
+        return
+    event("issued")
