@@ -64,16 +64,25 @@ def read_extensions(obj: x509.Certificate | x509.CertificateSigningRequest | ocs
         raise ValueError(f"extension {exc.oid.dotted_string} appears twice") from None
 
 
+def der(tag: int, body: bytes) -> bytes:
+    """A DER TLV with a definite length of any size. (Hand-written: cryptography has no DER writer; the CRL
+    entries, the lint's wrapper and the templates' ASN.1 values need only this.)"""
+    n = len(body)
+    if n < 0x80:
+        return bytes((tag, n)) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size + body
+
+
+_NAME_PREFIX: dict[type, str] = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.RFC822Name: "email",
+                                 x509.UniformResourceIdentifier: "URI"}
+
+
 def general_name_text(name: x509.GeneralName) -> str:
     """openssl's spelling (`DNS:a.example`, `URI:http://…`), for people: error messages and `hsmca inspect`."""
-    if isinstance(name, x509.UniformResourceIdentifier):
-        return f"URI:{name.value}"
-    if isinstance(name, x509.DNSName):
-        return f"DNS:{name.value}"
-    if isinstance(name, x509.IPAddress):
-        return f"IP:{name.value}"
-    if isinstance(name, x509.RFC822Name):
-        return f"email:{name.value}"
+    prefix = _NAME_PREFIX.get(type(name))
+    if prefix is not None:
+        return f"{prefix}:{name.value}"
     if isinstance(name, x509.DirectoryName):
         return f"dirName:{name.value.rfc4514_string()}"
     if isinstance(name, x509.RegisteredID):

@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, PublicKeyAlgorithmOID
 
-from appliance.certutil import general_name_text
+from appliance.ca.urls import url_host_ok
+from appliance.certutil import der, general_name_text
 from appliance.errors import LintRefused
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -249,19 +250,15 @@ def _distribution_urls(leaf: _Extensions) -> list[str]:
 
 
 def uri_host_problem(url: str) -> str | None:
-    """None when the URL's host is a dotted DNS name or an IP address (what pkilint's RFC 5280 lint asks)."""
+    """None when the URL's host is one certificates may carry (`ca.urls.url_host_ok`, the rule `hsmca
+    public-url` applies: an IP, or a dotted DNS name, which is what pkilint's RFC 5280 lint asks)."""
     try:
         host = urlsplit(url).hostname
     except ValueError:
         return "not a URL"
     if not host:
         return "the URL has no host"
-    try:
-        ipaddress.ip_address(host)
-        return None
-    except ValueError:
-        pass
-    if "." not in host.strip("."):
+    if not url_host_ok(host):
         return f"host {host!r} is neither a dotted DNS name nor an IP address (set publicURL)"
     return None
 
@@ -278,7 +275,7 @@ def parse_tbs(tbs: bytes) -> x509.Certificate:
     second = _element(body, first)  # serialNumber
     third = _element(body, second)  # signature AlgorithmIdentifier
     algorithm = body[second:third]
-    return x509.load_der_x509_certificate(_tlv(0x30, tbs + algorithm + _tlv(0x03, b"\x00")))
+    return x509.load_der_x509_certificate(der(0x30, tbs + algorithm + der(0x03, b"\x00")))
 
 
 def _header(der: bytes, at: int) -> tuple[int, int]:
@@ -299,11 +296,3 @@ def _element(der: bytes, at: int) -> int:
     """Where the element starting at `at` ends."""
     start, length = _header(der, at)
     return start + length
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes([tag, n]) + body
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + body

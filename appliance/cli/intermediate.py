@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from cryptography import x509
 
 from appliance.cli.common import fail, opened_store
 
@@ -100,6 +99,7 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
     """
     from appliance.ca.intermediates import install as do_install
     from appliance.ca.intermediates import own_name_problems
+    from appliance.certutil import parse_certificates
 
     when = parse_when(activate_at, "--activate-at")
     with _opened(config_path) as (config, store):
@@ -110,7 +110,7 @@ def install(config_path: Path | None, certificate: Path, activate_at: str | None
     click.echo(f"installed {rec.name!r} (id {rec.id}): {rec.subject}, valid to {rec.not_after}")
     click.echo(f"activates at {rec.activate_at}" if rec.activate_at else
                "pending: activate it with `hsmca intermediate activate " + rec.name + "`")
-    problems = own_name_problems(config, x509.load_pem_x509_certificates(certificate.read_bytes())[0])
+    problems = own_name_problems(config, parse_certificates(certificate.read_bytes())[0])  # PEM or DER, as install
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
     if problems:

@@ -30,7 +30,9 @@ def render(name: str, csr_file: Path, token: str | None, config_path: Path | Non
     CSR, as the JWK provisioner would take them.
     """
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
 
+    from appliance.certutil import read_extensions
     from appliance.config import ConfigError, default_config_path, load_config
     from appliance.errors import CAError
     from appliance.names import RequestedNames, split_sans
@@ -51,8 +53,9 @@ def render(name: str, csr_file: Path, token: str | None, config_path: Path | Non
         fail(f"provisioner {name!r} has no certificate template (options.x509.template or templateFile)")
     try:
         csr = x509.load_pem_x509_csr(csr_file.read_bytes())
-    except (OSError, ValueError) as exc:
-        fail(f"{csr_file}: not a PEM certificate request: {exc}")
+        public_key = csr.public_key()
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        fail(f"{csr_file}: not a PEM certificate request with a key hsmca can read: {exc}")
     claims: dict[str, object] = {}
     if token:
         try:
@@ -67,10 +70,12 @@ def render(name: str, csr_file: Path, token: str | None, config_path: Path | Non
     else:
         try:
             names = RequestedNames.from_general_names(
-                csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+                read_extensions(csr).get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             names = split_sans([subject]) if subject else RequestedNames()
-    request = IssuanceRequest(provisioner=name, common_name=subject, names=names, public_key=csr.public_key(),
+        except ValueError as exc:
+            fail(f"{csr_file}: the request's extensions cannot be read: {exc}")
+    request = IssuanceRequest(provisioner=name, common_name=subject, names=names, public_key=public_key,
                               csr=csr, template_data={"token": claims})
     try:
         rendered = tpl.render(variables(request, name, found.type))

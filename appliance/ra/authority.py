@@ -24,14 +24,14 @@ from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
 from appliance.errors import CAError, NotFound, ServiceUnavailable
 from appliance.names import split_sans
-from appliance.provisioners import AuditNote, IssuanceRequest, Provisioner, Provisioners, TokenCredential
+from appliance.provisioners import AuditNote, Provisioners, TokenCredential
 from appliance.provisioners.base import endpoint_audiences, sign_audiences
 from appliance.provisioners.internal import OCSP_RESPONDER, SERVER, InternalCredential
 from appliance.provisioners.x5c import CertificateCredential, RenewalProvisioner, X5CToken
 from appliance.provisioners.x5c import verify as verify_x5c_token
 from appliance.ra import revoke as revocation
 from appliance.ra.pipeline import Issued, Pipeline, RequestContext, write_audit
-from appliance.ra.templates import Template, load_templates
+from appliance.ra.rules import Rules
 from appliance.status.crl import PublishedCRLs
 from appliance.status.ocsp import OCSPResponder
 from appliance.store import CRLRecord, IntermediateRecord, Revoked, Store, StoreError
@@ -40,10 +40,6 @@ from policy import Policy
 
 log = logging.getLogger(__name__)
 _ISSUER_ID = re.compile(r"[0-9a-f]{1,128}")  # an intermediate id: its key identifier in hex
-
-# The CA's own certificates: no name rules (the CA must start whatever names its policy lists), any
-# lifetime the operator configured; the authority's key rules still apply.
-INTERNAL_CLAIMS = {"minTLSCertDuration": "1s", "defaultTLSCertDuration": "720h", "maxTLSCertDuration": "87600h"}
 
 __all__ = ["Authority", "Issued", "RequestContext"]
 
@@ -63,14 +59,9 @@ class Authority:
                                      disabled=bool(auth.claims is not None and auth.claims.disableRenewal))
         self.provisioners = Provisioners.from_config(auth.provisioners, renewal=renewal)
         self.audiences = sign_audiences(config.dnsNames)
-        self._policies = {p.name: self._policy_for(p.name, p.policy, p.claims) for p in self.provisioners}
-        self._authority_only = self._policy_for(None, None, None)
-        self._internal = Policy.from_config(
-            authority_policy={"keys": _dump(auth.policy.keys)} if auth.policy and auth.policy.keys else None,
-            authority_claims=INTERNAL_CLAIMS)
-        self._templates = load_templates(config)
+        self.rules = Rules(config, self.provisioners.internal)
         self._issuer = issuer
-        self.pipeline = Pipeline(store, audit, self.provisioners, self, self)
+        self.pipeline = Pipeline(store, audit, self.provisioners, self.rules, self)
         self.revocations = revocation.Revocations(store, audit, self.provisioners, config)
 
     @classmethod
@@ -80,23 +71,7 @@ class Authority:
         audit = JsonLinesAudit(config.resolve(config.audit.path))
         return cls(config, store, audit)
 
-    def _policy_for(self, name: str | None, policy: Any, claims: Any) -> Policy:
-        auth = self.config.authority
-        return Policy.from_config(
-            authority_policy=_dump(auth.policy), authority_claims=_dump(auth.claims),
-            provisioner_name=name, provisioner_policy=_dump(policy), provisioner_claims=_dump(claims))
-
-    # --- what the pipeline asks of the authority: policies and issuers ---------------------------
-
-    def for_request(self, provisioner: Provisioner, request: IssuanceRequest) -> Policy:
-        """The provisioner's policy; for a renewal, the original provisioner's (or the authority's alone)."""
-        if provisioner is self.provisioners.internal:
-            return self._internal
-        return self._policies.get(request.provisioner, self._authority_only)
-
-    def template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None:
-        """The provisioner's certificate template; renewals repeat the certificate they replace, untemplated."""
-        return self._templates.get(provisioner.name)
+    # --- what the pipeline asks of the authority: which intermediate signs ------------------------
 
     def current(self) -> Issuer:
         """The intermediate that signs now (the database decides, so activation reaches every worker)."""
@@ -175,7 +150,7 @@ class Authority:
 
     def policy_for(self, provisioner: str) -> Policy | None:
         """The policy a provisioner's certificates are judged by (None for an unknown name)."""
-        return self._policies.get(provisioner)
+        return self.rules.policy_for(provisioner)
 
     def chain(self, issuer_id: str) -> tuple[x509.Certificate, ...]:
         """The intermediate that signed a leaf, then any certificate served after it (a cross-certificate)."""
@@ -255,7 +230,3 @@ class Authority:
 
 def _backend_ok(report: dict[str, Any]) -> bool:
     return report.get("ok") is True or report.get("status") == "ok"
-
-
-def _dump(model: Any) -> dict[str, Any] | None:
-    return None if model is None else model.model_dump(exclude_none=True)

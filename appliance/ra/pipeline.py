@@ -38,7 +38,7 @@ from appliance.provisioners import Provisioner, Provisioners
 from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest
 from appliance.ra import templates
 from appliance.ra.templates import Template
-from appliance.store import Reservation, Store, StoreError, TokenReplayed, as_ca_error
+from appliance.store import OneTimeToken, Reservation, Store, StoreError, TokenReplayed, as_ca_error
 from policy import Policy, key_info
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ class RequestContext:
 class Issued:
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]  # leaf first, then the intermediate and what follows it
-    request: IssuanceRequest
 
 
 class Issuers(Protocol):
@@ -180,7 +179,7 @@ class Pipeline:
             raise
         metrics.certificate_issued(request.provisioner)
         write_audit(self.audit, trace.event("allowed", status=201, serial=cert.serial_number, issuer=issuer.id))
-        return Issued(cert, (cert, *issuer.chain), request)
+        return Issued(cert, (cert, *issuer.chain))
 
     def _judge(self, policy: Policy, request: IssuanceRequest, now: datetime) -> tuple[datetime, datetime]:
         window = request.window
@@ -208,15 +207,20 @@ class Pipeline:
 
     def _spend_refused(self, request: IssuanceRequest) -> None:
         """A refused request spends its token too; a replay is reported as such, whatever else was wrong."""
-        token = request.token
-        if token is not None and not self.store.tokens.use(token.jti, token.provisioner, token.expires_at):
-            raise Unauthorized(REPLAYED) from None
+        if request.token is not None:
+            spend(self.store, request.token)
 
     def _abandon(self, serial: int, reason: str) -> None:
         try:
             self.store.certificates.mark_abandoned(serial, reason[:1000])
         except StoreError:
             log.warning("could not mark reservation %s abandoned; the housekeeping sweep will", serial)
+
+
+def spend(store: Store, token: OneTimeToken) -> None:
+    """Use up a one-time token outside a reservation (a refusal, a revocation); Unauthorized if it was used."""
+    if not store.tokens.use(token.jti, token.provisioner, token.expires_at):
+        raise Unauthorized(REPLAYED)
 
 
 def _check_csr(request: IssuanceRequest) -> None:

@@ -24,11 +24,10 @@ from appliance.errors import BadRequest, CAError, Forbidden, NotFound, Unauthori
 from appliance.provisioners import Provisioners
 from appliance.provisioners.base import endpoint_audiences
 from appliance.provisioners.x5c import check_issued
-from appliance.ra.pipeline import REPLAYED, RequestContext, write_audit
+from appliance.ra.pipeline import RequestContext, spend, write_audit
 from appliance.status.stamp import bump, stamp_path
 from appliance.store import (
     CertificateNotFound,
-    OneTimeToken,
     RevocationReason,
     Revoked,
     Store,
@@ -96,7 +95,7 @@ class Revocations:
                 raise Unauthorized(f"provisioner {prov.name!r} does not issue one-time tokens")
             grant = verify(ott, endpoint_audiences(self.config.dnsNames, "revoke"), datetime.now(timezone.utc))
             provisioner = grant.provisioner
-            self._spend(grant.token)
+            spend(self.store, grant.token)
             try:
                 granted = parse_serial(grant.subject)
             except BadRequest:
@@ -144,10 +143,6 @@ class Revocations:
             "issuer": rec.issuer, "source": source, "reasonCode": int(rec.reason_code),
             "alreadyRevoked": not done.created, "revokedAt": rec.revoked_at.isoformat()})
         return done
-
-    def _spend(self, token: OneTimeToken) -> None:
-        if not self.store.tokens.use(token.jti, token.provisioner, token.expires_at):
-            raise Unauthorized(REPLAYED)
 
     def _audit_refusal(self, ctx: RequestContext, request: RevokeRequest, provisioner: str | None,
                        exc: CAError | StoreError) -> None:

@@ -33,6 +33,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliance.ca.issuer import key_usage
+from appliance.certutil import der
 from appliance.config import CAConfig, ConfigError
 from appliance.errors import BadRequest
 from appliance.names import RequestedNames
@@ -184,7 +185,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
 def _asn1(value: Any, kind: str = "utf8") -> str:
     """Base64 of `value` DER-encoded as an ASN.1 `kind` (utf8, ia5, printable, integer, boolean, octets), for
-    `extensions[].value`. (Hand-written: these few primitives are all a template needs.)"""
+    `extensions[].value`."""
     if kind in ("utf8", "ia5", "printable"):
         text = str(value)
         tag = {"utf8": 0x0C, "ia5": 0x16, "printable": 0x13}[kind]
@@ -200,10 +201,7 @@ def _asn1(value: Any, kind: str = "utf8") -> str:
         tag, data = 0x04, value if isinstance(value, bytes) else str(value).encode()
     else:
         raise TemplateError(f"asn1 kind {kind!r} is not one of utf8, ia5, printable, integer, boolean, octets")
-    length = len(data)
-    header = bytes([length]) if length < 0x80 else \
-        bytes([0x80 | ((length.bit_length() + 7) // 8)]) + length.to_bytes((length.bit_length() + 7) // 8, "big")
-    return base64.b64encode(bytes([tag]) + header + data).decode()
+    return base64.b64encode(der(tag, data)).decode()
 
 
 def _environment() -> _Sandbox:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.ca import tbs
 from appliance.ca.issuer import Issuer
-from appliance.certutil import verify_signature
+from appliance.certutil import der, verify_signature
 from appliance.errors import CAError, ServiceUnavailable
 from appliance.store import CRLInfo, CRLRecord, RevocationReason, Store, StoreError
 from kms.errors import BackendUnavailable, KMSError
@@ -62,18 +62,9 @@ def revoked_entries(rows: Iterable[tuple[int, datetime, int]]) -> list[x509.Revo
         append(b"\x30" + bytes((2 + len(number) + len(when) + len(reason), 0x02, len(number))) + number + when
                + reason)
     entries = b"".join(parts)
-    tbs = _WRAP_PREFIX + _der(0x30, entries)
-    wrapped = _der(0x30, _der(0x30, tbs) + _WRAP_SUFFIX)
+    tbs = _WRAP_PREFIX + der(0x30, entries)
+    wrapped = der(0x30, der(0x30, tbs) + _WRAP_SUFFIX)
     return list(x509.load_der_x509_crl(wrapped))
-
-
-def _der(tag: int, body: bytes) -> bytes:
-    """A DER TLV with a definite length of any size."""
-    n = len(body)
-    if n < 0x80:
-        return bytes((tag, n)) + body
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(size))) + size + body
 
 
 def build_crl(issuer: Issuer, entries: list[x509.RevokedCertificate], number: int, this_update: datetime,

@@ -245,3 +245,13 @@ def issue_through(server: Server, name: str, env: dict[str, str] | None = None) 
     verified = openssl_verify_chain(ca.root, leaf)
     assert ": OK" in verified, verified
     return leaf
+
+
+@pytest.fixture(scope="module")
+def http01() -> Iterator[Any]:
+    """A loopback http-01 responder (tests/integration/acme_client.py), one per module."""
+    from tests.integration.acme_client import ChallengeServer
+
+    server = ChallengeServer()
+    yield server
+    server.stop()

@@ -1,23 +1,23 @@
 """Sign requests made ahead of time (what `hsmca certificate` sends, without its start-up in the timing), and
-leaves recorded without a provisioner in front."""
+leaves issued in process through the pipeline."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import secrets
+import time
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.ca.issuer import Issuer, LeafProfile
 from appliance.certutil import fingerprint, load_certificates
 from appliance.client.http import CAClient
 from appliance.client.keys import build_csr
 from appliance.client.tokens import provisioner_key, sign_token
-from appliance.names import split_sans
-from appliance.store import Reservation, Store
-from tests.integration.conftest import PASSWORD, Server
+from appliance.provisioners import jose
+from appliance.ra.authority import Authority, RequestContext
+from tests.integration.conftest import PASSWORD, DevCA, Server
 
 
 def sign_bodies(running: Server, names: list[str]) -> list[dict[str, Any]]:
@@ -32,20 +32,22 @@ def sign_bodies(running: Server, names: list[str]) -> list[dict[str, Any]]:
     return bodies
 
 
-def issue_recorded(store: Store, issuer: Issuer, name: str, provisioner: str = "test") -> x509.Certificate:
-    """A leaf signed by `issuer`'s KMS key and recorded as the pipeline records it (reserve, sign, mark
-    issued), for tests that need certificates on record without a provisioner in front."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    key = ec.generate_private_key(ec.SECP256R1())
-    profile = LeafProfile(common_name=name, public_key=key.public_key(), not_before=now,
-                          not_after=now + timedelta(hours=1), names=split_sans([name]))
-
-    def record(serial: int, tbs: bytes) -> None:
-        store.certificates.reserve(Reservation(
-            serial=serial, issuer=issuer.id, subject=profile.subject_text(), sans=profile.names.as_strings(),
-            not_before=profile.not_before, not_after=profile.not_after, provisioner=provisioner, tbs=tbs,
-            request_id=None))
-
-    cert = issuer.record_and_sign(profile, record)
-    store.certificates.mark_issued(cert.serial_number, cert.public_bytes(serialization.Encoding.DER))
-    return cert
+def issue_in_process(ca: DevCA, names: list[str]) -> list[x509.Certificate]:
+    """Leaves through the one issuance pipeline, in this process, as `POST /1.0/sign` would make them: the
+    CA's own SoftHSM key, database and audit trail, a one-time token of its JWK provisioner per leaf."""
+    config = ca.config
+    config.apply_kms_environment()
+    authority = Authority.from_config(config)
+    key = ca.provisioner_key()
+    audience = sorted(authority.audiences)[0]
+    try:
+        out = []
+        for name in names:
+            now = int(time.time())
+            token = jose.sign_token(key, {"iss": "admin", "sub": name, "sans": [name], "aud": audience,
+                                          "iat": now, "nbf": now, "exp": now + 300, "jti": secrets.token_hex(16)})
+            csr = build_csr(ec.generate_private_key(ec.SECP256R1()), name, [name])
+            out.append(authority.sign(csr, token, None, None, RequestContext(request_id="tests")).certificate)
+        return out
+    finally:
+        authority.close()

@@ -15,11 +15,8 @@ from appliance.acme.service import ACMEService
 from appliance.acme.validator import MAX_ATTEMPTS, STALE_AFTER
 from appliance.ra.authority import Authority
 from appliance.store.acme import AuthorizationRecord, ChallengeRecord, OrderRecord, new_id
-from tests.integration import test_acme_server
+from tests.integration.acme_client import ChallengeServer
 from tests.integration.conftest import DevCA
-from tests.integration.test_acme_server import ChallengeServer
-
-http01 = test_acme_server.http01  # the loopback http-01 responder, one per module
 
 
 @pytest.fixture(scope="module")

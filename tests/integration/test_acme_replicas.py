@@ -24,8 +24,8 @@ from acme import client, crypto_util, messages
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.integration import test_store
+from tests.integration.acme_client import ChallengeServer, answer_http01, key_pem
 from tests.integration.conftest import DevCA, Server, make_ca, openssl_verify_chain, start_server
-from tests.integration.test_acme_server import ChallengeServer, answer_http01, key_pem
 
 
 class RoundRobin(requests.Session):

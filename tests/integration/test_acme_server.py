@@ -13,7 +13,6 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,51 +30,17 @@ from appliance.ra.pipeline import STEPS
 from appliance.store import Store
 from appliance.store.schema import intermediates
 from tests import der_surgery
+from tests.integration.acme_client import ChallengeServer, answer_http01, deadline, directory_url, key_pem, new_client
 from tests.integration.acme_dns import AcmeDNS
-from tests.integration.conftest import DevCA, Server, free_port, hsmca, openssl_verify_chain, start_server
+from tests.integration.conftest import DevCA, Server, hsmca, openssl_verify_chain, start_server
 
 ERR = "urn:ietf:params:acme:error:"
-
-
-class ChallengeServer:
-    """Answers /.well-known/acme-challenge/{token} from a dict, on loopback."""
-
-    def __init__(self) -> None:
-        self.answers: dict[str, str] = {}
-        answers = self.answers
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                token = self.path.rsplit("/", 1)[-1]
-                body = answers.get(token)
-                self.send_response(200 if body else 404)
-                self.end_headers()
-                if body:
-                    self.wfile.write(body.encode())
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.port = int(self.httpd.server_address[1])
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
 def dns() -> Iterator[AcmeDNS]:
     with AcmeDNS() as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def http01() -> Iterator[ChallengeServer]:
-    s = ChallengeServer()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -97,37 +62,6 @@ def served(dev_ca: DevCA, dns: AcmeDNS, http01: ChallengeServer) -> Iterator[Ser
     s = start_server(dev_ca)
     yield s
     s.stop()
-
-
-def directory_url(served: Server, name: str = "acme") -> str:
-    return f"{served.url}/acme/{name}/directory"
-
-
-def new_client(served: Server, name: str = "acme", key: jose.JWK | None = None) -> client.ClientV2:
-    key = key or jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    alg = jose.ES256 if isinstance(key, jose.JWKEC) else jose.RS256
-    net = client.ClientNetwork(key, alg=alg, verify_ssl=str(served.ca.root), user_agent="hsmca-tests")  # type: ignore[arg-type]
-    directory = client.ClientV2.get_directory(directory_url(served, name), net)
-    acme = client.ClientV2(directory, net)
-    acme.new_account(messages.NewRegistration.from_data(email="ops@acme.test", terms_of_service_agreed=True))
-    return acme
-
-
-def key_pem() -> bytes:
-    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-
-
-def answer_http01(acme: client.ClientV2, orderr: messages.OrderResource, http01: ChallengeServer) -> None:
-    for authz in orderr.authorizations:
-        chall = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01))
-        response, validation = chall.response_and_validation(acme.net.key)
-        http01.answers[chall.chall.encode("token")] = validation
-        acme.answer_challenge(chall, response)
-
-
-def deadline(seconds: int = 60) -> datetime:
-    return datetime.now() + timedelta(seconds=seconds)
 
 
 # --- the full flow -----------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from appliance.ca.intermediates import install, listing, make_csr
 from appliance.certutil import load_certificates
 from appliance.store import IntermediateRecord, Store
 from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, make_ca, start_server
-from tests.integration.signing import issue_recorded
+from tests.integration.signing import issue_in_process
 
 Expected = str | re.Pattern[str]  # an exact error message, or a pattern when part of it is not ours to fix
 NO_ACTIVE = "no active intermediate: install one and activate it (hsmca intermediate install CERT --activate-at now)"
@@ -131,12 +131,7 @@ def _installed(ca: DevCA, name: str) -> x509.Certificate:
 
 def _issue_in_process(ca: DevCA, count: int) -> None:
     """Leaves signed by the active intermediate through its HSM key and recorded, as the server does."""
-    config = ca.config
-    config.apply_kms_environment()
-    with _store(ca) as store:
-        issuer = ActiveIssuer(config, store).current()
-        for i in range(count):
-            issue_recorded(store, issuer, f"leaf{i}.internal")
+    issue_in_process(ca, [f"leaf{i}.internal" for i in range(count)])
 
 
 def _certificate(server: Server, name: str) -> subprocess.CompletedProcess[str]:

@@ -14,14 +14,13 @@ from cryptography.x509 import ocsp
 from prometheus_client import REGISTRY
 
 from appliance.ca.active import ActiveIssuer
-from appliance.ca.issuer import Issuer
 from appliance.certutil import load_certificates
 from appliance.config import CAConfig
 from appliance.serving.ocsp_refresh import LEASE, OCSPRefresher
 from appliance.status.ocsp import OCSPResponder
 from appliance.store import Store
 from tests.integration.conftest import DevCA
-from tests.integration.signing import issue_recorded
+from tests.integration.signing import issue_in_process
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +46,8 @@ def responder(config: CAConfig, store: Store, issuers: ActiveIssuer, **ocsp_bloc
     return OCSPResponder(changed, store, issuers)
 
 
-def issue(issuer: Issuer, name: str, store: Store) -> x509.Certificate:
-    return issue_recorded(store, issuer, name)
+def issue(dev_ca: DevCA, name: str) -> x509.Certificate:
+    return issue_in_process(dev_ca, [name])[0]
 
 
 def request(dev_ca: DevCA, cert: x509.Certificate, nonce: bytes | None = None,
@@ -69,7 +68,7 @@ def nonce_of(der: bytes) -> bytes | None:
 
 def test_nonce_is_ignored_by_default_and_echoed_when_asked(dev_ca: DevCA, config: CAConfig, store: Store,
                                                           issuers: ActiveIssuer) -> None:
-    cert = issue(issuers.current(), "nonce.internal", store)
+    cert = issue(dev_ca, "nonce.internal")
     default = responder(config, store, issuers)
     first = default.respond(request(dev_ca, cert, b"n" * 16))
     assert first.status == "good" and not first.cached and nonce_of(first.der) is None
@@ -85,7 +84,7 @@ def test_nonce_is_ignored_by_default_and_echoed_when_asked(dev_ca: DevCA, config
 
 def test_sha256_cert_ids_are_answered_in_kind(dev_ca: DevCA, config: CAConfig, store: Store,
                                               issuers: ActiveIssuer) -> None:
-    cert = issue(issuers.current(), "sha256.internal", store)
+    cert = issue(dev_ca, "sha256.internal")
     answer = responder(config, store, issuers).respond(request(dev_ca, cert, algorithm=hashes.SHA256()))
     got = ocsp.load_der_ocsp_response(answer.der)
     assert answer.status == "good" and isinstance(got.hash_algorithm, hashes.SHA256)
@@ -100,7 +99,7 @@ def test_refresher_presigns_new_certificates_and_resigns_past_half_validity(
                               reservation_timeout=timedelta(minutes=2), holder="replica-a")
     first = refresher.run()  # whatever earlier tests left without a response
     assert first is not None and first.complete
-    fresh = [issue(issuers.current(), f"presign{i}.internal", store) for i in range(5)]
+    fresh = issue_in_process(dev_ca, [f"presign{i}.internal" for i in range(5)])
     done = refresher.run()
     assert done is not None and done.complete and done.presigned == 5 and done.resigned == 0  # batches of 2
     for cert in fresh:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.certutil import load_certificates
+from tests.integration.acme_client import ChallengeServer, answer_http01, deadline, key_pem, new_client
 from tests.integration.acme_dns import AcmeDNS
 from tests.integration.conftest import (
     PASSWORD,
@@ -36,7 +37,6 @@ from tests.integration.conftest import (
     openssl_verify_chain,
     start_server,
 )
-from tests.integration.test_acme_server import ChallengeServer, answer_http01, deadline, key_pem, new_client
 
 pytestmark = pytest.mark.slow
 
