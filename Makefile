@@ -49,7 +49,8 @@ run: deps venv
 test: deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Benchmarks (never part of `make test`).
+## Benchmarks (never part of `make test`): issuance via ../shared/bench/loadsign.py at c=1 and c=8, the HTTPS
+## floor, peak RSS, raw SoftHSM signatures/s. BENCH_ARGS='--sustained 600' adds ten minutes with housekeeping.
 bench: deps venv
 	$(BIN)/python bench/issue.py $(BENCH_ARGS)
 

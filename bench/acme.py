@@ -47,9 +47,8 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 sys.path[:0] = [str(ROOT), str(HERE)]
-from issue import cpu_seconds, pct, process_tree, start_ca  # noqa: E402
+from common import cpu_seconds, machine_busy, pct, process_tree, start_ca  # noqa: E402
 
-HSMCA = str(Path(sys.executable).parent / "hsmca")
 SUFFIX = "acme-bench.test"
 PROVISIONER = "bench"
 ORDER_DEADLINE = 60.0  # seconds one order may take before it counts as an error
@@ -217,13 +216,6 @@ def client_process(account: str, indices: list[int], directory_url: str, root: s
     outcome.cpu = time.process_time() - cpu0
     outcome.requests = c.requests - requests0
     results.put((account, outcome))
-
-
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat: the machine is shared, so say how full it was."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
 
 
 def run_level(level: int, concurrency: int, count: int, directory_url: str, root: str, responder: Responder,

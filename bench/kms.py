@@ -33,9 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from issue import cpu_seconds, free_port, pct, prepare, process_tree, run_load  # noqa: E402
+from common import (  # noqa: E402
+    HSMCA,
+    PASSWORD,
+    ca_env,
+    cpu_seconds,
+    free_port,
+    pct,
+    prepare,
+    process_tree,
+    run_load,
+    serve,
+)
 
-HSMCA = str(Path(sys.executable).parent / "hsmca")
 BAO = shutil.which("bao", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 TYPES = ["EC-P256", "EC-P384", "RSA-2048", "RSA-4096", "Ed25519"]
 
@@ -207,9 +217,8 @@ def issuance(tmp: Path, addr: str, token: str, latency: float, count: int, level
     proxy = DelayProxy(int(addr.rsplit(":", 1)[1]), latency)
     base = tmp / "ca"
     base.mkdir()
-    env = {**os.environ, "HSMCA_PATH": str(base), "HSMCA_LOG_LEVEL": "WARNING", "VAULT_TOKEN": token}
-    env.pop("SOFTHSM2_CONF", None)
-    (base / "pw").write_text("bench-password\n")
+    env = {**ca_env(base), "VAULT_TOKEN": token}
+    (base / "pw").write_text(PASSWORD + "\n")
     run = lambda *a: subprocess.run([HSMCA, *a], env=env, cwd=ROOT, check=True, capture_output=True, text=True)  # noqa: E731
     run("init", "--password-file", str(base / "pw"))
     if db:
@@ -224,18 +233,9 @@ def issuance(tmp: Path, addr: str, token: str, latency: float, count: int, level
     config = json.loads((base / "config" / "ca.json").read_text())
     config.setdefault("server", {})["threads"] = threads
     (base / "config" / "ca.json").write_text(json.dumps(config))
-    port = free_port()
-    proc = subprocess.Popen([HSMCA, "serve", "--address", f"127.0.0.1:{port}", "--http-address",
-                             f"127.0.0.1:{free_port()}", "--workers", str(workers)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=(base / "serve.log").open("wb"))
-    url, root = f"https://localhost:{port}", base / "certs" / "root_ca.crt"
+    proc, url, _, _ = serve(base, env, workers)
+    root = base / "certs" / "root_ca.crt"
     try:
-        for _ in range(600):
-            try:
-                if requests.get(f"{url}/health", verify=str(root), timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
         print(f"\nissuance, intermediate key in vault transit {latency * 1000:.0f} ms away (proxy), database "
               f"{config['db']['type']}, "
               f"{workers} workers x {threads} threads, {os.cpu_count()} CPUs (clients share them)")

@@ -47,14 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from issue import cpu_seconds, free_port, pct, prepare, process_tree, run_load, start_ca  # noqa: E402
+from common import cpu_seconds, free_port, pct, prepare, process_tree, run_load, start_ca  # noqa: E402
 
 from appliance.certutil import load_certificates  # noqa: E402
 from appliance.status.stamp import bump, stamp_path  # noqa: E402
 from appliance.store import Store  # noqa: E402
 from appliance.store.schema import ocsp_responses  # noqa: E402
 
-HSMCA = str(Path(sys.executable).parent / "hsmca")
 Request = tuple[str, str, bytes]  # method, path, body
 
 
