@@ -92,10 +92,10 @@ class Snapshot:
     total: int
 
     @classmethod
-    def take(cls, pid: int) -> Snapshot:
+    def take(cls, pid: int | None) -> Snapshot:
         own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
                                                      resource.getrusage(resource.RUSAGE_CHILDREN)))
-        return cls(tree_cpu(pid), own, *machine_busy())
+        return cls(tree_cpu(pid) if pid is not None else 0.0, own, *machine_busy())
 
     def others(self, later: Snapshot) -> float:
         """Share of all CPUs used since self by neither the server nor this bench and its clients."""
@@ -386,9 +386,11 @@ def main() -> None:
                   f"(now: RSS {rss_mib(pids):.0f} MiB, PSS {pss_mib(pids):.0f} MiB)")
         finally:
             stop(proc)
+        s0 = Snapshot.take(None)  # the server has stopped: the signing process (our child) and others
         rate, kind = raw_hsm_rate(base, args.hsm_seconds)
         print(f"baseline: raw SoftHSM signing with the intermediate key ({kind}), one process: "
-              f"{rate:.0f} signatures/s ({1000 / rate:.3f} ms each)")
+              f"{rate:.0f} signatures/s ({1000 / rate:.3f} ms each); others took "
+              f"{s0.others(Snapshot.take(None)):.0%} of the CPUs meanwhile")
 
         if args.sustained > 0:
             base = Path(tmp) / "sustained"
