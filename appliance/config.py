@@ -219,15 +219,29 @@ class AuthorityConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    """hsmca: how `hsmca serve` runs (gunicorn workers for HTTPS, `httpWorkers` asyncio processes sharing the
-    plain-HTTP port through SO_REUSEPORT)."""
+    """hsmca: how `hsmca serve` runs: `workers` HTTPS processes sharing one listening socket, `httpWorkers`
+    plain-HTTP processes sharing the plain-HTTP port (SO_REUSEPORT), each with `threads` application threads.
+
+    The limits hold for both listeners, per process (serving/http_server.py): a client has `handshakeTimeout`
+    seconds for its TLS handshake, `headerTimeout` for a request's whole line and headers (from its first byte,
+    however slowly it trickles), `bodyTimeout` for the whole body, `writeTimeout` to read an answer, and may
+    stay idle `keepAlive` seconds between requests (0: one request per connection). Past
+    `maxConnectionsPerAddress` connections from one address, or `maxConnections` in all, a new connection is
+    answered 503 and closed."""
 
     workers: int = Field(default=2, ge=1, le=64)
     httpWorkers: int = Field(default=2, ge=1, le=64)
     threads: int = Field(default=4, ge=1, le=64)
+    # How long a reload (SIGHUP) keeps the previous configuration's KMS sessions open for requests still running.
     requestTimeout: int = Field(default=30, ge=1, le=600)
     gracefulTimeout: int = Field(default=20, ge=1, le=600)
-    keepAlive: int = Field(default=5, ge=0, le=300)
+    keepAlive: float = Field(default=5, ge=0, le=300)
+    handshakeTimeout: float = Field(default=10, gt=0, le=300)
+    headerTimeout: float = Field(default=10, gt=0, le=300)
+    bodyTimeout: float = Field(default=30, gt=0, le=600)
+    writeTimeout: float = Field(default=30, gt=0, le=600)
+    maxConnections: int = Field(default=1000, ge=1, le=100_000)
+    maxConnectionsPerAddress: int = Field(default=100, ge=1, le=100_000)
     maxRequestBytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     # A reservation older than this, still not signed, was left by a killed worker.
     reservationTimeout: str = "2m"

@@ -5,7 +5,7 @@ record into; `kms/` imports nothing from `appliance/`, so signatures are timed a
 call, which includes the backend's own retries and circuit breaker: what a client waits for.
 
 Processes: `hsmca serve` gives its children a fresh `PROMETHEUS_MULTIPROC_DIR` (see
-`appliance/serving/supervisor.py`) before they import prometheus_client, so every gunicorn worker,
+`appliance/serving/supervisor.py`) before they import prometheus_client, so every HTTPS worker,
 the plain-HTTP listener and housekeeping write their samples to files there and a scrape of any of
 them merges all. Without that variable (tests, the CLI) the metrics live in this process's default
 registry. Labels hold only bounded, public values: backend schemes, provisioner names (published at
@@ -60,8 +60,8 @@ KMS_BACKEND_UP = Gauge(
 """Why `livemin`: each worker holds its own session to the backend (a PKCS#11 session is per
 process), so one worker can be cut off while the others sign. The minimum over the live processes
 shows that worst case as 0 instead of averaging or hiding it (`mostrecent` would let a healthy
-worker mask a broken one); `live` drops a process's value when it exits (gunicorn's `child_exit`
-calls `mark_process_dead`), so a replaced worker's last 0 does not linger. A process that has not
+worker mask a broken one); `live` drops a process's value when it exits (the supervisor reaps an exited
+worker's files), so a replaced worker's last 0 does not linger. A process that has not
 touched a backend reports nothing for it; `/health` sets the gauge too, so an idle CA reports it.
 A worker's 0 stays until that worker's next signature or health check (load balancer checks
 spread over the workers refresh it).
@@ -79,6 +79,15 @@ OCSP_MEMORY_ANSWERS = Counter(
     "hsmca_ocsp_memory_answers_total",
     "OCSP requests the plain-HTTP listener answered from its memory, on its event loop (not in "
     "hsmca_requests_total, which counts what the application answered), by method.", ["method"])
+
+CONNECTIONS_REFUSED = Counter(
+    "hsmca_connections_refused_total",
+    "Connections answered 503 and closed at accept: reason=per_address (too many from one client address) or "
+    "overall (the listener process is full), by listener (https, http).", ["listener", "reason"])
+CONNECTIONS_CUT = Counter(
+    "hsmca_connections_cut_total",
+    "Connections closed because a deadline passed: reason=handshake (TLS), headers (the whole request line and "
+    "headers), body, write (the client stopped reading), by listener (https, http).", ["listener", "reason"])
 
 
 _write_failed = False
@@ -154,6 +163,14 @@ def ocsp_answered_from_memory(method: str, count: int = 1) -> None:
     _record(lambda: OCSP_MEMORY_ANSWERS.labels(method).inc(count))
 
 
+def connection_refused(listener: str, reason: str) -> None:
+    _record(lambda: CONNECTIONS_REFUSED.labels(listener, reason).inc())
+
+
+def connection_cut(listener: str, reason: str) -> None:
+    _record(lambda: CONNECTIONS_CUT.labels(listener, reason).inc())
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
@@ -169,7 +186,7 @@ def exposition() -> tuple[bytes, str]:
 
 
 def mark_process_dead(pid: int, path: str | None = None) -> None:
-    """Drop the live gauges of an exited process (gunicorn's `child_exit`); its counters stay summed."""
+    """Drop the live gauges of an exited process; its counters stay summed."""
     path = path or multiprocess_dir()
     if path is not None:
         multiprocess.mark_process_dead(pid, path)
@@ -181,9 +198,8 @@ _LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 def reap_dead_processes(path: str | Path) -> list[int]:
     """`mark_process_dead` for every process whose live-gauge file outlived it.
 
-    gunicorn's `child_exit` runs in its master; if the master itself dies, its workers exit without
-    it, and their last `hsmca_kms_backend_up` would be reported for ever. The supervisor calls this
-    when it restarts a child.
+    An exited worker's last `hsmca_kms_backend_up` would otherwise be reported for ever. The
+    supervisor calls this when it restarts a child.
     """
     dead: set[int] = set()
     try:

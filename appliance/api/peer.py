@@ -1,4 +1,4 @@
-"""The TLS client certificate of the request, as gunicorn's TLS handshake verified it.
+"""The TLS client certificate of the request, as the HTTPS listener's handshake verified it.
 
 The HTTPS listener asks every client for a certificate but requires none (CERT_OPTIONAL, trusting
 the CA's roots; see appliance/serving/tls.py), so a client without one is served as before. The
@@ -9,25 +9,17 @@ gets a clear JSON refusal (or the configured renewal grace) instead of a bare TL
 
 from __future__ import annotations
 
-import ssl
-
 import falcon
 from cryptography import x509
 
 from appliance.errors import BadRequest
 
-SOCKET_KEY = "gunicorn.socket"  # gunicorn puts the connection's socket in the WSGI environ
+PEER_CERTIFICATE = "hsmca.peer_certificate"  # the server puts the client's certificate (DER) in the WSGI environ
 
 
 def client_certificate(req: falcon.Request) -> x509.Certificate | None:
-    """The verified peer certificate, or None (no certificate, plain HTTP, or not under gunicorn)."""
-    sock = req.env.get(SOCKET_KEY)
-    if not isinstance(sock, ssl.SSLSocket):
-        return None
-    try:
-        der = sock.getpeercert(binary_form=True)
-    except (ValueError, OSError):  # the connection went away
-        return None
+    """The verified peer certificate, or None (no certificate, or plain HTTP)."""
+    der = req.env.get(PEER_CERTIFICATE)
     if not der:
         return None
     try:

@@ -129,9 +129,10 @@ def serve(config_path: Path | None, address: str | None, http_address: str | Non
     """Run the CA: the step-compatible HTTPS API and the plain-HTTP listener.
 
     Migrates the database, resolves reservations left by a crash, issues the server's own TLS
-    certificate through the intermediate, then supervises gunicorn (HTTPS, N workers), a plain-HTTP
-    listener (CA certificates, CRLs, OCSP) and a housekeeping process. SIGTERM stops gracefully;
-    SIGHUP reloads ca.json in new workers.
+    certificate through the intermediate, then supervises N HTTPS worker processes, a plain-HTTP
+    listener (CA certificates, CRLs, OCSP) and a housekeeping process. Slow or idle clients are cut
+    by the deadlines and connection caps of ca.json's `server` block. SIGTERM stops gracefully;
+    SIGHUP reloads ca.json in every HTTPS worker (keep-alive connections stay open).
     """
     from appliance.config import split_address
     from appliance.serving import logs

@@ -1,1 +1,2 @@
-"""`hsmca serve`: a supervisor over gunicorn (HTTPS), the plain-HTTP listener (http_server.py) and housekeeping."""
+"""`hsmca serve`: a supervisor over the HTTPS workers and the plain-HTTP listener (both on http_server.py) and
+housekeeping."""

@@ -21,6 +21,7 @@ from appliance.config import load_config, split_address
 from appliance.ra.authority import Authority
 from appliance.serving import logs
 from appliance.serving.http_server import HTTPServer
+from appliance.serving.https import limits
 from appliance.status.ocsp_memo import OCSPMemo
 from appliance.status.stamp import EpochPoller, StampReader, stamp_path
 
@@ -57,15 +58,15 @@ def main() -> None:
         poller.start()
     app = create_http_app(authority, memo)
     fast = FastPath(memo) if memo is not None else None
-    server = HTTPServer(app, host=host or "0.0.0.0", port=port, fast=fast, threads=THREADS, max_body=MAX_BODY,
-                        reuse_port=True)
+    server = HTTPServer(app, host=host or "0.0.0.0", port=port, fast=fast, threads=THREADS,
+                        limits=limits(config, MAX_BODY), reuse_port=True, name="http")
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor's reload is for gunicorn
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor's reload is for the HTTPS workers
         await server.start()
         if fast is not None:
             _every(loop, METRICS_FLUSH_SECONDS, fast.flush_metrics)

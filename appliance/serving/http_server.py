@@ -1,16 +1,25 @@
-"""The plain-HTTP listener's server: HTTP/1.1 on asyncio (uvloop), parsed by httptools.
+"""hsmca's HTTP/1.1 server, on asyncio (uvloop), parsed by httptools: both listeners, TLS for the step API.
 
-Hand-written on purpose. Relying parties send the same OCSP requests all day, and the answer is in memory
-(ocsp_memo.py), so the cost that is left is the server's own. Measured on the 2-core machine this was built on,
-with a trivial 400-byte response and 8 keep-alive clients: uvicorn (httptools, uvloop) answered 11.7k
-requests/s, waitress + Falcon about 1.4k, and a protocol that answers from the parser's callback with no task,
-no thread and no framework 40k. No library server lets the application answer there, so this module is that
-protocol: `fast` sees every complete request on the event loop and may answer it; everything else goes to the
-WSGI application (Falcon) in a thread pool, one request at a time per connection, responses in order.
+Hand-written on purpose (see the README's design decisions for the figures). Relying parties send the same OCSP
+requests all day and the answer is in memory (ocsp_memo.py), so on the plain-HTTP listener the cost left is the
+server's own: with a trivial 400-byte response and 8 keep-alive clients uvicorn (httptools, uvloop) answered
+11.7k requests/s here, waitress + Falcon about 1.4k, and a protocol that answers from the parser's callback 40k.
+No library server lets the application answer there, so this module is that protocol: `fast` sees every complete
+request on the event loop and may answer it; everything else goes to the WSGI application (Falcon) in a thread
+pool, one request at a time per connection, responses in order.
 
-Bounded like the waitress set-up it replaces: request line and headers (REQUEST_LINE_MAX, HEADERS_MAX), body
-(max_body; 413), connections (max_connections; 503), idle keep-alive connections closed after idle_timeout.
-No TLS, no upgrades, no chunked responses (bodies are whole: CA certificates, CRLs, OCSP responses).
+The HTTPS listener runs the same protocol with TLS (uvloop's start_tls, after the address caps are checked at
+accept, so a refused client costs no handshake slot). What no maintained Python server here does, and this one
+must (the serving-speed issue froze gunicorn's gthread workers with 8 half-sent requests), is to bound a client
+in *time* however it trickles: a deadline for the TLS handshake, one for the whole request line and headers
+(counted from the request's first byte, or from accept, and not extended by further bytes), one for the whole
+body, one for a client that stops reading its answer, and an idle limit between keep-alive requests. A request
+occupies a pool thread only once it is complete, so slow clients hold memory (bounded) but never a thread.
+Connections are capped per client address and per process; past a cap the client gets a 503 and the connection
+is closed (past twice the overall cap, closed without an answer). Refusals and cuts are counted in /metrics.
+
+Bounded also in space: request line and headers (REQUEST_LINE_MAX, HEADERS_MAX), body (max_body; 413). No
+upgrades, no chunked responses (bodies are whole: certificates, CRLs, OCSP responses, JSON).
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import asyncio
 import functools
 import io
 import logging
+import math
+import ssl
 import sys
 import time
 from collections import deque
@@ -26,14 +37,22 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from socket import create_server, socket
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from appliance import metrics
+from appliance.api.peer import PEER_CERTIFICATE
+
 log = logging.getLogger("hsmca.http")
+access_log = logging.getLogger("hsmca.access")
 
 REQUEST_LINE_MAX = 8 * 1024
+# Up to this much of an oversize body is read and dropped before the 413: a server that answers and closes while
+# the client still sends makes the client see a reset, not the answer. Past it the 413 goes out at once.
+DRAIN_MAX = 32 * 1024 * 1024
 HEADERS_MAX = 16 * 1024
 HEADER_OVERHEAD = 128  # so at most 128 headers
 Headers = list[tuple[str, str]]
@@ -46,6 +65,20 @@ _PROXY_HEADERS = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-host", 
                             "x-forwarded-port", "x-forwarded-by"})
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How long and how many; per listener process. ca.json's `server` block sets them (config.ServerConfig)."""
+
+    handshake_timeout: float = 10.0  # TLS handshake, from accept
+    header_timeout: float = 10.0  # request line + headers, from the request's first byte (from accept: the first)
+    body_timeout: float = 30.0  # the whole body, from the end of the headers
+    idle_timeout: float = 30.0  # keep-alive: between the end of an answer and the next request's first byte
+    write_timeout: float = 30.0  # a client that stops reading its answer
+    max_connections: int = 1000
+    max_per_address: int = 100
+    max_body: int = 64 * 1024
+
+
 @dataclass(slots=True)
 class Request:
     method: bytes = b""
@@ -55,6 +88,7 @@ class Request:
     keep_alive: bool = True
     version: str = "1.1"
     expect_continue: bool = False
+    too_large: int = 0  # bytes of an oversize body read and dropped (answered 413 once it has been read)
 
 
 class _Reject(Exception):
@@ -63,35 +97,103 @@ class _Reject(Exception):
         self.status = status
 
 
-class HTTPServer:
-    """One listening socket, opened by `start()` on the running loop, closed by `stop()`."""
+TLSContext = Callable[[], ssl.SSLContext]  # called at every handshake (the certificate may have been renewed)
 
-    def __init__(self, app: WSGIApp, *, host: str, port: int, fast: FastPath | None = None, threads: int = 4,
-                 max_body: int = 64 * 1024, max_connections: int = 1000, idle_timeout: float = 30.0,
-                 reuse_port: bool = False):
-        self.app, self.host, self.port, self.fast = app, host, port, fast
-        self.max_body, self.max_connections, self.idle_timeout = max_body, max_connections, idle_timeout
+
+class HTTPServer:
+    """One listening socket, opened by `start()` on the running loop, closed by `stop()` or `shutdown()`.
+
+    `app` may be replaced while serving (a reload): requests already in the pool finish with the one they got.
+    """
+
+    def __init__(self, app: WSGIApp, *, host: str = "", port: int = 0, sock: socket | None = None,
+                 fast: FastPath | None = None, threads: int = 4, limits: Limits = Limits(),
+                 tls: TLSContext | None = None, reuse_port: bool = False, name: str = "http",
+                 log_access: bool = False):
+        self.app, self.host, self.port, self.sock, self.fast = app, host, port, sock, fast
+        self.limits, self.tls, self.name, self.log_access = limits, tls, name, log_access
+        self.max_body = limits.max_body
         self.reuse_port = reuse_port  # several processes on one port (the supervisor checked it was free)
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="http")
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self.connections = 0
+        self.per_address: dict[str, int] = {}
+        self.open: set[_Connection] = set()
         self.in_flight = 0  # requests in the pool
+        self.stopping = False
         self._server: asyncio.base_events.Server | None = None
+        self._acceptor: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._date = (0, "")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024,
-                                                reuse_address=True, reuse_port=self.reuse_port)
+        if self.tls is not None:
+            # TLS connections are accepted here, not by create_server: the caps are checked on the client's
+            # address before its handshake, and no byte is read before TLS owns the socket.
+            if self.sock is None:
+                self.sock = create_server((self.host, self.port), backlog=1024, reuse_port=self.reuse_port)
+            self.sock.setblocking(False)
+            self._acceptor = loop.create_task(self._accept(self.sock))
+        elif self.sock is not None:
+            self._server = await loop.create_server(lambda: _Connection(self), sock=self.sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=1024,
+                                                    reuse_address=True, reuse_port=self.reuse_port)
+        self._sweep_every = max(0.05, min(1.0, min(self.limits.header_timeout, self.limits.handshake_timeout,
+                                                   self.limits.idle_timeout) / 4))
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep)
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self._server is not None
-        return self._server.sockets[0].getsockname()[:2]
+        sock = self.sock if self._server is None else self._server.sockets[0]
+        assert sock is not None
+        return sock.getsockname()[:2]
+
+    async def _accept(self, sock: socket) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            try:
+                client, peer = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors, or the client left before accept: wait, go on
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            loop.create_task(self._handshake(client, peer))
+
+    async def _handshake(self, client: socket, peer: Any) -> None:
+        """Admit (or refuse) by address, then hand the socket to TLS; the protocol takes over once it is up."""
+        assert self.tls is not None
+        conn = _Connection(self)
+        conn.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        conn.address = conn.peer[0] if conn.peer else ""
+        conn.admitted = True
+        refused = conn.refused = self.admit(conn, conn.address)
+        if refused is not None and refused != "stopping":
+            metrics.connection_refused(self.name, refused)
+            if self.connections > 2 * self.limits.max_connections:  # far past the cap: not even an answer
+                client.close()
+                conn._gone()
+                return
+        conn._set("handshake", math.inf)  # connect_accepted_socket's own timeout applies
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn, client, ssl=self.tls(), ssl_handshake_timeout=self.limits.handshake_timeout)
+        except (asyncio.TimeoutError, TimeoutError, ConnectionAbortedError):  # uvloop aborts a handshake past its time
+            metrics.connection_cut(self.name, "handshake")
+            client.close()
+            conn._gone()
+        except (OSError, ssl.SSLError, ConnectionError, RuntimeError, ValueError):  # a failed handshake
+            client.close()
+            conn._gone()
 
     async def shutdown(self, grace: float = 10.0) -> None:
-        """Stop accepting, give the requests in the pool up to `grace` seconds to be answered, then let go."""
-        if self._server is not None:
-            self._server.close()
+        """Stop accepting, close idle connections, give the requests in the pool up to `grace` seconds to be
+        answered (with `Connection: close`), then let go."""
+        self.stopping = True
+        self._stop_listening()
+        for conn in list(self.open):
+            if not conn.busy:
+                conn.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while self.in_flight and loop.time() < deadline:
@@ -100,9 +202,17 @@ class HTTPServer:
 
     def stop(self) -> None:
         """Stop at once (requests in the pool are abandoned; their connections close with the loop)."""
+        self.stopping = True
+        self._stop_listening()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stop_listening(self) -> None:
         if self._server is not None:
             self._server.close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self._acceptor is not None:
+            self._acceptor.cancel()
 
     def date_header(self, now: float) -> str:
         """The Date and Server header lines, formatted once a second."""
@@ -111,10 +221,44 @@ class HTTPServer:
             self._date = (second, f"Date: {formatdate(second, usegmt=True)}\r\nServer: hsmca\r\n")
         return self._date[1]
 
+    # -- connection accounting -----------------------------------------------------------------
+
+    def admit(self, conn: _Connection, address: str) -> str | None:
+        """Count a new connection; the reason it must be refused, if any."""
+        self.connections += 1
+        self.open.add(conn)
+        count = self.per_address.get(address, 0) + 1
+        self.per_address[address] = count
+        if self.stopping:
+            return "stopping"
+        if count > self.limits.max_per_address:
+            return "per_address"
+        if self.connections > self.limits.max_connections:
+            return "overall"
+        return None
+
+    def release(self, conn: _Connection, address: str) -> None:
+        self.open.discard(conn)
+        self.connections -= 1
+        count = self.per_address.get(address, 1) - 1
+        if count > 0:
+            self.per_address[address] = count
+        else:
+            self.per_address.pop(address, None)
+
+    def _sweep(self) -> None:
+        """Close the connections whose deadline passed (one timer per server, not one per connection)."""
+        now = time.monotonic()
+        for conn in [c for c in self.open if c.deadline <= now]:
+            conn.expire()
+        if not (self.stopping and not self.open):
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
+
     # -- the WSGI side (a pool thread) ---------------------------------------------------------
 
-    def call_app(self, req: Request, peer: tuple[str, int] | None) -> Reply:
-        environ = self._environ(req, peer)
+    def call_app(self, req: Request, peer: tuple[str, int] | None, peer_cert: bytes | None) -> Reply:
+        started_at = time.perf_counter()
+        environ = self._environ(req, peer, peer_cert)
         started: list[Any] = []
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
@@ -133,13 +277,20 @@ class HTTPServer:
                     close()
         except Exception:
             log.exception("the application failed on %s %s", req.method.decode(), req.target[:200].decode("latin-1"))
-            return _json_error("500 Internal Server Error", "internal error (see the server's log)")
-        if not started:
-            return _json_error("500 Internal Server Error", "the application sent no response")
-        status, headers = started
-        return status, list(headers), body
+            reply = _json_error("500 Internal Server Error", "internal error (see the server's log)")
+        else:
+            if started:
+                reply = (started[0], list(started[1]), body)
+            else:
+                reply = _json_error("500 Internal Server Error", "the application sent no response")
+        if self.log_access and access_log.isEnabledFor(logging.INFO):
+            rid = next((v for k, v in reply[1] if k.lower() == "x-request-id"), "-")
+            access_log.info('%s "%s %s" %s %d %.1fms rid=%s', peer[0] if peer else "-", req.method.decode(),
+                            req.target[:200].decode("latin-1"), reply[0][:3], len(reply[2]),
+                            (time.perf_counter() - started_at) * 1000, rid)
+        return reply
 
-    def _environ(self, req: Request, peer: tuple[str, int] | None) -> dict[str, Any]:
+    def _environ(self, req: Request, peer: tuple[str, int] | None, peer_cert: bytes | None) -> dict[str, Any]:
         path, _, query = req.target.partition(b"?")
         environ: dict[str, Any] = {
             "REQUEST_METHOD": req.method.decode("latin-1"),
@@ -152,12 +303,13 @@ class HTTPServer:
             "REMOTE_ADDR": peer[0] if peer else "",
             "REMOTE_PORT": str(peer[1]) if peer else "",
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": "https" if self.tls is not None else "http",
             "wsgi.input": io.BytesIO(req.body),
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
+            PEER_CERTIFICATE: peer_cert,
         }
         if req.body or req.method in (b"POST", b"PUT", b"PATCH"):
             environ["CONTENT_LENGTH"] = str(len(req.body))
@@ -185,7 +337,11 @@ def _json_error(status: str, message: str) -> Reply:
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parse, answer in order, keep alive while the client wants and behaves."""
+    """One client connection: admit, (TLS), parse, answer in order, keep alive while the client behaves.
+
+    `deadline` (monotonic seconds) is when the server's sweep cuts the connection, for the `phase` it is in:
+    handshake, headers, body, busy (no deadline: the request is the application's), write, idle.
+    """
 
     def __init__(self, server: HTTPServer):
         self.server = server
@@ -197,32 +353,53 @@ class _Connection(asyncio.Protocol):
         self.busy = False  # a request is in the pool
         self.paused = False  # the transport's write buffer is full
         self.closing = False
+        self.admitted = False
+        self.refused: str | None = None
         self.peer: tuple[str, int] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.last_active = time.monotonic()
+        self.address = ""
+        self.peer_cert: bytes | None = None
+        self.phase = "handshake"
+        self.deadline = math.inf
 
     # -- transport events ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
-        self.server.connections += 1
-        peer = self.transport.get_extra_info("peername")
-        self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-        if self.server.connections > self.server.max_connections:
-            self._reply_and_close(_json_error("503 Service Unavailable", "too many connections"))
-            return
-        self._arm()
+        server = self.server
+        if self.admitted:  # TLS, handshake done: HTTPServer._handshake admitted the address before it
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            self.peer_cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            refused = self.refused
+        else:
+            peer = self.transport.get_extra_info("peername")
+            self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+            self.address = self.peer[0] if self.peer else ""
+            self.admitted = True
+            refused = server.admit(self, self.address)
+            if refused is not None and refused != "stopping":
+                metrics.connection_refused(server.name, refused)
+                if server.connections > 2 * server.limits.max_connections:
+                    self.close(abort=True)  # far past the cap: not even an answer
+                    return
+        if refused is not None:
+            self._refuse(refused)
+        else:
+            self._set("headers", time.monotonic() + server.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections -= 1
+        self._gone()
+
+    def _gone(self) -> None:
         self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.admitted:
+            self.admitted = False
+            self.server.release(self, self.address)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_active = time.monotonic()
+        if self.phase == "idle":
+            self._set("headers", time.monotonic() + self.server.limits.header_timeout)
         try:
             self.parser.feed_data(data)
         except _Reject as exc:
@@ -236,8 +413,12 @@ class _Connection(asyncio.Protocol):
             else:
                 self._reply_and_close(_json_error("400 Bad Request", "malformed HTTP request"))
 
+    def eof_received(self) -> bool | None:
+        return None  # close our side too (a half-closed client gets no more answers)
+
     def pause_writing(self) -> None:
         self.paused = True
+        self._set("write", time.monotonic() + self.server.limits.write_timeout)
         if self.transport is not None:
             self.transport.pause_reading()
 
@@ -245,13 +426,49 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         if self.transport is not None and not self.busy and not self.closing:
             self.transport.resume_reading()
-        self._next()
+        self._idle_or_next()
+
+    # -- deadlines -----------------------------------------------------------------------------
+
+    def _set(self, phase: str, deadline: float) -> None:
+        self.phase, self.deadline = phase, deadline
+
+    def expire(self) -> None:
+        """The sweep found this connection past its deadline."""
+        if self.closing or self.transport is None:
+            self._gone()
+            return
+        if self.transport.is_closing():
+            self._gone()  # closed under us (uvloop does not always report it to a start_tls protocol)
+            return
+        phase = self.phase
+        if phase in ("headers", "body"):
+            metrics.connection_cut(self.server.name, phase)
+            if self.header_bytes or phase == "body" or self.req.target:
+                self._reply_and_close(_json_error("408 Request Timeout", f"the request's {phase} took longer than "
+                                                  "the server allows"))
+                return
+        elif phase in ("handshake", "write"):
+            metrics.connection_cut(self.server.name, phase)
+        self.close(abort=phase in ("handshake", "write"))
+
+    def close(self, abort: bool = False) -> None:
+        self.closing = True
+        self.deadline = math.inf
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+        self._gone()
 
     # -- parser callbacks ----------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self.req = Request()
         self.header_bytes = 0
+        if self.phase not in ("headers", "busy", "write"):  # pipelined: the deadline runs from now
+            self._set("headers", time.monotonic() + self.server.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self.req.target += url
@@ -269,24 +486,39 @@ class _Connection(asyncio.Protocol):
         # Two headers matter before the body: compare only names of their length.
         if size == 14 and name.lower() == b"content-length":
             if value.strip().isdigit() and int(value) > self.server.max_body:
-                raise _Reject("413 Content Too Large", f"the body is limited to {self.server.max_body} bytes")
+                if int(value) > DRAIN_MAX:
+                    raise _Reject("413 Content Too Large", self._too_large(int(value)))
+                self.req.too_large = 1
         elif size == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
             self.req.expect_continue = True
 
     def on_headers_complete(self) -> None:
+        if self.phase == "headers":
+            self._set("body", time.monotonic() + self.server.limits.body_timeout)
         if self.req.expect_continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        self.req.body += body
-        if len(self.req.body) > self.server.max_body:  # chunked bodies carry no Content-Length
-            raise _Reject("413 Content Too Large", f"the body is limited to {self.server.max_body} bytes")
+        req = self.req
+        if req.too_large:
+            req.too_large += len(body)
+            if req.too_large > DRAIN_MAX:
+                raise _Reject("413 Content Too Large", self._too_large(req.too_large))
+            return
+        req.body += body
+        if len(req.body) > self.server.max_body:  # chunked bodies carry no Content-Length
+            req.too_large, req.body = len(req.body) + 1, b""  # counted as a declared one is: 1 + bytes
+
+    def _too_large(self, size: int) -> str:
+        return f"request body of {size} bytes exceeds the limit of {self.server.max_body} bytes"
 
     def on_message_complete(self) -> None:
         req, parser = self.req, self.parser
         req.method = parser.get_method()
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
+        if req.too_large:
+            raise _Reject("413 Content Too Large", self._too_large(req.too_large - 1))
         self.queue.append(req)
         self._next()
 
@@ -307,12 +539,23 @@ class _Connection(asyncio.Protocol):
                 self._write(req, reply, now)
                 continue
             self.busy = True
+            self._set("busy", math.inf)
             self.server.in_flight += 1
             if self.transport is not None:
                 self.transport.pause_reading()  # no more requests parsed until this one is answered
             future = asyncio.get_running_loop().run_in_executor(self.server.pool, self.server.call_app, req,
-                                                                 self.peer)
+                                                                 self.peer, self.peer_cert)
             future.add_done_callback(functools.partial(self._done, req))
+        if not self.busy and not self.closing:
+            self._idle_or_next()
+
+    def _idle_or_next(self) -> None:
+        if self.busy or self.closing or self.paused:
+            return
+        if self.queue:
+            self._next()
+        elif self.phase in ("busy", "write", "body"):  # answered: idle until the next request's first byte
+            self._set("idle", time.monotonic() + self.server.limits.idle_timeout)
 
     def _done(self, req: Request, future: asyncio.Future[Reply]) -> None:
         self.busy = False
@@ -325,8 +568,11 @@ class _Connection(asyncio.Protocol):
             reply = _json_error("503 Service Unavailable", "the server is stopping")
             req.keep_alive = False
         self._write(req, reply, time.time())
-        self.last_active = time.monotonic()  # idle from now on, however long the application took
-        if self.transport is not None and not self.closing and not self.paused:
+        if self.closing:
+            return
+        if not self.paused:  # else the write deadline runs until the client reads
+            self._set("idle", time.monotonic() + self.server.limits.idle_timeout)
+        if self.transport is not None and not self.paused:
             self.transport.resume_reading()
         self._next()
 
@@ -335,7 +581,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or self.closing:
             return
         status, headers, body = reply
-        keep_alive = req.keep_alive
+        keep_alive = req.keep_alive and not self.server.stopping and self.server.limits.idle_timeout > 0
         head = f"HTTP/1.1 {status}\r\n"
         has_length = False
         for name, value in headers:
@@ -355,29 +601,15 @@ class _Connection(asyncio.Protocol):
         data = (head + "\r\n").encode("latin-1")
         transport.write(data if req.method == b"HEAD" or not body else data + body)
         if not keep_alive:
-            self.closing = True
-            transport.close()
+            self.close()
 
     def _reply_and_close(self, reply: Reply) -> None:
         req = Request(method=b"GET", keep_alive=False)
         self.queue.clear()
         self._write(req, reply, time.time())
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
-    # -- idle connections ----------------------------------------------------------------------
-
-    def _arm(self) -> None:
-        self.timer = asyncio.get_running_loop().call_later(self.server.idle_timeout, self._check_idle)
-
-    def _check_idle(self) -> None:
-        if self.closing or self.transport is None:
-            return
-        idle = time.monotonic() - self.last_active
-        if idle >= self.server.idle_timeout and not self.busy:
-            self.closing = True
-            self.transport.close()
-            return
-        self.timer = asyncio.get_running_loop().call_later(max(0.1, self.server.idle_timeout - idle),
-                                                           self._check_idle)
+    def _refuse(self, reason: str) -> None:
+        message = {"per_address": "too many connections from this address",
+                   "overall": "too many connections", "stopping": "the server is stopping"}[reason]
+        self._reply_and_close(_json_error("503 Service Unavailable", message))

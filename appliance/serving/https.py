@@ -1,116 +1,118 @@
-"""The HTTPS API under gunicorn: each worker builds its own Authority after the fork.
+"""One HTTPS worker process: the step API (Falcon) on serving/http_server.py with TLS.
 
-Without `preload_app`, gunicorn calls `load()` in every worker after forking, so PKCS#11 is
-initialised in the worker, never inherited across fork (SoftHSM does not survive that).
-Metrics: the supervisor put PROMETHEUS_MULTIPROC_DIR in this process's environment, so each
-worker writes its samples there; `child_exit` drops an exited worker's live gauges.
-TLS: optional client certificates (the credential of renew, rekey and revoke over mTLS) and a
-per-worker context that picks up the renewed server certificate (serving/tls.py).
+`hsmca serve` opens the listening socket once and starts `server.workers` of these processes, each handed the
+socket's descriptor: they accept from one queue, so replacing or restarting a worker never drops a connection
+waiting to be accepted. Each is a fresh interpreter (fork + exec), so PKCS#11 is initialised in the worker and
+never inherited across fork (SoftHSM does not survive that).
+
+SIGHUP reloads ca.json in this process: the new configuration is built beside the running one (KMS sessions,
+templates, provisioners) and swapped in only if it loads; requests already running finish with the old one,
+whose sessions close `server.requestTimeout` seconds later. Keep-alive connections stay open. SIGTERM stops
+accepting, answers the requests in the pool, then exits.
+Metrics: the supervisor put PROMETHEUS_MULTIPROC_DIR in this process's environment.
+TLS: optional client certificates (the credential of renew, rekey and revoke over mTLS) and a context that
+picks up the renewed server certificate (serving/tls.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
-import ssl
+import signal
+import socket
 from pathlib import Path
-from typing import Any
 
 import falcon
-from gunicorn.app.base import BaseApplication
+import uvloop
 
-from appliance import metrics
 from appliance.api import create_app
-from appliance.config import CAConfig, load_config, split_address
+from appliance.config import CAConfig, load_config
 from appliance.errors import CAError
 from appliance.ra.authority import Authority
 from appliance.serving import logs
+from appliance.serving.http_server import HTTPServer, Limits
 from appliance.serving.tls import ServerContext
 from appliance.store import StoreError
 
 log = logging.getLogger("hsmca.https")
 
 
-def bind_address(address: str) -> str:
-    host, port = split_address(address)
-    if not host:
-        host = "0.0.0.0"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def limits(config: CAConfig, max_body: int) -> Limits:
+    """ca.json's `server` limits, for either listener."""
+    s = config.server
+    return Limits(handshake_timeout=s.handshakeTimeout, header_timeout=s.headerTimeout, body_timeout=s.bodyTimeout,
+                  idle_timeout=s.keepAlive, write_timeout=s.writeTimeout, max_connections=s.maxConnections,
+                  max_per_address=s.maxConnectionsPerAddress, max_body=max_body)
 
 
-class HTTPSApplication(BaseApplication):
-    def __init__(self, config_path: Path, options: dict[str, Any]):
+def build(config_path: Path) -> tuple[CAConfig, Authority, falcon.App]:
+    config = load_config(config_path)
+    config.apply_kms_environment()
+    authority = Authority.from_config(config)
+    try:
+        _ = authority.issuer  # open the KMS key now, in the worker: the first request is not slower
+    except (CAError, StoreError) as exc:
+        log.error("worker started without its signing key: %s", getattr(exc, "message", exc))
+    return config, authority, create_app(authority)
+
+
+class Worker:
+    """The server and the configuration it serves; `reload` swaps the latter."""
+
+    def __init__(self, config_path: Path, sock: socket.socket, cert: Path, key: Path):
         self.config_path = config_path
-        self.options = options
-        super().__init__()
+        self.config, self.authority, app = build(config_path)
+        context = ServerContext(cert, key, self.config.resolve(self.config.root), self.config.tls)
+        self.server = HTTPServer(app, sock=sock, threads=self.config.server.threads, tls=context.get,
+                                 limits=limits(self.config, self.config.server.maxRequestBytes), name="https",
+                                 log_access=True)
+        self.reloading = False
 
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            if key in self.cfg.settings:  # settings differ between gunicorn releases
-                self.cfg.set(key, value)
-
-    def load(self) -> falcon.App:
-        config = load_config(self.config_path)
-        authority = Authority.from_config(config)
+    async def reload(self) -> None:
+        if self.reloading:
+            return
+        self.reloading = True
+        loop = asyncio.get_running_loop()
         try:
-            _ = authority.issuer  # open the KMS key now, in the worker: the first request is not slower
-        except (CAError, StoreError) as exc:
-            log.error("worker started without its signing key: %s", getattr(exc, "message", exc))
-        return create_app(authority)
+            config, authority, app = await loop.run_in_executor(None, build, self.config_path)
+        except Exception as exc:  # noqa: BLE001 (any failure keeps the running configuration)
+            log.error("SIGHUP: ca.json not reloaded, the running configuration stays: %s", exc)
+            return
+        finally:
+            self.reloading = False
+        old = self.authority
+        self.config, self.authority, self.server.app = config, authority, app
+        log.info("SIGHUP: ca.json reloaded")
+        loop.call_later(config.server.requestTimeout, lambda: loop.run_in_executor(None, old.close))
 
-
-def child_exit(server: Any, worker: Any) -> None:
-    """gunicorn's hook, in the master, after a worker exited: its `hsmca_kms_backend_up` no longer counts."""
-    metrics.mark_process_dead(worker.pid)
-
-
-def gunicorn_options(config: CAConfig, *, address: str, workers: int, cert: Path, key: Path) -> dict[str, Any]:
-    server = config.server
-    tls = config.tls
-
-    # One context per worker process, reloaded when housekeeping replaces the files (serving/tls.py).
-    server_context = ServerContext(cert, key, config.resolve(config.root), tls)
-
-    def ssl_context(conf: Any, default_factory: Any) -> ssl.SSLContext:
-        return server_context.get()
-
-    return {
-        "bind": [bind_address(address)],
-        "workers": workers,
-        "worker_class": "gthread",
-        "threads": server.threads,
-        "timeout": server.requestTimeout,
-        "graceful_timeout": server.gracefulTimeout,
-        "keepalive": server.keepAlive,
-        "certfile": str(cert),
-        "keyfile": str(key),
-        "ssl_context": ssl_context,
-        "limit_request_line": 8190,
-        "limit_request_fields": 100,
-        "limit_request_field_size": 16384,
-        "accesslog": "-",
-        "access_log_format": '%(h)s "%(r)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s',
-        "errorlog": "-",
-        "proc_name": "hsmca-https",
-        "preload_app": False,
-        "control_socket_disable": True,  # gunicorn >= 25 opens ~/.gunicorn/gunicorn.ctl otherwise
-        "child_exit": child_exit,
-    }
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        await self.server.start()
+        log.info("HTTPS worker serving")
+        await stop.wait()
+        await self.server.shutdown(max(1.0, self.config.server.gracefulTimeout - 2.0))  # before the supervisor kills
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="hsmca HTTPS listener (started by `hsmca serve`)")
+    parser = argparse.ArgumentParser(description="hsmca HTTPS worker (started by `hsmca serve`)")
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--address", required=True)
-    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--fd", type=int, required=True, help="the listening socket, opened by the supervisor")
     parser.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--key", type=Path, required=True)
     args = parser.parse_args()
     logs.setup()
-    config = load_config(args.config)
-    config.apply_kms_environment()
-    HTTPSApplication(args.config, gunicorn_options(
-        config, address=args.address, workers=args.workers, cert=args.cert, key=args.key)).run()
+    sock = socket.socket(fileno=args.fd)
+    sock.setblocking(False)
+    worker = Worker(args.config, sock, args.cert, args.key)
+    try:
+        uvloop.run(worker.run())
+    finally:
+        worker.authority.close()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """`hsmca serve`: prepare (schema, stale reservations, TLS certificate), then supervise children.
 
 Children are separate interpreters (fork + exec), so nothing PKCS#11 opened here is inherited:
-- https: gunicorn master + N workers (the step API)
+- https.N: `server.workers` HTTPS workers (the step API), all accepting from one listening socket that this
+  process opens and hands down (a restarted worker finds the connections that queued meanwhile)
 - http: the plain-HTTP listener (CA certificates, CRLs, OCSP for relying parties), server.httpWorkers processes
   on one port (SO_REUSEPORT)
 - housekeeping: periodic sweeps
-SIGTERM/SIGINT stop everything gracefully; SIGHUP makes gunicorn reload ca.json in new workers.
+SIGTERM/SIGINT stop everything gracefully; SIGHUP makes every HTTPS worker reload ca.json in place.
 A child that dies is restarted with backoff; one that keeps dying stops the server.
 Every child gets PROMETHEUS_MULTIPROC_DIR (a fresh $HSMCA_PATH/run/metrics) in its environment
 from its first instruction, so prometheus_client starts in multi-process mode in all of them and
@@ -48,11 +49,12 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str] | None = None
+    pass_fds: tuple[int, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.proc = subprocess.Popen(self.argv, env=self.env, pass_fds=self.pass_fds)
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
 
@@ -68,21 +70,35 @@ class StartupError(Exception):
     """The server cannot start; the message says why (in one line)."""
 
 
-def check_bindable(address: str, what: str) -> None:
-    """Fail fast and clearly on a port in use, instead of gunicorn's retries and tracebacks."""
+def bound_socket(address: str, what: str) -> socket.socket:
+    """A socket bound to `address`, or a one-line reason why not (a port in use, an address not ours)."""
     host, port = split_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {address} ({what}): {exc.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {address} ({what}): {exc.strerror}") from None
+    return sock
+
+
+def check_bindable(address: str, what: str) -> None:
+    """Fail fast and clearly on a port in use (the listener's own processes bind it later)."""
+    bound_socket(address, what).close()
+
+
+def listening_socket(address: str) -> socket.socket:
+    """The HTTPS listening socket, opened once here and inherited by every HTTPS worker."""
+    sock = bound_socket(address, "HTTPS")
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
 
 
 def prepare(config: CAConfig, opts: ServeOptions) -> tuple[Path, Path]:
-    """Everything that must hold before a request is served."""
-    check_bindable(opts.address, "HTTPS")
+    """Everything that must hold before a request is served (the HTTPS socket is already open)."""
     check_bindable(opts.http_address, "plain HTTP")
     config.apply_kms_environment()
     authority = Authority.from_config(config)
@@ -129,16 +145,17 @@ def fresh_metrics_dir(path: Path) -> Path:
 
 
 class Supervisor:
-    def __init__(self, config: CAConfig, opts: ServeOptions, cert: Path, key: Path, metrics_dir: Path):
+    def __init__(self, config: CAConfig, opts: ServeOptions, cert: Path, key: Path, metrics_dir: Path,
+                 https: socket.socket):
         py = sys.executable
         cfg = str(opts.config_path)
         self.graceful = config.server.gracefulTimeout
         self.metrics_dir = metrics_dir
         env = {**os.environ, metrics.MULTIPROC_ENV: str(metrics_dir)}
         self.children = [
-            Child("https", [py, "-m", "appliance.serving.https", "--config", cfg, "--address",
-                            opts.address, "--workers", str(opts.workers), "--cert", str(cert),
-                            "--key", str(key)], env),
+            *(Child(f"https.{i}", [py, "-m", "appliance.serving.https", "--config", cfg, "--fd", str(https.fileno()),
+                                   "--cert", str(cert), "--key", str(key)], env, (https.fileno(),))
+              for i in range(1, opts.workers + 1)),
             *(Child(f"http.{i}" if config.server.httpWorkers > 1 else "http",
                     [py, "-m", "appliance.serving.http", "--config", cfg, "--address", opts.http_address], env)
               for i in range(1, config.server.httpWorkers + 1)),  # SO_REUSEPORT: the kernel spreads connections
@@ -155,17 +172,17 @@ class Supervisor:
         self.reload_asked = True  # checked in the main loop: loading ca.json is no work for a signal handler
 
     def _reload(self) -> None:
-        """Pass SIGHUP on to gunicorn only for a ca.json that loads (templates compiled): workers that cannot
-        start would take the HTTPS API down; with a broken file the running workers keep serving."""
+        """Pass SIGHUP on to the HTTPS workers only for a ca.json that loads (templates compiled); with a broken
+        file the running workers keep serving (each also keeps its configuration if its own reload fails)."""
         self.reload_asked = False
         try:
             check_config(self.config_path)
         except (ConfigError, ValueError) as exc:
             log.error("SIGHUP ignored: ca.json cannot be loaded, the running configuration stays: %s", exc)
             return
+        log.info("SIGHUP: the HTTPS workers reload ca.json")
         for c in self.children:
-            if c.name == "https" and c.proc and c.proc.poll() is None:
-                log.info("SIGHUP: gunicorn reloads ca.json in new workers")
+            if c.name.startswith("https") and c.proc and c.proc.poll() is None:
                 c.proc.send_signal(signal.SIGHUP)
 
     def run(self) -> int:
@@ -189,8 +206,7 @@ class Supervisor:
                     log.error("%s keeps dying; stopping the server", c.name)
                     self.stopping, code = True, 1
                     break
-                # A dead gunicorn master leaves its workers' live gauges behind (no child_exit ran).
-                metrics.reap_dead_processes(self.metrics_dir)
+                metrics.reap_dead_processes(self.metrics_dir)  # its live gauges no longer count
                 time.sleep(min(2 ** len(c.restarts) / 4, 10))
                 c.start()
         self.shutdown()
@@ -214,8 +230,9 @@ class Supervisor:
 
 
 def serve(config: CAConfig, opts: ServeOptions) -> int:
-    cert, key = prepare(config, opts)
-    metrics_dir = fresh_metrics_dir(config.base_dir / "run" / "metrics")
-    log.info("HTTPS on %s (%d workers), plain HTTP on %s (%d processes); pid %d", opts.address, opts.workers,
-             opts.http_address, config.server.httpWorkers, os.getpid())
-    return Supervisor(config, opts, cert, key, metrics_dir).run()
+    with listening_socket(opts.address) as https:
+        cert, key = prepare(config, opts)
+        metrics_dir = fresh_metrics_dir(config.base_dir / "run" / "metrics")
+        log.info("HTTPS on %s (%d workers), plain HTTP on %s (%d processes); pid %d", opts.address, opts.workers,
+                 opts.http_address, config.server.httpWorkers, os.getpid())
+        return Supervisor(config, opts, cert, key, metrics_dir, https).run()

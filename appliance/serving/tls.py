@@ -4,12 +4,10 @@ Its key is a software key (Python's ssl module cannot use an HSM key), generated
 start and at every renewal, written 0600 under $HSMCA_PATH/run/tls; it never leaves that directory.
 
 Renewal without dropping connections: the housekeeping process re-issues the certificate at 2/3 of
-its lifetime and replaces both files atomically (temp file, fsync, rename). Each gunicorn worker
+its lifetime and replaces both files atomically (temp file, fsync, rename). Each HTTPS worker
 serves TLS from one `ServerContext`, which notices the replaced files (a stat per handshake) and
 builds a new `SSLContext` for the connections that follow; connections already open keep theirs,
-so nothing is dropped or restarted. A SIGHUP to the gunicorn master would also load the new files,
-but it replaces the workers, which closes their keep-alive connections and reopens every PKCS#11
-session. One context per worker (gunicorn's default builds one per connection) also makes TLS
+so nothing is dropped or restarted. One context per worker (not one per connection) also makes TLS
 session resumption work within a worker.
 """
 

@@ -167,7 +167,7 @@ def _configure_sqlite(engine: Engine, timeout: float) -> None:
 
 
 def _dispose_after_fork(engine: Engine) -> None:
-    """A forked worker (gunicorn) must not share its parent's sockets or SQLite handles."""
+    """A forked process must not share its parent's sockets or SQLite handles."""
     os.register_at_fork(after_in_child=functools.partial(_forget_pool, weakref.ref(engine)))
 
 

@@ -129,11 +129,9 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def gunicorn_master(self) -> int:
-        return next(p for p in children_of(self.proc.pid) if "appliance.serving.https" in cmdline(p))
-
     def workers(self) -> list[int]:
-        return children_of(self.gunicorn_master())
+        """The HTTPS worker processes (children of the supervisor)."""
+        return [p for p in children_of(self.proc.pid) if "appliance.serving.https" in cmdline(p)]
 
     def get(self, path: str, **kw: Any) -> requests.Response:
         return requests.get(f"{self.url}{path}", verify=str(self.ca.root), **{"timeout": 10, **kw})

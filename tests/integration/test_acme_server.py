@@ -1,4 +1,4 @@
-"""ACME against a real `hsmca serve` (gunicorn, SoftHSM, SQLite), driven by certbot's `acme` library.
+"""ACME against a real `hsmca serve` (HTTPS workers, SoftHSM, SQLite), driven by certbot's `acme` library.
 
 One served CA per module with two ACME provisioners: `acme` (every challenge type; a policy that denies
 `denied.acme.test`) and `acme-nodns` (no dns-01, so no wildcards). Test names resolve through the loopback

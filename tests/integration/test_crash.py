@@ -4,7 +4,7 @@ The server runs with a fault-injection point that holds the worker between two s
 issuance (before the HSM signs / after it signed but before the database says "issued"); the
 test kills the worker with SIGKILL from outside at that moment, then checks:
 - the client received no certificate, and the database holds the reservation with its TBS;
-- the server keeps serving (gunicorn replaces the worker) and what it issues is recorded;
+- the server keeps serving (the supervisor replaces the worker) and what it issues is recorded;
 - the housekeeping sweep marks the interrupted reservation abandoned; its serial is never reused.
 """
 

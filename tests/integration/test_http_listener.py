@@ -1,21 +1,32 @@
-"""The plain-HTTP listener's server (appliance/serving/http_server.py) over real sockets: keep-alive,
-pipelining in order, HTTP/1.0, the limits (413, 414, 431, connections), 100-continue, HEAD, idle connections,
-a failing application, and what the WSGI application sees."""
+"""hsmca's HTTP server (appliance/serving/http_server.py) over real sockets: keep-alive, pipelining in order,
+HTTP/1.0, the limits (413, 414, 431, connections overall and per address), 100-continue, HEAD, idle connections,
+a failing application, what the WSGI application sees; the deadlines that a trickle of bytes does not extend
+(headers, body, a client that does not read, a TLS handshake), and TLS with an optional client certificate."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import REGISTRY
 
-from appliance.serving.http_server import HTTPServer, Reply
+from appliance.api.peer import PEER_CERTIFICATE
+from appliance.serving.http_server import HTTPServer, Limits, Reply
 
 
 def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -25,8 +36,12 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         raise RuntimeError("application bug")
     if path == "/slow":
         time.sleep(0.2)
+    if path == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [b"x" * (32 * 1024 * 1024)]
     body = environ["wsgi.input"].read()
     seen = {k: v for k, v in environ.items() if k.isupper()}
+    seen["peer_cert"] = len(environ[PEER_CERTIFICATE]) if environ.get(PEER_CERTIFICATE) else None
     data = json.dumps({**seen, "body": body.decode("latin-1")}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [data]
@@ -39,16 +54,17 @@ def fast(method: bytes, target: bytes, body: bytes, now: float) -> Reply | None:
 
 
 class Running:
-    def __init__(self, **options: Any):
+    def __init__(self, *, tls: ssl.SSLContext | None = None, **limits: Any):
         self.loop = uvloop.new_event_loop()
-        self.server = HTTPServer(app, host="127.0.0.1", port=0, fast=fast, **options)
+        self.server = HTTPServer(app, host="127.0.0.1", port=0, fast=fast, limits=Limits(**limits),
+                                 tls=(lambda: tls) if tls is not None else None)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
         self.port = self.server.address[1]
 
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+    def connect(self, source: str = "127.0.0.1") -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5, source_address=(source, 0))
         return sock
 
     def stop(self) -> None:
@@ -59,7 +75,7 @@ class Running:
 
 @pytest.fixture
 def listener() -> Iterator[Running]:
-    r = Running(max_body=1024, idle_timeout=1.0, max_connections=20)
+    r = Running(max_body=1024, idle_timeout=1.0, header_timeout=1.0, max_connections=20)
     yield r
     r.stop()
 
@@ -140,7 +156,8 @@ def test_http_1_0_closes_unless_kept_alive(listener: Running) -> None:
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"NOT HTTP AT ALL\r\n\r\n", 400),
-    (b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", 413),
+    (b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n" + b"x" * 5000, 413),  # read, dropped, then refused
+    (b"POST /x HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n", 413),  # too large to drain: refused at once
     (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n" + b"a" * 2048 + b"\r\n0\r\n\r\n", 413),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200)) + b"\r\n", 431),
@@ -223,5 +240,178 @@ def test_shutdown_answers_the_requests_in_the_pool_first() -> None:
         done.result(5)
         with pytest.raises(OSError):
             r.connect()  # no longer accepting
+    finally:
+        r.stop()
+
+
+def cut(reason: str, listener: str = "http") -> float:
+    return REGISTRY.get_sample_value("hsmca_connections_cut_total", {"listener": listener, "reason": reason}) or 0.0
+
+
+def trickle_until_answered(sock: socket.socket, data: bytes, every: float, give_up: float) -> tuple[bytes, float]:
+    """Send `data` one byte every `every` seconds until the server answers or closes; what it sent, and when."""
+    t0 = time.monotonic()
+    for byte in data:
+        if select.select([sock], [], [], every)[0] or time.monotonic() - t0 > give_up:
+            break
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            break
+    sock.settimeout(max(0.1, give_up - (time.monotonic() - t0)))
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return received, time.monotonic() - t0
+
+
+def test_a_trickle_of_header_bytes_does_not_extend_the_header_deadline() -> None:
+    r = Running(header_timeout=1.0, idle_timeout=30.0)
+    try:
+        before = cut("headers")
+        got, took = trickle_until_answered(r.connect(), b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 200, 0.1, 6)
+        assert got.startswith(b"HTTP/1.1 408 ") and b"headers" in got, got
+        assert 0.9 < took < 2.5 and cut("headers") == before + 1
+    finally:
+        r.stop()
+
+
+def test_a_trickle_of_body_bytes_does_not_extend_the_body_deadline() -> None:
+    r = Running(body_timeout=1.0)
+    try:
+        sock = r.connect()
+        sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n")
+        got, took = trickle_until_answered(sock, b"b" * 500, 0.1, 6)
+        assert got.startswith(b"HTTP/1.1 408 ") and b"body" in got, got
+        assert 0.9 < took < 2.5
+    finally:
+        r.stop()
+
+
+def test_a_client_that_does_not_read_its_answer_is_cut() -> None:
+    r = Running(write_timeout=1.0)
+    try:
+        sock = r.connect()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        before = cut("write")
+        deadline = time.monotonic() + 10
+        while cut("write") == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cut("write") == before + 1
+        assert r.server.connections == 0 and not r.server.open  # the server let go (the kernel may still send)
+        sock.close()
+    finally:
+        r.stop()
+
+
+def test_connections_are_capped_per_address() -> None:
+    r = Running(max_per_address=2, header_timeout=5.0)
+    try:
+        held = [r.connect("127.0.0.2"), r.connect("127.0.0.2")]
+        time.sleep(0.2)
+        status, _, body = read_response(r.connect("127.0.0.2"), bytearray())
+        assert status == 503 and "from this address" in json.loads(body)["message"]
+        other = r.connect("127.0.0.1")  # another address is served as before
+        other.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(other, bytearray())[0] == 200
+        for sock in held:
+            sock.close()
+    finally:
+        r.stop()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for localhost and a client certificate, as PEM files."""
+    d = tmp_path_factory.mktemp("pki")
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+
+    def issue(name: str, key: ec.EllipticCurvePrivateKey, ca: bool = False) -> x509.Certificate:
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        return b.sign(ca_key, hashes.SHA256())
+
+    files = {}
+    for name, cn in (("ca", "test CA"), ("server", "localhost"), ("client", "client")):
+        key = ca_key if name == "ca" else ec.generate_private_key(ec.SECP256R1())
+        cert = issue(cn, key, ca=name == "ca")
+        (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (d / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+        files[name], files[name + "_key"] = d / f"{name}.crt", d / f"{name}.key"
+    return files
+
+
+def server_context(pki: dict[str, Path]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki["server"], pki["server_key"])
+    ctx.load_verify_locations(cafile=str(pki["ca"]))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def tls_connect(r: Running, pki: dict[str, Path], source: str = "127.0.0.1", client: bool = False) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    if client:
+        ctx.load_cert_chain(pki["client"], pki["client_key"])
+    return ctx.wrap_socket(r.connect(source), server_hostname="localhost")
+
+
+def test_tls_with_and_without_a_client_certificate(pki: dict[str, Path]) -> None:
+    r = Running(tls=server_context(pki))
+    try:
+        for client, expected in ((False, None), (True, True)):
+            sock = tls_connect(r, pki, client=client)
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = read_response(sock, bytearray())
+            seen = json.loads(body)
+            assert status == 200 and seen["SERVER_PROTOCOL"] == "HTTP/1.1"
+            assert (seen["peer_cert"] is not None) == bool(expected)
+            sock.close()
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("holders", [8, 100])
+def test_half_sent_tls_requests_do_not_stall_other_clients(pki: dict[str, Path], holders: int) -> None:
+    """What froze gunicorn's gthread workers (8 connections with unfinished headers): 4 application threads
+    here, and `holders` TLS connections from another address holding half-sent headers."""
+    r = Running(tls=server_context(pki), header_timeout=10.0)
+    try:
+        held = []
+        for _ in range(holders):
+            sock = tls_connect(r, pki, source="127.0.0.2")
+            sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-")
+            held.append(sock)
+        t0 = time.monotonic()
+        sock = tls_connect(r, pki)
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock, bytearray())[0] == 200
+        assert time.monotonic() - t0 < 2.0
+        for s in held:
+            s.close()
+    finally:
+        r.stop()
+
+
+def test_a_tls_client_that_never_finishes_its_handshake_is_cut(pki: dict[str, Path]) -> None:
+    r = Running(tls=server_context(pki), handshake_timeout=1.0)
+    try:
+        before = cut("handshake")
+        sock = r.connect()  # TCP only: no ClientHello
+        sock.settimeout(5)
+        t0 = time.monotonic()
+        assert closed(sock)
+        assert 0.9 < time.monotonic() - t0 < 3 and cut("handshake") == before + 1
     finally:
         r.stop()

@@ -305,7 +305,7 @@ def test_the_challenge_resource_is_checked_unless_the_uri_says_otherwise(emulato
 def test_init_with_the_intermediate_key_in_key_vault_gives_a_working_ca(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """`hsmca init --intermediate-key azurekv:…` and `hsmca serve`, with no test hook in either: DefaultAzureCredential,
-    in the init process and in the gunicorn workers, finds the emulator's App Service managed-identity endpoint
+    in the init process and in the HTTPS workers, finds the emulator's App Service managed-identity endpoint
     through IDENTITY_ENDPOINT and IDENTITY_HEADER as it would on Azure (so it never asks IMDS), and this vault takes
     only the tokens that endpoint issued. The vault's self-signed certificate is trusted through `ca-file=`;
     openssl accepts the chains against the root."""

@@ -181,7 +181,7 @@ def test_acme_finalize_is_rejected_identifier(served: Server, http01: ChallengeS
 
 def test_a_sighup_with_a_broken_template_keeps_the_running_workers(served: Server) -> None:
     """A step-ca Go template written into ca.json: the supervisor refuses the reload, names the field, and the
-    API keeps serving with the configuration it has; a fixed file is passed on to gunicorn."""
+    API keeps serving with the configuration it has; a fixed file is passed on to the HTTPS workers."""
     ca = served.ca
     workers = served.workers()
     original = ca.config_path.read_text()
@@ -202,6 +202,6 @@ def test_a_sighup_with_a_broken_template_keeps_the_running_workers(served: Serve
         ca.config_path.write_text(original)
     served.proc.send_signal(signal.SIGHUP)
     deadline_at = time.monotonic() + 30
-    while "SIGHUP: gunicorn reloads ca.json" not in served.log():
+    while "SIGHUP: ca.json reloaded" not in served.log():
         assert time.monotonic() < deadline_at, served.log()[-2000:]
         time.sleep(0.2)

@@ -1,14 +1,15 @@
-"""`GET /metrics` of a running `hsmca serve` with 2 gunicorn workers: samples of every process, merged.
+"""`GET /metrics` of a running `hsmca serve` with 2 HTTPS workers: samples of every process, merged.
 
 To make "summed across workers" deterministic rather than up to the kernel's choice of worker,
-the test issues a batch, has gunicorn replace every worker (SIGHUP), and issues another batch:
-the scrape must add the counters of the exited workers to those of the new ones, while the
-exited workers' live gauge (`hsmca_kms_backend_up`) is dropped by gunicorn's `child_exit` hook.
+the test issues a batch, stops every worker (SIGTERM; the supervisor starts replacements), and issues
+another batch: the scrape must add the counters of the exited workers to those of the new ones, while
+the exited workers' live gauge (`hsmca_kms_backend_up`) is dropped by the supervisor.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import signal
@@ -52,16 +53,17 @@ def issue(server: Server, name: str, prov_key: jose.PublicKey) -> None:
 
 
 def replace_workers(server: Server) -> set[int]:
-    """SIGHUP: gunicorn starts new workers and stops the old ones; wait until only new ones run."""
+    """Stop every worker; the supervisor starts new ones: wait until only new ones run."""
     old = set(server.workers())
-    server.proc.send_signal(signal.SIGHUP)
+    for pid in old:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         now = set(server.workers())
         if len(now) == 2 and not now & old:
             return old
         time.sleep(0.1)
-    raise AssertionError(f"gunicorn did not replace its workers:\n{server.log()}")
+    raise AssertionError(f"the supervisor did not replace the workers:\n{server.log()}")
 
 
 def live_gauge_pids(directory: Path) -> set[int]:
@@ -77,10 +79,10 @@ def test_scrape_merges_every_worker(server: Server, dev_ca: DevCA):
     old = replace_workers(server)
     for i in range(SECOND):
         issue(server, f"second-{i}.metrics.internal", prov_key)
-    deadline = time.monotonic() + 10  # child_exit runs just after gunicorn reaps each old worker
+    deadline = time.monotonic() + 10  # the supervisor reaps each old worker's files when it restarts it
     while live_gauge_pids(directory) & old and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not live_gauge_pids(directory) & old, "child_exit did not drop the exited workers' gauges"
+    assert not live_gauge_pids(directory) & old, "the exited workers' gauges were not dropped"
 
     resp = server.get("/metrics")
     assert resp.status_code == 200 and resp.headers["Content-Type"] == CONTENT_TYPE_LATEST

@@ -1,6 +1,6 @@
 """POST /renew and /rekey against a served CA: mTLS with requests over real TLS, and the x5c bearer token.
 
-Real SoftHSM keys, real SQLite, a real `hsmca serve` (gunicorn with optional client certificates).
+Real SoftHSM keys, real SQLite, a real `hsmca serve` (HTTPS workers with optional client certificates).
 Revocation goes through RevocationStore.revoke on the CA's own database, as the revoke endpoint will.
 """
 

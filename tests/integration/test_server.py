@@ -1,8 +1,9 @@
-"""`hsmca serve` for real (gunicorn workers over TLS, the plain-HTTP listener, housekeeping) and the client
+"""`hsmca serve` for real (HTTPS workers, the plain-HTTP listener, housekeeping) and the client
 commands run as a user runs them; every chain checked with `openssl verify`."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -114,12 +115,20 @@ def test_sighup_reloads_and_sigterm_stops_gracefully(dev_ca):
 
     s = start_server(dev_ca, workers=1)
     old_workers = s.workers()
+    port = int(s.url.rsplit(":", 1)[1])
+    kept = http.client.HTTPSConnection("localhost", port, timeout=10,
+                                       context=ssl.create_default_context(cafile=str(dev_ca.root)))
+    kept.request("GET", "/health")  # a keep-alive connection that the reload must not drop
+    assert kept.getresponse().read() and kept.sock is not None
     s.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not s.workers() or set(s.workers()) & set(old_workers)):
+    while time.monotonic() < deadline and "SIGHUP: ca.json reloaded" not in s.log():
         time.sleep(0.2)
-    assert s.workers() and not set(s.workers()) & set(old_workers), "gunicorn did not start new workers"
-    assert s.get("/health").status_code == 200
+    assert "SIGHUP: ca.json reloaded" in s.log(), s.log()[-2000:]
+    assert s.workers() == old_workers  # reloaded in place
+    kept.request("GET", "/health")  # http.client would raise on a connection the server closed
+    assert kept.getresponse().status == 200
+    kept.close()
     t0 = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
     assert s.proc.wait(timeout=60) == 0
