@@ -7,15 +7,16 @@ that TBS. A one-time token offered with the reservation is burned in the same tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from cryptography import x509
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from .engine import Repository
+from .engine import Repository, Transaction
 from .errors import CertificateNotFound, InvalidTransition, SerialCollision, StoreError, TokenReplayed
 from .records import (
     MAX_REASON_LENGTH,
@@ -37,13 +38,28 @@ STALE_REASON = "reservation left by an interrupted issuance (worker crash?)"
 MAX_LIST_LIMIT = 10_000
 _CHUNK = 500  # serials per UPDATE ... IN (...), well inside every backend's parameter limit
 
+Grouped = Callable[[str, Callable[[Connection], Any]], Any]  # GroupCommit.run
+_MISSING: Any = object()  # mark_issued found no row at all
+
 RESERVED = CertificateStatus.RESERVED.value
 ISSUED = CertificateStatus.ISSUED.value
 ABANDONED = CertificateStatus.ABANDONED.value
 
 
 class CertificateStore(Repository):
-    """The certificates table (and, for a reservation's token, used_tokens), over the Store's transactions."""
+    """The certificates table (and, for a reservation's token, used_tokens), over the Store's transactions.
+
+    `grouped` runs the issuance path's two writes (reserve, mark_issued) in a commit shared with other request
+    threads (group_commit.py); without it they commit alone.
+    """
+
+    def __init__(self, read: Transaction, write: Transaction, grouped: Grouped | None = None) -> None:
+        super().__init__(read, write)
+        self._grouped: Grouped = grouped or self._alone
+
+    def _alone(self, what: str, apply: Callable[[Connection], Any]) -> Any:
+        with self._write(what) as conn:
+            return apply(conn)
 
     def reserve(self, rec: Reservation, token: OneTimeToken | None = None) -> None:
         """Record a serial and its TBS before signing, so no signed certificate goes unrecorded.
@@ -70,12 +86,14 @@ class CertificateStore(Repository):
             "status_reason": None,
             "request_id": rec.request_id,
         }
+        def apply(conn: Connection) -> None:
+            # Parameters passed apart from the statement: SQLAlchemy compiles it once.
+            if token_values is not None:
+                conn.execute(INSERT_TOKEN, token_values)
+            conn.execute(_INSERT_CERTIFICATE, row)
+
         try:
-            with self._write("reserving a serial") as conn:
-                # Parameters passed apart from the statement: SQLAlchemy compiles it once.
-                if token_values is not None:
-                    conn.execute(INSERT_TOKEN, token_values)
-                conn.execute(_INSERT_CERTIFICATE, row)
+            self._grouped("reserving a serial", apply)
         except StoreError as exc:
             # The primary keys are the only constraints valid input can break; confirm which.
             if isinstance(exc.__cause__, IntegrityError):
@@ -96,17 +114,21 @@ class CertificateStore(Repository):
             tbs = x509.load_der_x509_certificate(der).tbs_certificate_bytes
         except (ValueError, TypeError) as exc:
             raise StoreError(f"certificate for serial {serial} is not valid DER: {exc}") from None
-        with self._write("recording an issued certificate") as conn:
-            done = conn.execute(_MARK_ISSUED, {"m_serial": str(serial), "m_tbs": tbs, "m_der": der,
-                                               "m_issued_at": now_utc()}).rowcount
-            if done == 1:
-                return
-            found = conn.execute(
+        values = {"m_serial": str(serial), "m_tbs": tbs, "m_der": der, "m_issued_at": now_utc()}
+
+        def apply(conn: Connection) -> Any:  # None (done), the row found, or _MISSING
+            if conn.execute(_MARK_ISSUED, values).rowcount == 1:
+                return None
+            return conn.execute(  # why it did not match: read in the same transaction
                 sa.select(certificates.c.status, certificates.c.tbs, certificates.c.der).where(
                     certificates.c.serial == str(serial)
                 )
-            ).one_or_none()
+            ).one_or_none() or _MISSING
+
+        found = self._grouped("recording an issued certificate", apply)
         if found is None:
+            return
+        if found is _MISSING:
             raise CertificateNotFound(f"no reservation for serial {serial}")
         if found.status == ISSUED and found.der == der:
             return

@@ -195,4 +195,13 @@ def database_errors(what: str, url: URL | None = None) -> Iterator[None]:
     except StoreError:
         raise
     except SQLAlchemyError as exc:
-        raise StoreUnavailable(f"database unavailable while {what}: {describe(exc, url)}") from exc
+        raise as_store_error(exc, what, url) from exc
+
+
+def as_store_error(exc: BaseException, what: str, url: URL | None = None) -> BaseException:
+    """What `database_errors` raises for `exc` (a driver failure becomes StoreUnavailable, caused by it)."""
+    if not isinstance(exc, SQLAlchemyError) or isinstance(exc, StoreError):
+        return exc
+    error = StoreUnavailable(f"database unavailable while {what}: {describe(exc, url)}")
+    error.__cause__ = exc
+    return error

@@ -20,7 +20,8 @@ from . import migrate as _migrate
 from .acme import ACMEStore
 from .certificates import CertificateStore
 from .crls import CRLStore
-from .engine import DEFAULT_TIMEOUT, WRITE, create_engine, database_errors
+from .engine import DEFAULT_TIMEOUT, WRITE, as_store_error, create_engine, database_errors
+from .group_commit import GroupCommit
 from .intermediates import IntermediateStore
 from .leases import LeaseStore
 from .ocsp import OCSPStore
@@ -44,7 +45,9 @@ class Store:
         self._write_lock_pid = 0
         self._write_lock_obj: AbstractContextManager[Any] = nullcontext()
         # One repository per aggregate, all over the transactions below (one engine, one write lock).
-        self.certificates = CertificateStore(self._read, self._write)
+        # The two writes of every issuance share commits between request threads (group_commit.py).
+        self._group = GroupCommit(self._write, lambda exc, what: as_store_error(exc, what, self._url), timeout)
+        self.certificates = CertificateStore(self._read, self._write, self._group.run)
         self.tokens = TokenStore(self._read, self._write)
         self.intermediates = IntermediateStore(self._read, self._write)
         self.revocations = RevocationStore(self._read, self._write)

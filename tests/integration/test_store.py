@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -485,3 +486,58 @@ def test_a_lock_wait_ends_in_store_unavailable(db_url: str) -> None:
         assert time.monotonic() - started < 4
         conn.rollback()
     holder.dispose()
+
+
+# -- group commit (store/group_commit.py) ------------------------------------------------------
+
+
+def test_concurrent_issuances_share_commits_and_keep_their_own_outcomes(store: Store) -> None:
+    """16 threads reserve and mark issued at once, two of them with a replayed token: each gets its own answer,
+    every issued row is there with its DER, and fewer commits than writes were made."""
+    commits = 0
+    original = store._group._write
+
+    def counting(what: str) -> Any:
+        nonlocal commits
+        commits += 1
+        return original(what)
+
+    store._group._write = counting  # type: ignore[method-assign]
+    used = OneTimeToken(secrets.token_urlsafe(16), "admin", datetime.now(UTC) + timedelta(minutes=5))
+    store.certificates.reserve(reservation(910_000, certificate(910_000)[0]), used)
+    commits = 0
+    outcomes: dict[int, str] = {}
+    ders: dict[int, bytes] = {}
+    start = threading.Barrier(16)
+
+    def issue(i: int) -> None:
+        serial = 910_001 + i
+        tbs, der = certificate(serial)
+        ders[i] = der
+        token = used if i in (3, 11) else OneTimeToken(secrets.token_urlsafe(16), "admin", used.expires_at)
+        start.wait()
+        try:
+            store.certificates.reserve(reservation(serial, tbs), token)
+            store.certificates.mark_issued(serial, der)
+            outcomes[i] = "issued"
+        except TokenReplayed:
+            outcomes[i] = "replayed"
+
+    try:
+        threads = [threading.Thread(target=issue, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        store._group._write = original  # type: ignore[method-assign]
+    assert outcomes == {i: "replayed" if i in (3, 11) else "issued" for i in range(16)}
+    for i in range(16):
+        row = store.certificates.get(910_001 + i)
+        if i in (3, 11):
+            assert row is None
+        else:
+            assert row is not None and row.status == CertificateStatus.ISSUED
+            assert row.der == ders[i]
+    writes = 16 + 14  # 16 reservations (two refused), 14 issued marks
+    assert 0 < commits < writes, f"{commits} commits for {writes} writes: nothing was shared"
