@@ -22,6 +22,7 @@ from kms.uri import KeyURI, parse_key_uri
 from policy import Claims, PolicyConfig, parse_duration
 
 DEFAULT_PATH = "~/.hsmca"
+MIB = 1024 * 1024
 
 
 def hsmca_path() -> Path:
@@ -276,14 +277,19 @@ class DelegatedResponder(_Strict):
 
 
 class OCSPConfig(_Strict):
-    """hsmca: the OCSP responder. Responses are pre-signed and cached; `validity` is their nextUpdate - thisUpdate
-    (re-signed past half of it). `echoNonce` signs every request that carries a nonce (a KMS signature each)."""
+    """hsmca: the OCSP responder. A certificate's response is signed at its first request and stored; `validity`
+    is nextUpdate - thisUpdate (stored ones are re-signed past half of it). `presign` also signs one for every new
+    certificate in housekeeping (a second KMS signature per certificate, asked for or not). `echoNonce` signs
+    every request that carries a nonce (a KMS signature each)."""
 
     validity: str = "24h"
     echoNonce: bool = False
+    presign: bool = False
     presignBatch: int = Field(default=500, ge=1, le=100_000)
-    # hsmca: responses the plain-HTTP listener keeps in memory (0: none; every request reads the database).
+    # hsmca: responses the plain-HTTP listener keeps in memory (0: none; every request reads the database), and
+    # the bytes they may take per listener process (keys, answers and a fixed overhead per key; both bounds hold).
     memorySize: int = Field(default=100_000, ge=0, le=10_000_000)
+    memoryBytes: int = Field(default=32 * MIB, ge=MIB, le=4096 * MIB)
     responders: list[DelegatedResponder] = Field(default_factory=list)
 
     @field_validator("validity")

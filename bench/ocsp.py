@@ -4,7 +4,7 @@ Creates a throwaway CA (own $HSMCA_PATH and SoftHSM token, EC P-256 intermediate
 COUNT certificates through the API, and builds one SHA-1 CertID request per certificate before the clock starts.
 Then, with C client processes (one keep-alive connection each, the same client code for both responders):
 
-- hsmca, cache hit: every response pre-signed and stored, so serving reads one row and signs nothing;
+- hsmca, cache hit: every response signed and stored (by the miss round), so serving signs nothing;
 - hsmca, cache miss: the cached rows deleted first, so every request signs through SoftHSM and stores its row
   (one pass over the certificates: a miss happens once per certificate and validity period);
 - OpenSSL: `openssl ocsp -index index.txt -port N -rsigner -rkey -CA` with a software P-256 issuer of the same
@@ -15,6 +15,11 @@ pre-signing runs during the measurements. The ratio printed is hsmca from cache 
 asserted (the goal is 10x).
 
     .venv/bin/python bench/ocsp.py --count 500 --seconds 5 --concurrency 8
+
+`--housekeeping` measures instead what OCSP signing costs per issued certificate with `ocsp.presign` on and off
+(see housekeeping_cost):
+
+    .venv/bin/python bench/ocsp.py --housekeeping --count 400
 """
 
 from __future__ import annotations
@@ -155,8 +160,10 @@ def load(host: str, port: int, requests_: list[Request], seconds: float, concurr
     return len(latencies) / elapsed, latencies, sum(e for _, e, _ in results), sum(c for _, _, c in results)
 
 
-def one_pass(host: str, port: int, requests_: list[Request], concurrency: int) -> tuple[float, list[float], int]:
-    """Every request exactly once (the cache-miss round); returns (responses/s, latencies, errors)."""
+def one_pass(host: str, port: int, requests_: list[Request], concurrency: int, expect: str | None = "miss",
+             ) -> tuple[float, list[float], int]:
+    """Every request exactly once (the cache-miss round); returns (responses/s, latencies, errors: not 200, or
+    an X-OCSP-Cache other than `expect`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     session = requests.Session()
@@ -170,7 +177,7 @@ def one_pass(host: str, port: int, requests_: list[Request], concurrency: int) -
         resp = session.request(method, f"http://{host}:{port}{path}", data=body or None, timeout=30,
                                headers={"Content-Type": "application/ocsp-request"})
         latencies.append(time.perf_counter() - t0)
-        if resp.status_code != 200 or resp.headers.get("X-OCSP-Cache") != "miss":
+        if resp.status_code != 200 or expect is not None and resp.headers.get("X-OCSP-Cache") != expect:
             errors += 1
 
     t0 = time.perf_counter()
@@ -257,6 +264,93 @@ def openssl_responder(base: Path, intermediate: x509.Certificate, certs: list[x5
     raise SystemExit(f"openssl ocsp did not start; see {d / 'ocsp.log'}")
 
 
+# -- what pre-signing costs housekeeping ---------------------------------------------------------
+
+
+def stored_responses(base: Path) -> int:
+    engine = sa.create_engine(f"sqlite:///{base / 'db' / 'hsmca.sqlite'}")
+    with engine.connect() as conn:
+        n = int(conn.execute(sa.select(sa.func.count()).select_from(ocsp_responses)).scalar_one())
+    engine.dispose()
+    return n
+
+
+def child_pid(proc: subprocess.Popen[bytes], module: str) -> int:
+    for pid in process_tree(proc.pid):
+        try:
+            if module in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode():
+                return pid
+        except OSError:
+            continue
+    raise SystemExit(f"no {module} process under hsmca serve")
+
+
+def housekeeping_cost(args: argparse.Namespace) -> None:
+    """Issue COUNT certificates through the API of a throwaway `hsmca serve` per `ocsp.presign` setting, let
+    housekeeping rounds run, and print the CPU the housekeeping process (and the whole server) spent per
+    certificate, less what the same processes spend idle over as long (CRL polls, sweeps); then the CPU the
+    plain-HTTP listeners spend on each certificate's first OCSP request (the cost that lazy signing moves there,
+    paid only for certificates someone asks about)."""
+    interval = args.interval
+    choices: dict[str, list[bool | None]] = {"both": [True, False], "on": [True], "off": [False], "unset": [None]}
+    variants = choices[args.presign]
+    print(f"housekeeping cost: {args.count} certificates through POST /1.0/sign (8 clients), housekeeping every "
+          f"{interval:g} s, {args.workers} HTTPS workers, {os.cpu_count()} CPUs shared; CPU from /proc, "
+          "idle subtracted")
+    print(f"{'ocsp.presign':<12} {'certs/s':>8} {'server CPU ms/cert':>19} {'housekeeping ms/cert':>21} "
+          f"{'responses stored':>17} {'1st OCSP GET ms CPU':>20} {'2nd GET':>8}")
+    for presign in variants:
+        def edit(data: dict[str, Any], presign: bool | None = presign) -> None:
+            data.setdefault("server", {}).update(housekeepingInterval=f"{interval:g}s", httpWorkers=2)
+            if presign is not None:
+                data.setdefault("ocsp", {})["presign"] = presign
+
+        with tempfile.TemporaryDirectory(prefix="hsmca-bench-ocsp-hk-") as tmp:
+            base = Path(tmp)
+            proc, url, _, http_port = start_ca(base, args.workers, ["--kty", "EC"], edit)
+            root = base / "certs" / "root_ca.crt"
+            try:
+                run_load(url, root, prepare(url, root, 20), 4)  # warm the workers and housekeeping's key
+                time.sleep(3 * interval)
+                pids, hk = process_tree(proc.pid), child_pid(proc, "appliance.serving.housekeeping")
+                a0, h0, t0 = cpu_seconds(pids), cpu_seconds([hk]), time.monotonic()
+                time.sleep(args.idle)
+                idle_s = time.monotonic() - t0
+                idle_all, idle_hk = (cpu_seconds(pids) - a0) / idle_s, (cpu_seconds([hk]) - h0) / idle_s
+                bodies = prepare(url, root, args.count)
+                stored0 = stored_responses(base)
+                a0, h0, t0 = cpu_seconds(pids), cpu_seconds([hk]), time.monotonic()
+                elapsed, _, errors = run_load(url, root, bodies, 8)
+                # Until housekeeping has had three rounds and the stored responses stop changing.
+                last, quiet_since = stored_responses(base), time.monotonic()
+                rounds_done = time.monotonic() + 3 * interval
+                while time.monotonic() < rounds_done or time.monotonic() - quiet_since < 2 * interval:
+                    time.sleep(0.25)
+                    now = stored_responses(base)
+                    if now != last:
+                        last, quiet_since = now, time.monotonic()
+                span = time.monotonic() - t0
+                all_ms = (cpu_seconds(pids) - a0 - idle_all * span) * 1000 / args.count
+                hk_ms = (cpu_seconds([hk]) - h0 - idle_hk * span) * 1000 / args.count
+                certs = issued_certificates(base, args.count)
+                intermediate = load_certificates(base / "certs" / "intermediate_ca.crt")[0]
+                gets = forms(requests_for(certs, intermediate))["GET"]
+                listeners = [p for p in pids if "appliance.serving.http " in
+                             Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode() + " "]
+                firsts = []
+                for _ in range(2):  # the first request per certificate, then the same again
+                    c0 = cpu_seconds(listeners)
+                    one_pass("127.0.0.1", http_port, gets, 8, expect=None)
+                    firsts.append((cpu_seconds(listeners) - c0) * 1000 / len(gets))
+                label = "unset" if presign is None else str(presign).lower()
+                print(f"{label:<12} {args.count / elapsed:>8.1f} {all_ms:>19.2f} {hk_ms:>21.2f} "
+                      f"{last - stored0:>17} {firsts[0]:>20.2f} {firsts[1]:>8.2f}"
+                      + (f"  ({errors} issuance errors)" if errors else ""))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=500, help="certificates (one request each)")
@@ -264,7 +358,16 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="client processes")
     ap.add_argument("--workers", type=int, default=2, help="HTTPS worker processes (OCSP here is plain HTTP)")
     ap.add_argument("--http-workers", type=int, default=2, help="plain-HTTP listener processes (server.httpWorkers)")
+    ap.add_argument("--housekeeping", action="store_true",
+                    help="instead: housekeeping's CPU per issued certificate, per ocsp.presign setting")
+    ap.add_argument("--presign", default="both", choices=["both", "on", "off", "unset"],
+                    help="with --housekeeping: which ocsp.presign settings (unset: leave ca.json's default)")
+    ap.add_argument("--interval", type=float, default=2.0, help="with --housekeeping: server.housekeepingInterval (s)")
+    ap.add_argument("--idle", type=float, default=6.0, help="with --housekeeping: seconds of idle CPU measured first")
     args = ap.parse_args()
+    if args.housekeeping:
+        housekeeping_cost(args)
+        return
     c = args.concurrency
 
     with tempfile.TemporaryDirectory(prefix="hsmca-bench-ocsp-") as tmp:

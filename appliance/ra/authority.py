@@ -53,7 +53,7 @@ class Authority:
         self.roots = load_certificates(config.resolve(config.root))
         self.active = ActiveIssuer(config, store)
         self.crls = PublishedCRLs(store)  # the CRLs the housekeeping process signed
-        self.ocsp = OCSPResponder(config, store, self.active)  # answers from the pre-signed cache
+        self.ocsp = OCSPResponder(config, store, self.active)  # answers from the stored responses
         auth = config.authority
         renewal = RenewalProvisioner(store, grace=auth.renewal_grace,
                                      disabled=bool(auth.claims is not None and auth.claims.disableRenewal))

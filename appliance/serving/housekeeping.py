@@ -2,7 +2,7 @@
 ids and (after ACME_RETENTION) expired ACME orders and authorizations; renew the HTTPS listener's own
 certificate at 2/3 of its lifetime (the workers pick the new files up for new connections: see
 serving/tls.py); sign CRLs (appliance/status/crl_publisher.py, polled every second in a thread of its own) and
-pre-sign OCSP responses."""
+re-sign stored OCSP responses (pre-sign new ones only with `ocsp.presign`)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def main() -> None:
                 sweep(store, config.server.reservationTimeout)
             except StoreError as exc:
                 log.error("housekeeping sweep failed: %s", exc)
-            ocsp.run()  # re-sign and pre-sign OCSP responses under the lease (logs its own failures)
+            ocsp.run()  # re-sign (and with ocsp.presign, pre-sign) OCSP responses under the lease (logs failures)
         tls_wait = tls.run()
         stop.wait(max(0.5, min(next_sweep - time.monotonic(), tls_wait)))
     crls.join(timeout=30)

@@ -53,7 +53,8 @@ def main() -> None:
     memo = poller = None
     if config.ocsp.memorySize > 0:
         stamp = stamp_path(config.base_dir)
-        memo = OCSPMemo(authority.ocsp, StampReader(stamp), size=config.ocsp.memorySize)
+        memo = OCSPMemo(authority.ocsp, StampReader(stamp), size=config.ocsp.memorySize,
+                        max_bytes=config.ocsp.memoryBytes)
         poller = EpochPoller(authority.store, stamp)
         poller.start()
     app = create_http_app(authority, memo)

@@ -1,8 +1,10 @@
-"""Keep the pre-signed OCSP responses fresh, one replica at a time (lease `ocsp-refresh`).
+"""Keep the stored OCSP responses fresh, one replica at a time (lease `ocsp-refresh`).
 
-Each housekeeping round re-signs responses past half their validity and pre-signs responses for certificates
-issued since the last round (and revoked ones whose row a revocation dropped), in batches, so that a relying
-party's first request is a cache hit and serving never waits for a KMS signature.
+Each housekeeping round re-signs, in batches, the stored responses past half their validity: those that some
+request asked for (the responder stores what it signs at a certificate's first request). With `ocsp.presign` it
+also signs responses for certificates issued since the last round (and revoked ones whose row a revocation
+dropped), so that even a first request is a cache hit, at the price of a KMS signature per certificate whether
+anyone asks or not (measured in README's design decisions; off by default).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class OCSPRefresher:
     """Re-signs and pre-signs in batches under the lease; remembers how far the issued-since scan got."""
 
     def __init__(self, store: Store, responder: OCSPResponder, *, batch: int, lease_ttl: timedelta,
-                 reservation_timeout: timedelta, holder: str | None = None):
-        self.store, self.responder, self.batch = store, responder, batch
+                 reservation_timeout: timedelta, presign: bool = False, holder: str | None = None):
+        self.store, self.responder, self.batch, self.presign = store, responder, batch, presign
         self.lease_ttl, self.reservation_timeout = lease_ttl, reservation_timeout
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self._scanned_until: datetime | None = None  # every certificate reserved before this has a response
@@ -67,13 +69,14 @@ class OCSPRefresher:
             horizon = now + self.responder.validity / 2
             done.complete = self._drain(lambda: self.store.ocsp.due(horizon, self.batch, now=now),
                                         done, "resigned", deadline)
-            # Reservations become issued up to reservation_timeout later: look back that far.
-            since = None if self._scanned_until is None else self._scanned_until - self.reservation_timeout
-            complete = self._drain(lambda: self.store.ocsp.missing(
-                self.batch, reserved_since=since, now=now), done, "presigned", deadline)
-            if complete and done.complete:
-                self._scanned_until = started
-            done.complete = done.complete and complete
+            if self.presign:
+                # Reservations become issued up to reservation_timeout later: look back that far.
+                since = None if self._scanned_until is None else self._scanned_until - self.reservation_timeout
+                complete = self._drain(lambda: self.store.ocsp.missing(
+                    self.batch, reserved_since=since, now=now), done, "presigned", deadline)
+                if complete and done.complete:
+                    self._scanned_until = started
+                done.complete = done.complete and complete
             if time.monotonic() - self._purged_at > PURGE_EVERY:  # a scan of the certificates: not every round
                 self.store.ocsp.purge_expired(now)
                 self._purged_at = time.monotonic()
@@ -106,6 +109,6 @@ def refresher_for(config: CAConfig, store: Store) -> OCSPRefresher:
     config.apply_kms_environment()
     responder = OCSPResponder(config, store, ActiveIssuer(config, store))
     interval = parse_duration(config.server.housekeepingInterval)
-    return OCSPRefresher(store, responder, batch=config.ocsp.presignBatch,
+    return OCSPRefresher(store, responder, batch=config.ocsp.presignBatch, presign=config.ocsp.presign,
                          lease_ttl=max(2 * interval, timedelta(minutes=1)),
                          reservation_timeout=parse_duration(config.server.reservationTimeout))

@@ -1,10 +1,13 @@
 """The OCSP responder (RFC 6960, RFC 5019 profile): parse, find the issuing intermediate, answer from cache or sign.
 
-Serving must not cost a KMS signature, so a response for a SHA-1 CertID (what RFC 5019 clients send) is
-pre-signed per certificate and stored (`ocsp_responses`); a request reads it with one query that also joins
-the revocations, so a revocation changes the answer at once. A miss, a stale row, a SHA-256 CertID (the cache
-holds one CertID form per serial), an unknown serial and an echoed nonce are signed on the spot, by the
-issuing intermediate's key through kms, or by a delegated responder (ocsp_delegation.py); responderID by key hash.
+A certificate's response for a SHA-1 CertID (what RFC 5019 clients send) is signed at its first request and
+stored (`ocsp_responses`), so every later request, in any process or replica, reads it with one query that also
+joins the revocations (a revocation changes the answer at once); housekeeping re-signs the stored ones past half
+their validity, and pre-signs every new certificate's only with `ocsp.presign` (see README, design decisions).
+Concurrent first requests for one certificate share one signature (single_flight.py). A stale row, a SHA-256
+CertID (the cache holds one CertID form per serial) and an echoed nonce are signed on the spot; an unknown
+serial too, within a budget (budget.py), then `unauthorized`. Signed by the issuing intermediate's key through
+kms, or by a delegated responder (ocsp_delegation.py); responderID by key hash.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from appliance.ca.issuer import Issuer
 from appliance.certutil import read_extensions, verify_signature
 from appliance.config import CAConfig
 from appliance.errors import CAError
+from appliance.status.budget import Budget
 from appliance.status.ocsp_delegation import Delegate, delegate_for, load_delegates, open_delegate_key
+from appliance.status.single_flight import SingleFlight
 from appliance.store import IntermediateRecord, RevocationReason, Store, StoreError
+from appliance.store.ocsp import CertificateStatusRow
 from appliance.store.records import MAX_SERIAL
 from kms import default_hash
 from kms.errors import KMSError
@@ -46,6 +52,12 @@ ISSUER_INDEX_TTL = 60.0  # seconds before the intermediates are read again
 ISSUER_MISS_PAUSE = 5.0  # at most one re-read per this many seconds for an issuer hash we do not know
 UNKNOWN_MEMO_SIZE = 10_000  # per process: random serials must not each cost a KMS signature
 UNKNOWN_MEMO_SECONDS = 300
+# Signed `unknown` answers per process: a few at once, then one a second; past that, unsigned `unauthorized`
+# (RFC 5019 §2.2.3: a responder that cannot answer authoritatively; what Boulder answers for any serial it has
+# no response for).
+UNKNOWN_SIGNATURES_BURST = 10
+UNKNOWN_SIGNATURES_PER_SECOND = 1.0
+FLIGHT_WAIT = 30.0  # seconds a request waits for the same certificate's signature made for another request
 CERT_ID_HASHES: tuple[hashes.HashAlgorithm, ...] = (hashes.SHA1(), hashes.SHA256())
 
 
@@ -67,7 +79,7 @@ class Answer:
     der: bytes
     this_update: datetime | None = None
     next_update: datetime | None = None
-    cached: bool = False  # from the database's pre-signed responses
+    cached: bool = False  # from the database's stored responses
     status: str = "error"  # good | revoked | unknown | malformed | unauthorized | tryLater | internalError
     memory: bool = False  # from the plain-HTTP listener's memory (ocsp_memo.py)
 
@@ -126,6 +138,8 @@ class OCSPResponder:
         self._miss_at = -1e9
         self._lock = threading.Lock()
         self._unknown: OrderedDict[tuple[str, str, int], Answer] = OrderedDict()
+        self._unknown_budget = Budget(UNKNOWN_SIGNATURES_PER_SECOND, UNKNOWN_SIGNATURES_BURST)
+        self._flights: SingleFlight[tuple[str, str, int], Answer] = SingleFlight()
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -138,27 +152,52 @@ class OCSPResponder:
         serial, algorithm, nonce = parsed.serial, parsed.algorithm, parsed.nonce
         try:
             known = self._issuer_for(algorithm.name, parsed.name_hash, parsed.key_hash, now)
-            if known is None:
+            if known is None or not 0 < serial <= MAX_SERIAL:  # not our issuer, or a serial no CA issues
                 return Answer(UNAUTHORIZED, status="unauthorized")
-            echo = nonce is not None and self.echo_nonce
-            cacheable = isinstance(algorithm, hashes.SHA1) and not echo
-            if cacheable and 0 < serial <= MAX_SERIAL:
-                hit = self.store.ocsp.cached(serial)
-                if hit is not None and hit.issuer == known.id and not (hit.status == "good" and hit.revoked) \
-                        and hit.next_update - now > self.validity / 4:
-                    return Answer(hit.der, hit.this_update, hit.next_update, cached=True, status=hit.status)
-            memo_key = (algorithm.name, known.id, serial)
-            if not echo:
-                memo = self._unknown_memo(memo_key, now)
-                if memo is not None:
-                    return memo
-            answer = self._sign(known, serial, algorithm, now, nonce=nonce if echo else None, store=cacheable)
-            if answer.status == "unknown" and not echo:
-                self._remember_unknown(memo_key, answer)
-            return answer
-        except (StoreError, KMSError, CAError) as exc:  # database or signing backend down
+            if nonce is not None and self.echo_nonce:  # a signature per request, by configuration
+                return self._answer(known, serial, algorithm, now, nonce=nonce)
+            cacheable = isinstance(algorithm, hashes.SHA1)
+            if cacheable and (hit := self._cached(known, serial, now)) is not None:
+                return hit
+            key = (algorithm.name, known.id, serial)
+            if (memo := self._unknown_memo(key, now)) is not None:
+                return memo
+            # The first request for this certificate (or a stale row): one signature however many ask at once.
+            return self._flights.run(key, lambda: self._first(known, serial, algorithm, now, cacheable),
+                                     FLIGHT_WAIT)
+        except (StoreError, KMSError, CAError, TimeoutError) as exc:  # database or signing backend down or slow
             log.warning("OCSP request for serial %x answered tryLater: %s", serial, exc)
             return Answer(TRY_LATER, status="tryLater")
+
+    def _first(self, known: KnownIssuer, serial: int, algorithm: hashes.HashAlgorithm, now: datetime,
+               cacheable: bool) -> Answer:
+        """Sign (and store, for a SHA-1 CertID) what no earlier request left in the cache."""
+        if cacheable and (hit := self._cached(known, serial, now)) is not None:
+            return hit  # stored by another process while this one waited for the database
+        answer = self._answer(known, serial, algorithm, now, nonce=None, store=cacheable)
+        if answer.status == "unknown":
+            self._remember_unknown((algorithm.name, known.id, serial), answer)
+        return answer
+
+    def _cached(self, known: KnownIssuer, serial: int, now: datetime) -> Answer | None:
+        """The stored response, if it is this issuer's, still true (not "good" for a revoked serial) and has more
+        than a quarter of its validity left."""
+        hit = self.store.ocsp.cached(serial)
+        if hit is None or hit.issuer != known.id or (hit.status == "good" and hit.revoked) \
+                or hit.next_update - now <= self.validity / 4:
+            return None
+        return Answer(hit.der, hit.this_update, hit.next_update, cached=True, status=hit.status)
+
+    def _answer(self, known: KnownIssuer, serial: int, algorithm: hashes.HashAlgorithm, now: datetime, *,
+                nonce: bytes | None, store: bool = False) -> Answer:
+        """A signed answer about `serial`; for one this CA never issued, signed only within the unknown-serial
+        budget, else an unsigned `unauthorized` (so made-up serials cannot make the KMS sign at their rate)."""
+        row = self.store.ocsp.status(serial)
+        if row is None or row.issuer != known.id or not row.issued:
+            if not self._unknown_budget.take():
+                return Answer(UNAUTHORIZED, status="unauthorized")
+            row = None
+        return self._sign(known, serial, algorithm, row, now, nonce=nonce, store=store)
 
     def fresh_until(self, answer: Answer) -> datetime | None:
         """Until when `answer` may be served again without asking: while more than a quarter of its validity
@@ -167,7 +206,7 @@ class OCSPResponder:
             return None
         return answer.next_update - self.validity / 4
 
-    # -- pre-signing (housekeeping) ----------------------------------------------------------
+    # -- re-signing and pre-signing (housekeeping) ------------------------------------------
 
     def presign(self, serial: int, now: datetime | None = None) -> str | None:
         """Sign and store the SHA-1 CertID response for `serial`; its status, or None if not ours to cache."""
@@ -178,13 +217,13 @@ class OCSPResponder:
         known = self._known_by_id(row.issuer, now)
         if known is None:
             return None
-        return self._sign(known, serial, hashes.SHA1(), now, nonce=None, store=True).status
+        return self._sign(known, serial, hashes.SHA1(), row, now, nonce=None, store=True).status
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _sign(self, known: KnownIssuer, serial: int, algorithm: hashes.HashAlgorithm, now: datetime, *,
-              nonce: bytes | None, store: bool) -> Answer:
-        row = self.store.ocsp.status(serial) if 0 < serial <= MAX_SERIAL else None
+    def _sign(self, known: KnownIssuer, serial: int, algorithm: hashes.HashAlgorithm,
+              row: CertificateStatusRow | None, now: datetime, *, nonce: bytes | None, store: bool) -> Answer:
+        """Sign what `row` (read just before) says about `serial`; None or not this issuer's: `unknown`."""
         if row is None or row.issuer != known.id or not row.issued:
             status, cert_status = "unknown", ocsp.OCSPCertStatus.UNKNOWN
         elif row.revoked_at is not None:
@@ -288,13 +327,14 @@ def _serves(rec: IntermediateRecord, now: datetime) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ParsedRequest:
-    """The one CertID of a request, and its nonce."""
+    """The one CertID of a request, its nonce, and whether it carries any other extension."""
 
     serial: int
     algorithm: hashes.HashAlgorithm
     name_hash: bytes
     key_hash: bytes
     nonce: bytes | None
+    other_extensions: bool = False
 
     @property
     def cert_id(self) -> bytes:
@@ -307,19 +347,24 @@ def parse_request(request_der: bytes) -> ParsedRequest | Answer:
     """The request's CertID, or the error response it deserves."""
     try:
         req = ocsp.load_der_ocsp_request(request_der)
+        nonce, others = _extensions(req)
         return ParsedRequest(req.serial_number, req.hash_algorithm, req.issuer_name_hash, req.issuer_key_hash,
-                             _nonce(req))
+                             nonce, others)
     except UnsupportedAlgorithm:  # a CertID hash we do not index: not for us to answer
         return Answer(UNAUTHORIZED, status="unauthorized")
     except (ValueError, NotImplementedError):  # bad DER, several CertIDs, duplicate extensions
         return Answer(MALFORMED, status="malformed")
 
 
-def _nonce(req: ocsp.OCSPRequest) -> bytes | None:
-    try:
-        return read_extensions(req).get_extension_for_class(x509.OCSPNonce).value.nonce
-    except x509.ExtensionNotFound:
-        return None
+def _extensions(req: ocsp.OCSPRequest) -> tuple[bytes | None, bool]:
+    """The nonce, and whether any other extension is there (ignored when answering; see ocsp_memo.py)."""
+    nonce, others = None, False
+    for ext in read_extensions(req):
+        if isinstance(ext.value, x509.OCSPNonce):
+            nonce = ext.value.nonce
+        else:
+            others = True
+    return nonce, others
 
 
 def _check_signature(response: ocsp.OCSPResponse, signer: x509.Certificate) -> None:

@@ -1,4 +1,4 @@
-"""Pre-signed OCSP responses in the database.
+"""Signed OCSP responses kept in the database (signed at a certificate's first request, or pre-signed).
 
 One row per certificate (its SHA-1 CertID response, what RFC 5019 clients ask for). A revocation deletes
 the row in its own transaction (see revocations.py); a reader still joins the revocations table, so a

@@ -169,7 +169,8 @@ crls = sa.Table(
     **MYSQL_TABLE_ARGS,
 )
 
-# Pre-signed OCSP responses, one per certificate, refreshed before next_update by one replica at a time.
+# Signed OCSP responses (at a first request, or pre-signed), one per certificate, refreshed before next_update by
+# one replica at a time.
 ocsp_responses = sa.Table(
     "ocsp_responses",
     metadata,

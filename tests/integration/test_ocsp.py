@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import quote
@@ -28,6 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from appliance.certutil import load_certificates
 from appliance.ra.pipeline import STEPS
+from appliance.status.ocsp import UNKNOWN_SIGNATURES_BURST, UNKNOWN_SIGNATURES_PER_SECOND
 from appliance.status.stamp import POLL_SECONDS, bump, stamp_path
 from appliance.store import Store
 from tests import der_surgery
@@ -97,9 +99,8 @@ def kms_signatures(server: Server) -> float:
     return value(parse(requests.get(f"{server.http_url}/metrics", timeout=10).text), "hsmca_kms_sign_seconds_count")
 
 
-def wait_presigned(store: Store, serial: int, timeout: float = 30) -> None:
-    wait_for(lambda: store.ocsp.cached(serial) is not None, timeout,
-             f"a pre-signed OCSP response for {serial}")
+def wait_stored(store: Store, serial: int, timeout: float = 30) -> None:
+    wait_for(lambda: store.ocsp.cached(serial) is not None, timeout, f"a stored OCSP response for {serial}")
 
 
 def revoke_here(ca: DevCA, store: Store, serial: int, reason_code: int) -> None:
@@ -114,7 +115,7 @@ def test_openssl_sees_good_then_revoked_with_the_reason_at_once(server: Server, 
     assert "Response verify OK" in out and f"{leaf}: good" in out, out
     out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp", "-sha256")  # a SHA-256 CertID
     assert "Response verify OK" in out and f"{leaf}: good" in out, out
-    wait_presigned(store, cert.serial_number)
+    wait_stored(store, cert.serial_number)  # the first SHA-1 request's
 
     for _ in range(3):  # in the listener's memory by now
         assert f"{leaf}: good" in openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp", "-no_nonce")
@@ -221,27 +222,32 @@ def test_two_nonces_are_a_malformed_request_on_both_listeners(server: Server, ca
             assert status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST, (base, resp.request.method)
 
 
-def test_presigned_response_is_served_without_a_kms_signature(server: Server, ca: DevCA, store: Store) -> None:
+def test_the_first_request_signs_once_and_later_ones_cost_no_kms_signature(
+        server: Server, ca: DevCA, store: Store) -> None:
     cert, leaf = leaf_of(issue_through(server, "cached.example"))
-    wait_presigned(store, cert.serial_number)  # housekeeping pre-signed it: the first request is a hit
+    before = kms_signatures(server)
+    time.sleep(2.5)  # two housekeeping rounds (1 s): nothing pre-signed (ocsp.presign is off by default)
+    assert store.ocsp.cached(cert.serial_number) is None and kms_signatures(server) == before
     der = request_der(ca, cert)
     session = requests.Session()  # one listener process (see `post`)
-    before = kms_signatures(server)
+    assert post(f"{server.http_url}/ocsp", der, session).headers["X-OCSP-Cache"] == "miss"
+    assert kms_signatures(server) == before + 1
+    assert store.ocsp.cached(cert.serial_number) is not None  # stored: every process and replica reads it
     for _ in range(5):
-        resp = post(f"{server.http_url}/ocsp", der, session)
+        resp = post(f"{server.http_url}/ocsp", der)  # a new connection: either listener process
         assert resp.headers["X-OCSP-Cache"] in ("hit", "memory")  # the database's copy, then the listener's
         get = session.get(f"{server.http_url}/ocsp/{quote(base64.b64encode(der).decode(), safe='')}", timeout=30)
         assert get.headers["X-OCSP-Cache"] in ("hit", "memory") and get.content == resp.content
     out = openssl_ocsp(ca, leaf, f"{server.http_url}/ocsp", "-no_nonce")
     assert f"{leaf}: good" in out, out
-    assert kms_signatures(server) == before
+    assert kms_signatures(server) == before + 1
 
     # A nonce is ignored by default (RFC 5019): still the cached, nonce-less response.
     with_nonce = post(f"{server.http_url}/ocsp", request_der(ca, cert, nonce=b"0123456789abcdef"), session)
     assert with_nonce.headers["X-OCSP-Cache"] == "memory"  # found by its CertID
     with pytest.raises(x509.ExtensionNotFound):
         ocsp.load_der_ocsp_response(with_nonce.content).extensions.get_extension_for_class(x509.OCSPNonce)
-    assert kms_signatures(server) == before
+    assert kms_signatures(server) == before + 1
 
     revoke_here(ca, store, cert.serial_number, 4)  # superseded
     got = ocsp.load_der_ocsp_response(post(f"{server.http_url}/ocsp", der, session).content)
@@ -252,13 +258,33 @@ def test_presigned_response_is_served_without_a_kms_signature(server: Server, ca
     issuer = store.certificates.get(cert.serial_number).issuer  # type: ignore[union-attr]
     wait_for(lambda: (store.crls.latest_info(issuer) or _NO_CRL).revision == store.revocations.revision(issuer),
              30, "the CRL listing the revocation")
-    # Signed once (by this request, or by housekeeping pre-signing it first; both at once at worst), then cached;
-    # plus the one CRL.
     signed = kms_signatures(server)
-    assert before + 2 <= signed <= before + 3
-    again = post(f"{server.http_url}/ocsp", der, session)
-    assert again.headers["X-OCSP-Cache"] in ("hit", "memory")
+    assert signed == before + 3  # the good response, the revoked one (this request's), the CRL
+    for _ in range(3):
+        again = post(f"{server.http_url}/ocsp", der)
+        assert again.headers["X-OCSP-Cache"] in ("hit", "memory")
     assert kms_signatures(server) == signed
+
+
+def test_made_up_serials_do_not_make_the_kms_sign_at_their_rate(server: Server, ca: DevCA) -> None:
+    issuer = load_certificates(ca.intermediate)[0]
+    name_hash, key_hash = _hashes(issuer)
+    ders = [ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        name_hash, key_hash, secrets.randbits(126) + 1, hashes.SHA1()).build().public_bytes(Encoding.DER)
+        for _ in range(600)]
+    before, started = kms_signatures(server), time.monotonic()
+    statuses: dict[str, int] = {}
+    with ThreadPoolExecutor(8) as pool:
+        for resp in pool.map(lambda der: post(f"{server.http_url}/ocsp", der), ders):
+            got = ocsp.load_der_ocsp_response(resp.content)
+            name = "unknown" if got.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL \
+                else got.response_status.name.lower()
+            statuses[name] = statuses.get(name, 0) + 1
+    signed = kms_signatures(server) - before
+    listeners = 2  # server.httpWorkers, each with its own budget
+    budget = listeners * (UNKNOWN_SIGNATURES_BURST + UNKNOWN_SIGNATURES_PER_SECOND * (time.monotonic() - started))
+    assert signed == statuses.get("unknown", 0) <= budget, (signed, statuses)
+    assert statuses["unauthorized"] == 600 - signed
 
 
 _NO_CRL = SimpleNamespace(revision=-1)
