@@ -23,6 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from appliance.api.peer import PEER_CERTIFICATE
@@ -415,3 +417,42 @@ def test_a_tls_client_that_never_finishes_its_handshake_is_cut(pki: dict[str, Pa
         assert 0.9 < time.monotonic() - t0 < 3 and cut("handshake") == before + 1
     finally:
         r.stop()
+
+
+# -- whatever a client sends ------------------------------------------------------------------
+
+_PIECES = st.sampled_from([
+    b"GET ", b"POST ", b"HEAD ", b"/x", b"/fast", b"/boom", b"?q=1", b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", b"\r\n",
+    b"Host: x\r\n", b"Content-Length: 3\r\n", b"Content-Length: -1\r\n", b"Content-Length: 99999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n", b"3\r\nabc\r\n0\r\n\r\n", b"Expect: 100-continue\r\n",
+    b"Connection: close\r\n", b"Upgrade: h2c\r\n", b"X-A: \x00\xff\r\n", b"abc", b" ", b"\n", b"\x16\x03\x01",
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(_PIECES, st.binary(max_size=40)), max_size=12))
+def test_any_bytes_get_answers_below_500_or_a_close(listener: Running, data: list[bytes]) -> None:
+    """Fragments of requests, valid or not, in any order: every answer is a well-formed HTTP response below 500
+    (the application's own /boom aside), nothing hangs past the header deadline, and the server forgets the
+    connection once it is closed."""
+    sock = listener.connect()
+    sock.settimeout(3)
+    try:
+        sock.sendall(b"".join(data))
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    sock.close()
+    for head in received.split(b"HTTP/1.1 ")[1:]:
+        status = int(head[:3])
+        assert 100 <= status < 500 or (status == 500 and b"internal error" in head), head[:200]
+    deadline = time.monotonic() + 3
+    while listener.server.connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert listener.server.connections == 0 and not listener.server.per_address
