@@ -36,6 +36,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Bounds the work done on hostile input before IDNA; the encoded limit (253) is checked after.
 _MAX_RAW_HOST = 1024
 _LDH_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_PLAIN_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_PLAIN_HOST = re.compile(rf"(?:\*\.)?(?:{_PLAIN_LABEL}\.)*{_PLAIN_LABEL}\.?")
 # WHATWG URL: a host whose last label is a number is parsed as IPv4, so it never names a DNS host.
 _NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 _INET_ATON_CHARS = re.compile(r"[0-9a-fx.]+")
@@ -112,6 +114,31 @@ def _ip_literal(text: str) -> IPAddress | None:
 
 def parse_host(raw: str) -> HostParse:
     """Normalise a DNS name (optionally a "*." wildcard) or recognise it as an IP literal."""
+    plain = _plain_host(raw) if isinstance(raw, str) else None
+    return plain if plain is not None else _parse_host_idna(raw)
+
+
+def _plain_host(raw: str) -> HostParse | None:
+    """The parse of a lower-case letters-digits-hyphens name, None for anything else.
+
+    Nearly every name a CA sees is one, and such a name is its own A-label: UTS 46 maps ASCII only by
+    lower-casing and IDNA 2008 leaves these labels as they are, so they skip the idna package (about
+    100 µs a name, several names a certificate). Labels with "--" in 3rd-4th place ("xn--"), numeric
+    last labels and over-long names are left to the full path, which explains what is wrong with them.
+    """
+    if len(raw) > 254 or not _PLAIN_HOST.fullmatch(raw):
+        return None
+    base = raw.removesuffix(".")
+    wildcard = base.startswith("*.")
+    if wildcard:
+        base = base[2:]
+    labels = base.split(".")
+    if len(base) > 253 or _NUMERIC_LABEL.fullmatch(labels[-1]) or any(label[2:4] == "--" for label in labels):
+        return None
+    return HostParse(name=DnsName(base, wildcard))
+
+
+def _parse_host_idna(raw: str) -> HostParse:
     if not isinstance(raw, str) or not raw:
         return HostParse(error="empty name")
     if len(raw) > _MAX_RAW_HOST:

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -42,11 +42,15 @@ class AuditEvent:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
-        rec = asdict(self)
+        # Field by field, not dataclasses.asdict: that deep-copies every value, once per certificate.
+        rec: dict[str, Any] = {f: getattr(self, f) for f in _FIELDS}
         rec["time"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         rec["reasons"] = [scrub(r) for r in self.reasons]
         rec["sans"] = list(self.sans)
         return {k: v for k, v in rec.items() if v not in (None, [], {})}
+
+
+_FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
 class AuditLog(Protocol):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from policy import normalize_dns_name
-from policy.names import DnsName, Mailbox, parse_host, parse_mailbox, parse_uri
+from policy.names import DnsName, Mailbox, _parse_host_idna, parse_host, parse_mailbox, parse_uri
 from policy.rules import parse_dns_rule, parse_email_rule, parse_ip_rule
 
 
@@ -212,3 +214,21 @@ def test_email_rules() -> None:
     assert exact.matches(Mailbox("alice", "example.com"), fold_local_case=False)
     assert not exact.matches(Mailbox("Alice", "example.com"), fold_local_case=False)
     assert exact.matches(Mailbox("Alice", "example.com"), fold_local_case=True)
+
+
+_HOST_PIECES = st.sampled_from(["a", "z", "0", "9", "-", ".", "*", "*.", "xn--", "--", "A", "_", "0x", "ü", "\u3002",
+                                "a" * 63, "b" * 64, "1", "."])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_HOST_PIECES, max_size=12).map("".join) | st.text(alphabet="abc019-.*xnX_", max_size=70))
+@example("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61)  # 253: the longest name
+@example("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 62)  # 254
+@example("xn--bcher-kva.corp")
+@example("0x1f")
+@example("a.0x")
+@example("ab--c.corp")
+def test_the_plain_name_shortcut_answers_as_the_idna_path_does(raw: str) -> None:
+    """parse_host skips the idna package for plain LDH names: for every input it must answer exactly as the
+    full UTS 46 / IDNA 2008 path does (the same name, the same IP reading, the same error)."""
+    assert parse_host(raw) == _parse_host_idna(raw)
