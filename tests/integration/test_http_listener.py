@@ -74,6 +74,12 @@ class Running:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
 
 @pytest.fixture
 def listener() -> Iterator[Running]:
@@ -213,8 +219,7 @@ def test_idle_connections_are_closed(listener: Running) -> None:
 
 
 def test_too_many_connections_get_a_503() -> None:
-    r = Running(max_connections=2, idle_timeout=5.0)
-    try:
+    with Running(max_connections=2, idle_timeout=5.0) as r:
         held = [r.connect(), r.connect()]
         time.sleep(0.2)
         extra = r.connect()
@@ -226,13 +231,10 @@ def test_too_many_connections_get_a_503() -> None:
         again = r.connect()
         again.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(again, bytearray())[0] == 200
-    finally:
-        r.stop()
 
 
 def test_shutdown_answers_the_requests_in_the_pool_first() -> None:
-    r = Running(idle_timeout=5.0)
-    try:
+    with Running(idle_timeout=5.0) as r:
         sock = r.connect()
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # 0.2 s in the application
         time.sleep(0.05)
@@ -242,8 +244,6 @@ def test_shutdown_answers_the_requests_in_the_pool_first() -> None:
         done.result(5)
         with pytest.raises(OSError):
             r.connect()  # no longer accepting
-    finally:
-        r.stop()
 
 
 def cut(reason: str, listener: str = "http") -> float:
@@ -261,41 +261,39 @@ def trickle_until_answered(sock: socket.socket, data: bytes, every: float, give_
         except OSError:
             break
     sock.settimeout(max(0.1, give_up - (time.monotonic() - t0)))
+    return read_until_closed(sock), time.monotonic() - t0
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """All the server sends until it closes, resets, or the socket's timeout passes."""
     received = b""
     try:
         while chunk := sock.recv(65536):
             received += chunk
     except (ConnectionResetError, TimeoutError):
         pass
-    return received, time.monotonic() - t0
+    return received
 
 
 def test_a_trickle_of_header_bytes_does_not_extend_the_header_deadline() -> None:
-    r = Running(header_timeout=1.0, idle_timeout=30.0)
-    try:
+    with Running(header_timeout=1.0, idle_timeout=30.0) as r:
         before = cut("headers")
         got, took = trickle_until_answered(r.connect(), b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 200, 0.1, 6)
         assert got.startswith(b"HTTP/1.1 408 ") and b"headers" in got, got
         assert 0.9 < took < 2.5 and cut("headers") == before + 1
-    finally:
-        r.stop()
 
 
 def test_a_trickle_of_body_bytes_does_not_extend_the_body_deadline() -> None:
-    r = Running(body_timeout=1.0)
-    try:
+    with Running(body_timeout=1.0) as r:
         sock = r.connect()
         sock.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n")
         got, took = trickle_until_answered(sock, b"b" * 500, 0.1, 6)
         assert got.startswith(b"HTTP/1.1 408 ") and b"body" in got, got
         assert 0.9 < took < 2.5
-    finally:
-        r.stop()
 
 
 def test_a_client_that_does_not_read_its_answer_is_cut() -> None:
-    r = Running(write_timeout=1.0)
-    try:
+    with Running(write_timeout=1.0) as r:
         sock = r.connect()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -306,13 +304,10 @@ def test_a_client_that_does_not_read_its_answer_is_cut() -> None:
         assert cut("write") == before + 1
         assert r.server.connections == 0 and not r.server.open  # the server let go (the kernel may still send)
         sock.close()
-    finally:
-        r.stop()
 
 
 def test_connections_are_capped_per_address() -> None:
-    r = Running(max_per_address=2, header_timeout=5.0)
-    try:
+    with Running(max_per_address=2, header_timeout=5.0) as r:
         held = [r.connect("127.0.0.2"), r.connect("127.0.0.2")]
         time.sleep(0.2)
         status, _, body = read_response(r.connect("127.0.0.2"), bytearray())
@@ -322,8 +317,6 @@ def test_connections_are_capped_per_address() -> None:
         assert read_response(other, bytearray())[0] == 200
         for sock in held:
             sock.close()
-    finally:
-        r.stop()
 
 
 @pytest.fixture(scope="module")
@@ -370,8 +363,7 @@ def tls_connect(r: Running, pki: dict[str, Path], source: str = "127.0.0.1", cli
 
 
 def test_tls_with_and_without_a_client_certificate(pki: dict[str, Path]) -> None:
-    r = Running(tls=server_context(pki))
-    try:
+    with Running(tls=server_context(pki)) as r:
         for client, expected in ((False, None), (True, True)):
             sock = tls_connect(r, pki, client=client)
             sock.sendall(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -380,16 +372,13 @@ def test_tls_with_and_without_a_client_certificate(pki: dict[str, Path]) -> None
             assert status == 200 and seen["SERVER_PROTOCOL"] == "HTTP/1.1"
             assert (seen["peer_cert"] is not None) == bool(expected)
             sock.close()
-    finally:
-        r.stop()
 
 
 @pytest.mark.parametrize("holders", [8, 100])
 def test_half_sent_tls_requests_do_not_stall_other_clients(pki: dict[str, Path], holders: int) -> None:
     """What froze gunicorn's gthread workers (8 connections with unfinished headers): 4 application threads
     here, and `holders` TLS connections from another address holding half-sent headers."""
-    r = Running(tls=server_context(pki), header_timeout=10.0)
-    try:
+    with Running(tls=server_context(pki), header_timeout=10.0) as r:
         held = []
         for _ in range(holders):
             sock = tls_connect(r, pki, source="127.0.0.2")
@@ -402,21 +391,16 @@ def test_half_sent_tls_requests_do_not_stall_other_clients(pki: dict[str, Path],
         assert time.monotonic() - t0 < 2.0
         for s in held:
             s.close()
-    finally:
-        r.stop()
 
 
 def test_a_tls_client_that_never_finishes_its_handshake_is_cut(pki: dict[str, Path]) -> None:
-    r = Running(tls=server_context(pki), handshake_timeout=1.0)
-    try:
+    with Running(tls=server_context(pki), handshake_timeout=1.0) as r:
         before = cut("handshake")
         sock = r.connect()  # TCP only: no ClientHello
         sock.settimeout(5)
         t0 = time.monotonic()
         assert closed(sock)
         assert 0.9 < time.monotonic() - t0 < 3 and cut("handshake") == before + 1
-    finally:
-        r.stop()
 
 
 # -- whatever a client sends ------------------------------------------------------------------
@@ -442,12 +426,7 @@ def test_any_bytes_get_answers_below_500_or_a_close(listener: Running, data: lis
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
+    received = read_until_closed(sock)
     sock.close()
     for head in received.split(b"HTTP/1.1 ")[1:]:
         status = int(head[:3])
