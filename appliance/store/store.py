@@ -20,7 +20,7 @@ from . import migrate as _migrate
 from .acme import ACMEStore
 from .certificates import CertificateStore
 from .crls import CRLStore
-from .engine import DEFAULT_TIMEOUT, WRITE, as_store_error, create_engine, database_errors
+from .engine import DEFAULT_TIMEOUT, as_store_error, create_engine, database_errors, sqlite_begin
 from .group_commit import GroupCommit
 from .intermediates import IntermediateStore
 from .leases import LeaseStore
@@ -40,8 +40,9 @@ class Store:
     def __init__(self, url: str | sa.URL, *, echo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._url = normalise_url(url)
         self._timeout = timeout
-        self._engine = create_engine(self._url, timeout=timeout, statement_timeout=timeout, echo=echo)
-        self._serialise_writes = self.backend == "sqlite"  # see writelock.py
+        self._engine = create_engine(self._url, timeout=timeout, statement_timeout=timeout, echo=echo,
+                                     explicit_begin=True)
+        self._sqlite = self._serialise_writes = self.backend == "sqlite"  # see writelock.py, sqlite_begin
         self._write_lock_pid = 0
         self._write_lock_obj: AbstractContextManager[Any] = nullcontext()
         # One repository per aggregate, all over the transactions below (one engine, one write lock).
@@ -127,11 +128,13 @@ class Store:
     @contextmanager
     def _read(self, what: str) -> Iterator[Connection]:
         with database_errors(what, self._url), self._engine.connect() as conn, conn.begin():
+            if self._sqlite:
+                sqlite_begin(conn, immediate=False)
             yield conn
 
     @contextmanager
     def _write(self, what: str) -> Iterator[Connection]:
-        with self._write_lock, database_errors(what, self._url), self._engine.connect() as conn:
-            conn.execution_options(**{WRITE: True})
-            with conn.begin():
-                yield conn
+        with self._write_lock, database_errors(what, self._url), self._engine.connect() as conn, conn.begin():
+            if self._sqlite:
+                sqlite_begin(conn, immediate=True)
+            yield conn
