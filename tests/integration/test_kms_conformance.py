@@ -113,7 +113,31 @@ class Harness:
 
 
 def _signals(proc: subprocess.Popen[Any]) -> tuple[Callable[[], None], Callable[[], None]]:
-    return (lambda: proc.send_signal(signal.SIGSTOP)), (lambda: proc.send_signal(signal.SIGCONT))
+    def freeze() -> None:
+        proc.send_signal(signal.SIGSTOP)
+        _wait_until_stopped(proc.pid, True)
+
+    def thaw() -> None:
+        proc.send_signal(signal.SIGCONT)
+        _wait_until_stopped(proc.pid, False)
+    return freeze, thaw
+
+
+def _wait_until_stopped(pid: int, stopped: bool) -> None:
+    """Return once every thread of `pid` is (or is no longer) stopped: the signal takes effect per thread, and a
+    loaded machine once let a request through to a server that had been sent SIGSTOP a moment before."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue  # a thread that just exited
+        if states and all((s in "tT") == stopped for s in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid}: threads not {'stopped' if stopped else 'running'} within 10 s: {states}")
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
