@@ -147,7 +147,7 @@ def main() -> None:
         if profiler:
             profiler.disable()
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-        others = max(0.0, time.process_time() - proc0 - cpu)  # the commit writer, the PKCS#11 thread, timers
+        others = max(0.0, time.process_time() - proc0 - cpu)  # the PKCS#11 thread, timers
         totals = dict(clock.totals)
         n = len(work)
         print(f"POST /1.0/sign in process, {n} certificates, CA key EC P-256 in SoftHSM, SQLite"
@@ -159,7 +159,7 @@ def main() -> None:
                 accounted += totals[step]
                 print(f"{step:<14} {totals[step] / n * 1e6:>11.0f} {totals[step] / cpu:>6.1%}")
         print(f"{'request total':<14} {cpu / n * 1e6:>11.0f}   ({accounted / cpu:.0%} attributed to steps)")
-        print(f"{'other threads':<14} {others / n * 1e6:>11.0f}   (commit writer, PKCS#11 thread, timers)")
+        print(f"{'other threads':<14} {others / n * 1e6:>11.0f}   (PKCS#11 thread with SoftHSM's signature, timers)")
         print(f"{'process':<14} {(cpu + others) / n * 1e6:>11.0f}   (wall {wall / n * 1e3:.2f} ms/cert)")
         if profiler:
             out = io.StringIO()

@@ -16,7 +16,6 @@ instead of sharing work that is already waiting.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections import deque
@@ -28,8 +27,6 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.engine import Connection
 
 from .errors import StoreError, StoreUnavailable
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 64
@@ -51,7 +48,7 @@ class GroupCommit:
 
     def __init__(self, write: Callable[[str], AbstractContextManager[Connection]],
                  translate: Callable[[BaseException, str], BaseException], timeout: float):
-        self._write, self._translate, self._timeout = write, translate, timeout
+        self._write, self._translate = write, translate
         self._queue: deque[_Write[Any]] = deque()
         self._lock = threading.Lock()
         self._leading = False  # a thread is committing (or about to): others queue behind it
@@ -110,6 +107,7 @@ class GroupCommit:
                     nxt.wake.set()
                 else:
                     self._leading = False
+
     def _commit(self, batch: list[_Write[Any]]) -> None:
         what = batch[0].what if len(batch) == 1 else f"committing {len(batch)} writes"
         try:

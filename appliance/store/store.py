@@ -42,7 +42,7 @@ class Store:
         self._timeout = timeout
         self._engine = create_engine(self._url, timeout=timeout, statement_timeout=timeout, echo=echo,
                                      explicit_begin=True)
-        self._sqlite = self._serialise_writes = self.backend == "sqlite"  # see writelock.py, sqlite_begin
+        self._sqlite = self.backend == "sqlite"  # one writer at a time (writelock.py), BEGIN sent by us (sqlite_begin)
         self._write_lock_pid = 0
         self._write_lock_obj: AbstractContextManager[Any] = nullcontext()
         # One repository per aggregate, all over the transactions below (one engine, one write lock).
@@ -60,7 +60,7 @@ class Store:
     @property
     def _write_lock(self) -> AbstractContextManager[Any]:
         # A lock copied by fork may be held by a thread that does not exist in the child.
-        if self._serialise_writes and self._write_lock_pid != os.getpid():
+        if self._sqlite and self._write_lock_pid != os.getpid():
             database = self._url.database
             path = Path(database) if database and database != ":memory:" else None
             self._write_lock_obj, self._write_lock_pid = SQLiteWriteLock(path, self._timeout), os.getpid()

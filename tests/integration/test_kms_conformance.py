@@ -127,6 +127,7 @@ def _wait_until_stopped(pid: int, stopped: bool) -> None:
     """Return once every thread of `pid` is (or is no longer) stopped: the signal takes effect per thread, and a
     loaded machine once let a request through to a server that had been sent SIGSTOP a moment before."""
     deadline = time.monotonic() + 10
+    states: list[str] = []
     while time.monotonic() < deadline:
         states = []
         for task in Path(f"/proc/{pid}/task").iterdir():
