@@ -265,8 +265,53 @@ class ServerConfig(_Strict):
         return self
 
 
+class SyslogConfig(_Strict):
+    """hsmca: also send every audit record to syslog/journald as RFC 5424 with structured data (a copy for a SIEM;
+    the chained file stays the evidence). `address`: a Unix datagram socket path (journald's /dev/log) or
+    udp://HOST:PORT. Sends never block a request: a record that cannot be sent is counted and logged."""
+
+    address: str = "/dev/log"
+    facility: int = Field(default=10, ge=0, le=23)  # 10: authpriv
+    appName: str = Field(default="hsmca", min_length=1, max_length=48, pattern=r"^[!-~]+$")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if v.startswith("udp://"):
+            split_address(v.removeprefix("udp://"))
+        elif not v.startswith("/"):
+            raise ValueError("must be a Unix socket path (e.g. /dev/log) or udp://HOST:PORT")
+        return v
+
+
 class AuditConfig(_Strict):
+    """The audit trail: hash-chained JSON lines (one chain per writing process), sealed by signed checkpoints.
+
+    `key`/`certificate`: the audit key in the CA's KMS and the certificate the CA issued for it (made by
+    `hsmca init` or `hsmca audit init-key`); without them records are chained but never sealed.
+    `checkpointInterval`: how often a process that wrote records signs a checkpoint (also at shutdown and rotation).
+    `maxBytes`: the file is rotated past this size (0: never); the new file continues every chain."""
+
     path: str = "audit/audit.jsonl"
+    key: str | None = None
+    certificate: str | None = None
+    checkpointInterval: str = "1m"
+    maxBytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    replica: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")  # default: the host name
+    syslog: SyslogConfig | None = None
+
+    @field_validator("checkpointInterval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if parse_duration(v).total_seconds() < 1:
+            raise ValueError("must be at least 1s, e.g. 1m")
+        return v
+
+    @model_validator(mode="after")
+    def _key_and_certificate(self) -> AuditConfig:
+        if (self.key is None) != (self.certificate is None):
+            raise ValueError("key and certificate go together (`hsmca audit init-key` sets both)")
+        return self
 
 
 class DelegatedResponder(_Strict):

@@ -88,6 +88,10 @@ CONNECTIONS_CUT = Counter(
     "hsmca_connections_cut_total",
     "Connections closed because a deadline passed: reason=handshake (TLS), headers (the whole request line and "
     "headers), body, write (the client stopped reading), by listener (https, http).", ["listener", "reason"])
+AUDIT_CHECKPOINTS = Counter(
+    "hsmca_audit_checkpoints_total",
+    "Audit trail checkpoints: result=signed (written, and stored in the database) or failed (the audit key or the "
+    "database failed: the records stay chained, and the next interval tries again).", ["result"])
 
 
 _write_failed = False
@@ -223,3 +227,8 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def audit_checkpoint(result: str) -> None:
+    """Count a checkpoint of the audit trail (`signed` or `failed`)."""
+    _record(lambda: AUDIT_CHECKPOINTS.labels(result).inc())

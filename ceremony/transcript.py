@@ -13,8 +13,6 @@ PINs and shares never belong here; `record` refuses details keys that would only
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 import json
 import os
 import uuid
@@ -26,16 +24,27 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives import serialization
 
-from kms import default_hash
+from kms.chained_log import (
+    GENESIS,
+    Chain,
+    LinkCheck,
+    SealError,
+    b64_signature,
+    canonical,
+    parse_lines,
+    sha256_hex,
+    signature_problem,
+    signer_for,
+    split_lines,
+)
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "Report", "Segment", "Transcript", "TranscriptError", "canonical", "file_digest", "sha256_hex",
+           "summary", "verify"]
+
 START, SEAL = "ceremony.start", "seal"
 _REQUIRED = {"seq": int, "time": str, "ceremony": str, "step": str, "action": str, "prev": str}
-_HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
-    "SHA256": hashes.SHA256, "SHA384": hashes.SHA384, "SHA512": hashes.SHA512}
 _SECRET_KEYS = {"pin", "so_pin", "user_pin", "share", "mnemonic", "mnemonics", "secret", "password", "passphrase"}
 
 
@@ -43,47 +52,9 @@ class TranscriptError(Exception):
     """The transcript cannot be opened or written; the message tells the operator what to do."""
 
 
-def canonical(obj: Mapping[str, Any]) -> bytes:
-    """The one byte form of a line: what is written, hashed and signed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def file_digest(path: Path) -> dict[str, str]:
     """An `inputs`/`outputs` entry for a file, hashed exactly as it is on disk."""
     return {"sha256": sha256_hex(Path(path).read_bytes()), "path": str(path)}
-
-
-def _signer(key: Any) -> tuple[str, Callable[[bytes], bytes]]:
-    """(algorithm name, sign function) for a CA key, with the hash kms chooses for it, as X.509 signs."""
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "Ed25519", key.sign
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) and (h := default_hash(key)) is not None:
-        name = h.name.upper().replace("-", "")
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return f"ECDSA-{name}", lambda data: key.sign(data, ec.ECDSA(h))
-        return f"RSA-PKCS1v15-{name}", lambda data: key.sign(data, padding.PKCS1v15(), h)
-    raise TranscriptError(f"cannot seal with a key of type {type(key).__name__}")
-
-
-def _signature_problem(public_key: Any, algorithm: str, signature: bytes, data: bytes) -> str | None:
-    """None if `signature` verifies, else why not. The key's type decides; `algorithm` only picks the hash."""
-    family, _, hash_name = algorithm.rpartition("-")
-    try:
-        if isinstance(public_key, ed25519.Ed25519PublicKey) and algorithm == "Ed25519":
-            public_key.verify(signature, data)
-        elif isinstance(public_key, ec.EllipticCurvePublicKey) and family == "ECDSA" and hash_name in _HASHES:
-            public_key.verify(signature, data, ec.ECDSA(_HASHES[hash_name]()))
-        elif isinstance(public_key, rsa.RSAPublicKey) and family == "RSA-PKCS1v15" and hash_name in _HASHES:
-            public_key.verify(signature, data, padding.PKCS1v15(), _HASHES[hash_name]())
-        else:
-            return f"algorithm {algorithm!r} does not fit a key of type {type(public_key).__name__}"
-    except InvalidSignature:
-        return "the signature does not verify"
-    return None
 
 
 def _secret_keys(value: Any) -> list[str]:
@@ -129,21 +100,21 @@ def _walk(data: bytes, check_seal: Callable[[int, dict[str, Any]], list[str]] | 
         if current is not None and number > current.first_line:
             current.intact = False  # its seal no longer vouches for every line of it
 
-    raws = data.split(b"\n")
-    if not data or raws.pop() != b"":
-        flag(len(raws) + 1, "the transcript is empty" if not data else f"line {len(raws) + 1} is incomplete "
-             "(no newline at its end): the file was truncated or a write was interrupted")
-    link, prev_seq = GENESIS, 0
-    for number, raw in enumerate(raws, start=1):
-        link, expected = sha256_hex(raw), link
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            flag(number, f"line {number} is not valid JSON: {exc}")
+    raws, torn = split_lines(data)
+    if not data:
+        flag(1, "the transcript is empty")
+    elif torn:
+        flag(len(raws) + 1, torn)
+    chain = LinkCheck()  # one chain through every ceremony of the file
+    for number, raw, obj, bad in parse_lines(raws):
+        if bad is not None:
+            flag(number, bad)
+            chain.check(number, raw, {})  # the next line must still link to this one
             continue
         missing = [k for k, t in _REQUIRED.items() if not isinstance(obj, dict) or not isinstance(obj.get(k), t)]
         if missing:
             flag(number, f"line {number} lacks or mistypes the field(s) {', '.join(missing)}")
+            chain.check(number, raw, obj if isinstance(obj, dict) else {})
             continue
         if current is None or obj["ceremony"] != current.ceremony_id:
             if current is not None and current.sealed_at is None:
@@ -158,16 +129,8 @@ def _walk(data: bytes, check_seal: Callable[[int, dict[str, Any]], list[str]] | 
         elif current.sealed_at is not None:
             flag(number, f"line {number} continues ceremony {current.ceremony_id} after its seal")
         current.steps.append(obj)
-        if obj["prev"] != expected:
-            flag(number, f"line {number}: its prev does not match the SHA-256 of "
-                 f"{'the start of the file' if number == 1 else f'line {number - 1}'} "
-                 "(a line was changed, removed or moved)")
-        if obj["seq"] != prev_seq + 1:
-            flag(number, f"line {number}: seq is {obj['seq']}, expected {prev_seq + 1} "
-                 "(a line was removed, added or moved)")
-        prev_seq = obj["seq"]
-        if canonical(obj) != raw:
-            flag(number, f"line {number} is not in the canonical form the writer uses (it was edited)")
+        for problem in chain.check(number, raw, obj):
+            flag(number, problem)
         if obj["step"] == SEAL:
             signer = obj.get("signer")
             current.sealed_at = obj["time"]
@@ -186,7 +149,8 @@ class Transcript:
     """Appends one ceremony (segment) to a transcript file; `seal` ends it with a signature."""
 
     def __init__(self, path: Path, ceremony_id: str, seq: int, prev: str, clock: Callable[[], datetime]) -> None:
-        self._path, self._ceremony_id, self._seq, self._prev, self._clock = path, ceremony_id, seq, prev, clock
+        self._path, self._ceremony_id, self._clock = path, ceremony_id, clock
+        self._chain = Chain(seq, prev)
         self._sealed = False
 
     @property
@@ -248,13 +212,16 @@ class Transcript:
     def seal(self, key: Any, certificate: x509.Certificate) -> dict[str, Any]:
         """End the ceremony with a signature by `key`, checked with `certificate` before it is written."""
         subject = certificate.subject.rfc4514_string()
-        algorithm, sign = _signer(key)
+        try:
+            algorithm, sign = signer_for(key)
+        except SealError as exc:
+            raise TranscriptError(str(exc)) from None
         line = self._line({"step": SEAL, "action": f"Transcript sealed by {subject}", "algorithm": algorithm,
                            "signer": {"subject": subject, "sha256": sha256_hex(
                                certificate.public_bytes(serialization.Encoding.DER))}})
         signed = canonical(line)
         signature = sign(signed)
-        problem = _signature_problem(certificate.public_key(), algorithm, signature, signed)
+        problem = signature_problem(certificate.public_key(), algorithm, signature, signed)
         if problem is not None:
             raise TranscriptError(f"not sealed: the key does not match the certificate of {subject} ({problem})")
         line["signature"] = base64.b64encode(signature).decode("ascii")
@@ -271,8 +238,8 @@ class Transcript:
             raise TranscriptError(f"a transcript line must be plain JSON: {exc}") from exc
         moment = self._clock()
         moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-        return {"seq": self._seq + 1, "time": moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "ceremony": self._ceremony_id, "prev": self._prev, **entry}
+        return self._chain.link({"time": moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                 "ceremony": self._ceremony_id, **entry})
 
     def _write(self, line: dict[str, Any]) -> None:
         data = canonical(line)
@@ -280,7 +247,7 @@ class Transcript:
             f.write(data + b"\n")
             f.flush()
             os.fsync(f.fileno())
-        self._seq, self._prev = line["seq"], sha256_hex(data)
+        self._chain.advance(line, data)
 
 
 def _entries(step: Mapping[str, Any], direction: str) -> list[tuple[str, dict[str, Any]]]:
@@ -307,12 +274,11 @@ def verify(path: Path, root: x509.Certificate, files: Mapping[str, bytes]) -> Re
             found.append(f"line {number}: the seal names the signer certificate sha256 {signer_sha256}, "
                          f"not the root certificate (sha256 {root_sha256})")
         algorithm, encoded = line.get("algorithm"), line.get("signature")
-        try:
-            signature = base64.b64decode(encoded if isinstance(encoded, str) else "-", validate=True)
-        except binascii.Error:
+        signature = b64_signature(encoded)
+        if signature is None:
             return [*found, f"line {number}: the seal has no valid base64 signature"]
         signed = canonical({k: v for k, v in line.items() if k != "signature"})
-        problem = _signature_problem(root.public_key(), str(algorithm), signature, signed)
+        problem = signature_problem(root.public_key(), str(algorithm), signature, signed)
         if problem is not None:
             found.append(f"line {number}: the seal does not verify with the root certificate's key: {problem}")
         return found

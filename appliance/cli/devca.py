@@ -86,6 +86,7 @@ class InitResult:
     # Set when the URL was derived rather than given: where its host came from, and whether only
     # this machine can reach it (init then says to set --public-url).
     derived_url: DefaultPublicURL | None = None
+    audit_certificate: Path | None = None  # the audit key's certificate (none until there is an intermediate)
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -190,9 +191,17 @@ def init_ca(opts: InitOptions) -> InitResult:
     finally:
         store.close()
     save_config(config, config_path)
+    audit_cert = None
+    if int_uri is not None:  # the audit key, certified by the intermediate: it seals the audit trail from now on
+        from appliance.cli.audit_key import AuditKeyError, make_audit_key
+
+        try:
+            audit_cert = make_audit_key(config, config_path, key_uri="pkcs11:object=audit").certificate_path
+        except AuditKeyError as exc:
+            raise InitError(f"the audit key could not be made: {exc}") from None
     return InitResult(config_path, root_path, int_path if int_uri else None, fingerprint(root), opts.provisioner,
                       str(root_uri.redacted()) if root_uri else None, str(int_uri.redacted()) if int_uri else None,
-                      str(kms_uri.redacted()), public_url, derived)
+                      str(kms_uri.redacted()), public_url, derived, audit_cert)
 
 
 def _ceremony_root(data: bytes) -> x509.Certificate:

@@ -176,11 +176,19 @@ def retire(config_path: Path | None, name: str, at: str, force: bool) -> None:
 
 def _audit(config: CAConfig, action: str, rec: IntermediateRecord, **details: Any) -> None:
     """Changes to the CA's intermediates belong in the audit trail beside the issuance they govern."""
-    from appliance.audit import AuditEvent, JsonLinesAudit
+    from appliance.audit import AuditEvent
+    from appliance.ra.authority import audit_for
+    from appliance.store import Store
 
-    JsonLinesAudit(config.resolve(config.audit.path)).record(AuditEvent(
-        action=action, decision="allowed", request_id="cli", subject=rec.subject,
-        details={"intermediate": rec.name, "id": rec.id, **{k: v for k, v in details.items() if v is not None}}))
+    store = Store.from_config(config.db.model_dump(), config.base_dir)
+    trail = audit_for(config, store)
+    try:
+        trail.record(AuditEvent(
+            action=action, decision="allowed", request_id="cli", subject=rec.subject,
+            details={"intermediate": rec.name, "id": rec.id, **{k: v for k, v in details.items() if v is not None}}))
+    finally:
+        trail.close()  # this command's stream, sealed by a checkpoint
+        store.close()
 
 
 def _iso(value: datetime | None) -> str | None:

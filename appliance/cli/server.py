@@ -92,6 +92,10 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         click.echo(f"Intermediate certificate: {result.intermediate_path}")
         click.echo(f"Root key:                 {result.root_key_uri}")
         click.echo(f"Intermediate key:         {result.intermediate_key_uri}")
+    if result.audit_certificate is not None:
+        click.echo(f"Audit key certificate:    {result.audit_certificate} (checkpoints of the audit trail)")
+    else:
+        click.echo("Audit key:                none yet; once an intermediate is installed: hsmca audit init-key")
     click.echo(f"Provisioner:              {result.provisioner} (JWK)")
     click.echo(f"Public URL:               {result.public_url} (base of the CRL, OCSP and CA-certificate URLs "
                f"in certificates; {result.derived_url.source if result.derived_url else 'from --public-url'})")

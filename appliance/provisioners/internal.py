@@ -1,4 +1,4 @@
-"""The CA's own certificates (the HTTPS listener's, a delegated OCSP responder's) come from this provisioner.
+"""The CA's own certificates (the HTTPS listener's, a delegated OCSP responder's, the audit key's) come from here.
 
 No outside credential: the CA asks itself, so `authorize` only turns the values into a request. The
 authority-wide name policy does not judge these names (a policy that does not list `localhost` must not
@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 TYPE = "internal"
 SERVER = "hsmca:server"  # how the HTTPS listener's certificates are recorded and audited
 OCSP_RESPONDER = "hsmca:ocsp-responder"
+AUDIT_KEY = "hsmca:audit"  # the audit key's certificate (it signs audit checkpoints)
 
 
 @dataclass(frozen=True)
 class InternalCredential:
     """The CA asking for one of its own certificates."""
 
-    purpose: str  # SERVER or OCSP_RESPONDER: the provisioner name the certificate is recorded under
+    purpose: str  # SERVER, OCSP_RESPONDER or AUDIT_KEY: the provisioner name the certificate is recorded under
     common_name: str
     public_key: CertificatePublicKeyTypes
     lifetime: timedelta

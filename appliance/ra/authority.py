@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from appliance import metrics
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
+from appliance.audit.seal import Checkpoint
+from appliance.audit.setup import open_audit
 from appliance.ca.active import ActiveIssuer
 from appliance.ca.issuer import Issuer
 from appliance.certutil import fingerprint, load_certificates
@@ -26,7 +28,7 @@ from appliance.errors import CAError, NotFound, ServiceUnavailable
 from appliance.names import split_sans
 from appliance.provisioners import AuditNote, Provisioners, TokenCredential
 from appliance.provisioners.base import endpoint_audiences, sign_audiences
-from appliance.provisioners.internal import OCSP_RESPONDER, SERVER, InternalCredential
+from appliance.provisioners.internal import AUDIT_KEY, OCSP_RESPONDER, SERVER, InternalCredential
 from appliance.provisioners.x5c import CertificateCredential, RenewalProvisioner, X5CToken
 from appliance.provisioners.x5c import verify as verify_x5c_token
 from appliance.ra import revoke as revocation
@@ -35,6 +37,7 @@ from appliance.ra.rules import Rules
 from appliance.status.crl import PublishedCRLs
 from appliance.status.ocsp import OCSPResponder
 from appliance.store import CRLRecord, IntermediateRecord, Revoked, Store, StoreError
+from appliance.store.audit_checkpoints import StoredCheckpoint
 from kms import backends_health
 from policy import Policy
 
@@ -68,8 +71,7 @@ class Authority:
     def from_config(cls, config: CAConfig) -> Authority:
         """Build everything but the KMS key, which opens on first use (after the fork)."""
         store = Store.from_config(config.db.model_dump(), config.base_dir)
-        audit = JsonLinesAudit(config.resolve(config.audit.path))
-        return cls(config, store, audit)
+        return cls(config, store, audit_for(config, store))
 
     # --- what the pipeline asks of the authority: which intermediate signs ------------------------
 
@@ -137,16 +139,19 @@ class Authority:
     def issue_ocsp_responder_certificate(self, rec: IntermediateRecord, public_key: CertificatePublicKeyTypes,
                                          lifetime: timedelta, key_uri: str) -> Issued:
         """A delegated OCSP responder's certificate (RFC 6960 §4.2.2.2), issued by the intermediate `rec`."""
-        if rec.certificate is None:
-            raise ServiceUnavailable(f"intermediate {rec.name!r} has no certificate yet")
-        issuing = x509.load_der_x509_certificate(rec.certificate)
-        cn = issuing.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        name = f"{cn[0].value!s} OCSP Responder" if cn else "OCSP Responder"
+        name = _named_after(rec, "OCSP Responder")
         nocheck = x509.Extension(x509.OCSPNoCheck.oid, False, x509.OCSPNoCheck())  # relying parties do not check it
         return self.issue(InternalCredential(OCSP_RESPONDER, name, public_key, lifetime, extensions=(nocheck,),
                                              ext_key_usage=(x509.ExtendedKeyUsageOID.OCSP_SIGNING,),
                                              issuer=rec.id, details={"key": key_uri}),
                           RequestContext(), action="x509.sign.ocsp-responder")
+
+    def issue_audit_certificate(self, rec: IntermediateRecord, public_key: CertificatePublicKeyTypes,
+                                lifetime: timedelta, key_uri: str) -> Issued:
+        """The audit key's certificate: it names the key an auditor pins to check checkpoints (`hsmca audit verify`)."""
+        return self.issue(InternalCredential(AUDIT_KEY, _named_after(rec, "Audit Key"), public_key, lifetime,
+                                             issuer=rec.id, details={"key": key_uri}),
+                          RequestContext(), action="x509.sign.audit-key")
 
     def policy_for(self, provisioner: str) -> Policy | None:
         """The policy a provisioner's certificates are judged by (None for an unknown name)."""
@@ -225,7 +230,32 @@ class Authority:
         return detail
 
     def close(self) -> None:
+        """Seal this process's audit stream (a checkpoint, stored in the database), then close the database."""
+        close = getattr(self.audit, "close", None)
+        if close is not None:
+            close()
         self.store.close()
+
+
+def _named_after(rec: IntermediateRecord, role: str) -> str:
+    """`<intermediate's CN> <role>`: the common name of one of the CA's own certificates issued by `rec`."""
+    if rec.certificate is None:
+        raise ServiceUnavailable(f"intermediate {rec.name!r} has no certificate yet")
+    cn = x509.load_der_x509_certificate(rec.certificate).subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return f"{cn[0].value!s} {role}" if cn else role
+
+
+def audit_for(config: CAConfig, store: Store) -> JsonLinesAudit:
+    """The audit trail of ca.json, its checkpoints also stored in the database (`hsmca audit verify --db`)."""
+
+    def keep(cp: Checkpoint) -> None:
+        st = cp.statement
+        store.audit_checkpoints.add(StoredCheckpoint(
+            stream=st.stream, seq=st.seq, head=st.head,
+            time=datetime.strptime(st.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc),
+            reason=cp.reason, statement=st.text(), signatures=[dict(s) for s in cp.signatures]))
+
+    return open_audit(config, on_checkpoint=keep)
 
 
 def _backend_ok(report: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance.config import CAConfig, load_config
 from appliance.errors import CAError
-from appliance.ra.authority import Authority
+from appliance.ra.authority import Authority, audit_for
 from appliance.serving import logs
 from appliance.serving.ocsp_refresh import refresher_for
 from appliance.serving.tls import issue_server_certificate, renewal_due, tls_directory
@@ -70,7 +70,9 @@ def main() -> None:
     tls = ServerCertificateRenewer(config)
     ocsp = refresher_for(config, store)
     # CRLs are polled every second (a revocation must show within seconds), in a thread of their own.
-    crls = threading.Thread(target=CRLPublisher(config, store).run, args=(stop,), name="crl", daemon=True)
+    crl_audit = audit_for(config, store)
+    publisher = CRLPublisher(config, store, audit=crl_audit)
+    crls = threading.Thread(target=publisher.run, args=(stop,), name="crl", daemon=True)
     crls.start()
     next_sweep = 0.0
     while not stop.is_set():
@@ -84,6 +86,7 @@ def main() -> None:
         tls_wait = tls.run()
         stop.wait(max(0.5, min(next_sweep - time.monotonic(), tls_wait)))
     crls.join(timeout=30)
+    crl_audit.close()  # a checkpoint at shutdown seals the CRL signatures' records
     tls.close()
     store.close()
 

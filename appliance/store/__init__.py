@@ -1,10 +1,12 @@
 """The storage authority (SA): certificates recorded before signing, single-use tokens, intermediates.
 
 `Store` opens the database; each aggregate is a repository on it: `store.certificates`, `store.tokens`,
-`store.intermediates`, `store.revocations`, `store.leases`, `store.crls`, `store.ocsp`, `store.acme`.
+`store.intermediates`, `store.revocations`, `store.leases`, `store.crls`, `store.ocsp`, `store.acme`,
+`store.audit_checkpoints`.
 """
 
 from .acme import ACMEStore
+from .audit_checkpoints import AuditCheckpointStore, CheckpointConflict, StoredCheckpoint
 from .certificates import STALE_REASON, CertificateStore
 from .crls import CRLInfo, CRLNumberTaken, CRLRecord, CRLStore
 from .errors import (
@@ -37,6 +39,7 @@ from .tokens import TokenStore
 __all__ = [
     "STALE_REASON",
     "ACMEStore",
+    "AuditCheckpointStore",
     "CertificateNotFound",
     "CertificateRecord",
     "CertificateStore",
@@ -45,6 +48,7 @@ __all__ = [
     "CRLRecord",
     "CRLStore",
     "CertificateStatus",
+    "CheckpointConflict",
     "IntermediateExists",
     "IntermediateNotFound",
     "IntermediateRecord",
@@ -61,6 +65,7 @@ __all__ = [
     "Revoked",
     "SerialCollision",
     "Store",
+    "StoredCheckpoint",
     "StoreError",
     "StoreUnavailable",
     "TokenReplayed",

@@ -289,3 +289,25 @@ acme_eab_keys = sa.Table(
     sa.Column("bound_at", UTCDateTime(), nullable=True),
     **MYSQL_TABLE_ARGS,
 )
+
+# Signed audit checkpoints (appliance/audit/seal.py), one per (stream, seq): the verifier compares a stream's
+# file with the highest seq recorded here, so a file cut short after its last checkpoint is noticed.
+AUDIT_STREAM_LENGTH = 128
+AUDIT_HEAD_LENGTH = 64  # hex SHA-256
+AUDIT_REASON_LENGTH = 32
+AUDIT_STATEMENT_LENGTH = 512
+
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("stream", sa.String(AUDIT_STREAM_LENGTH), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), primary_key=True),
+    sa.Column("head", sa.String(AUDIT_HEAD_LENGTH), nullable=False),
+    sa.Column("time", UTCDateTime(), nullable=False),  # the signed statement's time
+    sa.Column("reason", sa.String(AUDIT_REASON_LENGTH), nullable=False),  # interval, shutdown, rotation, …
+    sa.Column("statement", sa.String(AUDIT_STATEMENT_LENGTH), nullable=False),  # the exact bytes signed
+    sa.Column("signatures", sa.JSON(), nullable=False),  # [{"key", "algorithm", "signature"}, …]
+    sa.Column("recorded_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_audit_checkpoints_time", "time"),
+    **MYSQL_TABLE_ARGS,
+)

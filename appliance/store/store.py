@@ -1,8 +1,8 @@
 """The storage authority: one engine whose bounded transactions every repository shares.
 
 Each aggregate has its repository (certificates.py, tokens.py, intermediates.py, revocations.py, leases.py,
-crls.py, ocsp.py, acme.py), given the Store's `_read` and `_write`; the Store itself only opens, migrates,
-checks and closes the database.
+crls.py, ocsp.py, acme.py, audit_checkpoints.py), given the Store's `_read` and `_write`; the Store itself only
+opens, migrates, checks and closes the database.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from . import migrate as _migrate
 from .acme import ACMEStore
+from .audit_checkpoints import AuditCheckpointStore
 from .certificates import CertificateStore
 from .crls import CRLStore
 from .engine import DEFAULT_TIMEOUT, as_store_error, create_engine, database_errors, sqlite_begin
@@ -56,6 +57,7 @@ class Store:
         self.crls = CRLStore(self._read, self._write)
         self.ocsp = OCSPStore(self._read, self._write)
         self.acme = ACMEStore(self._read, self._write)  # ACME accounts, nonces, orders (see acme.py)
+        self.audit_checkpoints = AuditCheckpointStore(self._read, self._write)  # signed audit chain heads
 
     @property
     def _write_lock(self) -> AbstractContextManager[Any]:

@@ -22,6 +22,7 @@ from appliance.store.acme import (
     OrderRecord,
     new_id,
 )
+from appliance.store.migrate import head_revision
 from tests.integration import test_store as base
 from tests.integration.test_store import Server
 from tests.integration.test_store_intermediates import _alembic
@@ -219,7 +220,7 @@ def test_migration_0004_upgrades_from_0003_and_downgrades(server: Server) -> Non
     _alembic(url, "upgrade", "0003")
     with Store(url) as s:
         s.migrate()
-        assert s.schema_revision() == "0004"
+        assert s.schema_revision() == head_revision()
         s.acme.new_nonce(T, timedelta(hours=1))
     _alembic(url, "downgrade", "0003")
     engine = sa.create_engine(url, poolclass=NullPool)

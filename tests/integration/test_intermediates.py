@@ -159,7 +159,7 @@ def test_init_records_the_dev_intermediate_as_active(tmp_path_factory: pytest.Te
     assert row["id"] == _ski(inter.public_key())
     assert {k: row[k] for k in ("name", "state", "subject", "notAfter", "retiredAt", "issued", "key")} == {
         "name": "intermediate_ca", "state": "active", "subject": "CN=hsmca Intermediate CA,O=hsmca",
-        "notAfter": inter.not_valid_after_utc.isoformat(), "retiredAt": None, "issued": 0,
+        "notAfter": inter.not_valid_after_utc.isoformat(), "retiredAt": None, "issued": 1,  # the audit key's
         "key": "pkcs11:object=intermediate_ca"}
     assert _now() - timedelta(minutes=5) < datetime.fromisoformat(row["activateAt"]) <= _now()
 
@@ -371,7 +371,7 @@ def test_install_pending_then_scheduled_then_active_retires_the_old_one(tmp_path
     end = _now()
     listed = _listed(ca)
     old, new = listed["intermediate_ca"], listed["int-2"]
-    assert (old["state"], old["id"], old["issued"]) == ("retired", old_id, 2)
+    assert (old["state"], old["id"], old["issued"]) == ("retired", old_id, 3)  # and init's audit key certificate
     assert (new["state"], new["id"], new["issued"]) == ("active", new_id, 0)
     retired, activated = datetime.fromisoformat(old["retiredAt"]), datetime.fromisoformat(new["activateAt"])
     assert start <= retired <= activated <= end
@@ -439,7 +439,8 @@ def test_retiring_the_only_active_one_stops_issuance_until_another_is_activated(
         leaf.verify_directly_issued_by(int2)
         with _store(ca) as store:
             states = {i.record.name: (i.state.value, i.issued) for i in listing(store)}
-        assert states == {"intermediate_ca": ("retired", 1), "int-2": ("active", 1)}  # 1: the server's TLS cert
+        # the old one: init's audit key certificate and the server's TLS certificate; the new one: after.internal
+        assert states == {"intermediate_ca": ("retired", 2), "int-2": ("active", 1)}
     finally:
         assert server.stop() == 0
 
