@@ -21,6 +21,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -110,6 +111,7 @@ class _Process:
     in_file: bool = False  # the stream has a line in the current file
     file_end: int = 0  # where this process's last line ended: if the file still ends there, that line is last
     last_hash: str = GENESIS
+    next_look: float = 0.0  # time.monotonic() of the next check that the path still names our file
     ticker: threading.Thread | None = None
 
 
@@ -202,22 +204,30 @@ class JsonLinesAudit:
                 proc.ino, proc.in_file, proc.file_end = os.fstat(proc.fd).st_ino, False, 0
             fd = proc.fd
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(self.path).st_ino
-            except FileNotFoundError:
-                current = -1
-            if current != proc.ino:  # another process rotated (or the file was moved away): follow the path
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-                proc.fd = None
-                continue
+            now = time.monotonic()
+            if now >= proc.next_look:  # has another process rotated the file? (a path lookup: once a second)
+                proc.next_look = now + 1.0
+                try:
+                    current = os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    current = -1
+                if current != proc.ino:  # follow the path (until then, lines went on into the rotated file)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                    proc.fd = None
+                    continue
             if self.max_bytes and os.fstat(fd).st_size >= self.max_bytes:
-                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-                os.rename(self.path, self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
+                try:
+                    ours = os.stat(self.path).st_ino == proc.ino
+                except FileNotFoundError:
+                    ours = False
+                if ours:  # else another process rotated it already: only follow the path
+                    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+                    os.rename(self.path, self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"))
+                    self._wake.set()  # the ticker seals at once: a checkpoint at rotation
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
                 proc.fd = None
-                self._wake.set()  # the ticker seals at once: a checkpoint at rotation
                 continue
             return fd
 
