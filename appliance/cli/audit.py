@@ -25,7 +25,7 @@ def _since(value: str | None) -> datetime | None:
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        fail(f"--since {value!r} is not a time: use ISO 8601, e.g. 2026-12-01T00:00:00Z")
+        fail(f"--since {value!r} is not a time: use ISO 8601, e.g. 2026-12-01T00:00:00Z", 2)
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
@@ -46,7 +46,8 @@ def verify(files: tuple[Path, ...], keys: tuple[Path, ...], db_url: str | None, 
 
     Reports, by file and line, the first record that was changed, removed, inserted or moved. Records after a
     stream's last checkpoint are reported as an unsealed tail (a warning); with the database (--db or --config),
-    a checkpoint it holds that the files lack is a truncation. Exit status: 0 verified, 1 not verified.
+    a checkpoint it holds that the files lack is a truncation. Exit status: 0 verified, 1 not verified, 2 could
+    not check (no key certificate, bad --since, database unreachable).
     """
     from appliance.audit.verify import summary
     from appliance.audit.verify import verify as verify_files
@@ -58,39 +59,34 @@ def verify(files: tuple[Path, ...], keys: tuple[Path, ...], db_url: str | None, 
         for path in keys:
             certificates += load_certificates(path)[:1]
     except CertificateFileError as exc:
-        fail(str(exc))
+        fail(str(exc), 2)
     known: list[Any] | None = None
-    store = None
-    try:
-        if config_path is not None:
-            from appliance.config import ConfigError, load_config
+    db: Any = None  # a database URL, or ca.json's db block
+    if config_path is not None:
+        from appliance.config import ConfigError, load_config
 
-            try:
-                config = load_config(config_path)
-            except ConfigError as exc:
-                fail(getattr(exc, "message", None) or str(exc))
+        try:
+            config = load_config(config_path)
             if not keys and config.audit.certificate:
                 certificates = load_certificates(config.resolve(config.audit.certificate))[:1]
-            if db_url is None:
-                from appliance.store import Store
+        except (ConfigError, CertificateFileError) as exc:
+            fail(getattr(exc, "message", None) or str(exc), 2)
+        db = db_url or (config.db.model_dump(), config.base_dir)
+    elif db_url is not None:
+        db = db_url
+    if db is not None:
+        from appliance.store import Store, StoreError
 
-                store = Store.from_config(config.db.model_dump(), config.base_dir)
-        if db_url is not None:
-            from appliance.store import Store
-
-            store = Store(db_url)
-        if store is not None:
-            from appliance.store import StoreError
-
+        try:
+            store = Store(db) if isinstance(db, str) else Store.from_config(*db)
             try:
                 known = store.audit_checkpoints.since(when)
-            except StoreError as exc:
-                fail(f"cannot read the checkpoints from the database: {exc}")
-    finally:
-        if store is not None:
-            store.close()
+            finally:
+                store.close()
+        except StoreError as exc:
+            fail(f"cannot read the checkpoints from the database: {exc}", 2)
     if not certificates:
-        fail("no audit key certificate: give --key CERT (e.g. certs/audit_*.crt) or --config ca.json")
+        fail("no audit key certificate: give --key CERT (e.g. certs/audit_*.crt) or --config ca.json", 2)
     report = verify_files(files, certificates, known)
     click.echo(summary(report), nl=False)
     if known is None:

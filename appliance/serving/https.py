@@ -68,6 +68,18 @@ class Worker:
                                  limits=limits(self.config, self.config.server.maxRequestBytes), name="https",
                                  log_access=True)
         self.reloading = False
+        self.retired: list[Authority] = []  # replaced by a reload, closed once their requests are done
+
+    def close(self) -> None:
+        """Close every authority (each seals its audit stream with a checkpoint), the retired ones first."""
+        for authority in [*self.retired, self.authority]:
+            authority.close()
+        self.retired.clear()
+
+    def _retire(self, old: Authority) -> None:
+        if old in self.retired:
+            self.retired.remove(old)
+            old.close()
 
     async def reload(self) -> None:
         if self.reloading:
@@ -83,8 +95,9 @@ class Worker:
             self.reloading = False
         old = self.authority
         self.config, self.authority, self.server.app = config, authority, app
+        self.retired.append(old)
         log.info("SIGHUP: ca.json reloaded")
-        loop.call_later(config.server.requestTimeout, lambda: loop.run_in_executor(None, old.close))
+        loop.call_later(config.server.requestTimeout, lambda: loop.run_in_executor(None, self._retire, old))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,7 +125,7 @@ def main() -> None:
     try:
         uvloop.run(worker.run())
     finally:
-        worker.authority.close()
+        worker.close()
 
 
 if __name__ == "__main__":

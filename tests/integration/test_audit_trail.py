@@ -207,12 +207,31 @@ def test_init_key_for_an_old_ca_and_a_key_rotation(tmp_path: Path) -> None:
 def test_verify_refuses_bad_arguments_plainly(trail: tuple[DevCA, Path], tmp_path: Path) -> None:
     ca, path = trail
     none = hsmca(ca, "audit", "verify", str(path), check=False)
-    assert none.returncode == 1 and "no audit key certificate" in none.stderr
+    assert none.returncode == 2 and "no audit key certificate" in none.stderr
     since = hsmca(ca, "audit", "verify", str(path), "--config", str(ca.config_path), "--since", "yesterday",
                   check=False)
-    assert since.returncode == 1 and "--since" in since.stderr
+    assert since.returncode == 2 and "--since" in since.stderr
     missing = hsmca(ca, "audit", "verify", str(tmp_path / "nope.jsonl"), "--config", str(ca.config_path),
                     check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr  # click's usage error
+    bad_db = hsmca(ca, "audit", "verify", str(path), "--key", str(ca.config.resolve(str(ca.config.audit.certificate))),
+                   "--db", "not-a-url", check=False)
+    assert bad_db.returncode == 2 and "not a SQLAlchemy URL" in bad_db.stderr
     later = hsmca(ca, "audit", "verify", str(path), "--config", str(ca.config_path), "--since", "2999-01-01T00:00:00Z")
     assert "VERIFIED" in later.stdout
+
+
+def test_a_reload_starts_a_new_stream_and_seals_the_old_one(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    server = start_server(ca, workers=1)
+    try:
+        issue_through(server, "before-reload.example")
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "ca.json reloaded" in server.log(), 30, "the reload")
+        issue_through(server, "after-reload.example")
+    finally:
+        assert server.stop() == 0  # well before requestTimeout: the retired authority is closed at exit
+    signs = [json.loads(raw) for raw in _lines(ca.audit_path) if json.loads(raw)["action"] == "x509.sign"]
+    assert len({rec["stream"] for rec in signs[-2:]}) == 2  # the reload's new authority writes a new stream
+    done = _verify(ca, ca.audit_path, db=True)
+    assert done.returncode == 0 and "Warning" not in done.stdout, done.stdout
