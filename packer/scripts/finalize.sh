@@ -1,0 +1,24 @@
+#!/bin/bash
+# Packer's shutdown command: what must be the last thing done in the guest. The build-time SSH server goes
+# (this session survives: sshd's children outlive its purge), packages are held, package sources removed, the
+# root file system is made read-only, the machine identity emptied; then the guest powers off.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get purge -y -qq openssh-server openssh-sftp-server
+# `--auto-remove` could take procps and others along: remove only what the purge left unneeded, by name.
+rm -rf /root/.ssh /etc/ssh/ssh_host_* /root/build
+
+dpkg-query -W -f='${Package}\n' | xargs apt-mark hold >/dev/null
+rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+
+# Read-only root from the next boot on; the data partition stays writable.
+sed -i -E 's#^(\S+\s+/\s+\S+\s+)(\S+)#\1ro,\2#' /etc/fstab
+
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+find /var/log -type f -delete  # no build log ships in the image
+sync
+systemctl poweroff

@@ -1,0 +1,35 @@
+#!/bin/bash
+# Runs inside the guest during `packer build` (as root, over the loopback-only SSH forward). The guest has no
+# network: hsmca and its dependencies come from the uploaded wheelhouse, checked against its SHA256SUMS.
+set -euo pipefail
+
+BUILD=/root/build
+WHEELS=$BUILD/wheelhouse
+FILES=$BUILD/files
+
+(cd "$WHEELS" && sha256sum --strict --quiet -c SHA256SUMS)
+
+# The CA's software: a venv in /opt (read-only at run time), installed only from the wheelhouse, hashes required.
+python3 -m venv /opt/hsmca/venv
+/opt/hsmca/venv/bin/pip install --no-index --no-cache-dir --find-links "$WHEELS" --require-hashes \
+	-r "$WHEELS/requirements.txt"
+/opt/hsmca/venv/bin/hsmca --version
+
+# The service user; its home is the CA's home on the data partition (mounted at /var/lib/hsmca).
+if ! getent passwd hsmca >/dev/null; then
+	useradd --system --user-group --home-dir /var/lib/hsmca --no-create-home --shell /usr/sbin/nologin hsmca
+fi
+install -d -m 0700 -o hsmca -g hsmca /var/lib/hsmca
+
+install -m 0644 "$FILES/hsmca.service" /etc/systemd/system/hsmca.service
+install -m 0644 "$FILES/nftables.conf" /etc/nftables.conf
+install -d -m 0755 /etc/hsmca
+install -d -m 0750 /etc/audit/rules.d
+install -m 0640 "$FILES/hsmca.rules" /etc/audit/rules.d/hsmca.rules
+install -D -m 0644 "$FILES/journald.conf" /etc/systemd/journald.conf.d/hsmca.conf
+install -D -m 0644 /opt/hsmca/venv/share/doc/hsmca/README.md /usr/share/doc/hsmca/README.md 2>/dev/null || true
+
+systemctl enable nftables.service auditd.service systemd-timesyncd.service hsmca.service
+
+# Nobody logs in as root: the emergency path is a named break-glass account, off by default.
+passwd --lock root
