@@ -9,7 +9,7 @@ export HSMCA_PATH
 APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint deps venv clean
+.PHONY: run test bench lint deps venv clean image-deps image image-check
 
 ## Install the system packages (root only; others must have them already).
 deps:
@@ -53,6 +53,32 @@ test: deps venv
 ## floor, peak RSS, raw SoftHSM signatures/s. BENCH_ARGS='--sustained 600' adds ten minutes with housekeeping.
 bench: deps venv
 	$(BIN)/python bench/issue.py $(BENCH_ARGS)
+
+## The appliance image (root): packer/README.md. `make image` builds build/image/image/hsmca.qcow2 from the
+## pinned inputs (packer/wheels.lock, packer/packages.lock); `make image-check` runs the offline checks on it.
+IMAGE_BUILD ?= build/image
+IMAGE_APT_PACKAGES := packer mmdebstrap qemu-system-x86 qemu-utils ovmf mtools dosfstools fdisk e2fsprogs \
+	systemd-boot-efi openssh-client shellcheck nftables
+image-deps:
+	@missing=""; for p in $(IMAGE_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
+	fi
+
+image: image-deps venv
+	PYTHON=$(abspath $(BIN)/python) bash packer/scripts/wheelhouse.sh $(IMAGE_BUILD)/wheelhouse
+	bash packer/scripts/disk.sh $(IMAGE_BUILD)
+	rm -rf $(IMAGE_BUILD)/image
+	cd packer && PACKER_CACHE_DIR=$(abspath $(IMAGE_BUILD))/packer_cache packer build -var base_disk=$(abspath $(IMAGE_BUILD))/base.qcow2 \
+	  -var base_disk_checksum=file:$(abspath $(IMAGE_BUILD))/base.qcow2.sha256 \
+	  -var wheelhouse=$(abspath $(IMAGE_BUILD))/wheelhouse -var output_directory=$(abspath $(IMAGE_BUILD))/image \
+	  -var ssh_private_key_file=$(abspath $(IMAGE_BUILD))/build_key hsmca.pkr.hcl
+
+image-check: image-deps
+	bash packer/scripts/check.sh $(IMAGE_BUILD)/image/hsmca.qcow2
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy

@@ -44,6 +44,7 @@ source "qemu" "hsmca" {
   output_directory = var.output_directory
   vm_name          = "hsmca.qcow2"
   format           = "qcow2"
+  skip_resize_disk = true  // the partitions are laid out by scripts/disk.sh
   accelerator      = "tcg" // no KVM on the build machines measured so far
   machine_type     = "q35"
   memory           = 2048

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get purge -y -qq openssh-server openssh-sftp-server
+apt-get purge -y -qq openssh-server openssh-sftp-server openssh-client
 # `--auto-remove` could take procps and others along: remove only what the purge left unneeded, by name.
 rm -rf /root/.ssh /etc/ssh/ssh_host_* /root/build
 
@@ -19,6 +19,7 @@ sed -i -E 's#^(\S+\s+/\s+\S+\s+)(\S+)#\1ro,\2#' /etc/fstab
 
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id
+journalctl --relinquish-var  # journald writes to /run from now on: nothing of the build stays on disk
 find /var/log -type f -delete  # no build log ships in the image
 sync
 systemctl poweroff

@@ -36,7 +36,7 @@ def test_packer_template_is_formatted_and_valid(tmp_path: Path) -> None:
     (tmp_path / "base.qcow2.sha256").write_text("0" * 64 + "  base.qcow2\n")
     (tmp_path / "wheelhouse").mkdir()
     done = run("packer", "validate", "-var", f"ssh_private_key_file={key}",
-               "-var", f"wheelhouse={tmp_path / 'wheelhouse'}",
+               "-var", f"wheelhouse={tmp_path / 'wheelhouse'}", "-var", f"output_directory={tmp_path / 'out'}",
                "-var", f"base_disk_checksum=file:{tmp_path / 'base.qcow2.sha256'}", str(PACKER / "hsmca.pkr.hcl"))
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -153,3 +153,26 @@ def test_service_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
     exposure = float(security.stdout.rsplit("Overall exposure level for hsmca.service:", 1)[1].split()[0])
     assert exposure <= 2.0, security.stdout
     assert time.monotonic() - started < 10
+
+
+def test_the_pinned_inputs_cover_what_the_image_needs() -> None:
+    """Every runtime dependency of hsmca is pinned with a hash, and every listed Debian package is recorded."""
+    import re
+    import tomllib
+
+    lock = [line.split() for line in (PACKER / "wheels.lock").read_text().splitlines() if not line.startswith("#")]
+    pinned = {}
+    for fields in lock:
+        name, _, version = fields[0].partition("==")
+        assert version and re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", fields[1]), fields
+        pinned[name] = version
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["postgresql"] + \
+        project["optional-dependencies"]["mysql"]
+    for requirement in wanted:
+        name = re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in pinned, f"{name} (pyproject.toml) is not in packer/wheels.lock: run wheelhouse.sh --update-lock"
+    recorded = {line.split()[0] for line in (PACKER / "packages.lock").read_text().splitlines()}
+    listed = {w for line in (PACKER / "packages.txt").read_text().splitlines() if not line.startswith("#")
+              for w in line.split()}
+    assert listed and listed <= recorded, f"not in packer/packages.lock: {listed - recorded}"

@@ -1,0 +1,117 @@
+#!/bin/bash
+# `make image-check`: offline checks of a built image, as root. The qcow2 is converted to raw and its partitions
+# root is mounted read-only through a loop device at its offset (no partition nodes needed), the ESP is read with
+# mtools. Every check prints
+# ok/FAIL; the script exits 1 if any failed.
+#   check.sh IMAGE.qcow2
+# shellcheck disable=SC2317,SC2016  # checks are called through `check`; dpkg-query's format is its own
+set -euo pipefail
+
+PACKER_DIR=$(cd "$(dirname "$0")/.." && pwd)
+IMAGE=$(realpath "${1:?usage: check.sh IMAGE.qcow2}")
+[ "$(id -u)" = 0 ] || { echo "check.sh must run as root (loop mounts)" >&2; exit 1; }
+
+WORK=$(mktemp -d)
+ROOT=$WORK/root
+ESP=$WORK/esp
+cleanup() {
+	umount "$ROOT" 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$ROOT" "$ESP"
+
+qemu-img convert -O raw "$IMAGE" "$WORK/disk.raw"
+sfdisk --quiet --relocate gpt-bak-std "$WORK/disk.raw" 2>/dev/null || true  # a disk grown by packer: move the backup GPT
+part() {  # offset and size in bytes of the partition named $1
+	sfdisk -J "$WORK/disk.raw" | python3 -c '
+import json, sys
+table = json.load(sys.stdin)["partitiontable"]
+for p in table["partitions"]:
+    if p.get("name") == sys.argv[1]:
+        print(p["start"] * table.get("sectorsize", 512), p["size"] * table.get("sectorsize", 512))
+' "$1"
+}
+read -r off size < <(part hsmca-root)
+mount -o ro,loop,noload,offset="$off",sizelimit="$size" "$WORK/disk.raw" "$ROOT"
+read -r off _ < <(part hsmca-esp)
+mtype -i "$WORK/disk.raw@@$off" ::/loader/entries/hsmca.conf > "$ESP/hsmca.conf"  # mtools: no vfat module needed
+
+failed=0
+check() {  # check NAME COMMAND...: ok when COMMAND succeeds
+	local name=$1
+	shift
+	if out=$("$@" 2>&1); then
+		echo "ok    $name"
+	else
+		echo "FAIL  $name"
+		printf '%s\n' "$out" | sed 's/^/      /' | head -20
+		failed=1
+	fi
+}
+
+exposure() {
+	local level
+	level=$(systemd-analyze security --offline=yes --root="$ROOT" hsmca.service 2>&1 |
+		sed -n 's/.*Overall exposure level for hsmca.service: \([0-9.]*\).*/\1/p')
+	echo "exposure $level"
+	python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) <= 2.0 else 1)' "$level"
+}
+firewall() {
+	unshare -n nft -c -f "$ROOT/etc/nftables.conf"
+	grep -q 'type filter hook input priority filter; policy drop;' "$ROOT/etc/nftables.conf"
+	grep -q 'type filter hook output priority filter; policy drop;' "$ROOT/etc/nftables.conf"
+}
+root_locked() { grep -q '^root:[!*]' "$ROOT/etc/shadow"; }
+no_compilers() {
+	local found
+	found=$(find "$ROOT/usr/bin" "$ROOT/usr/local/bin" \( -name 'gcc*' -o -name 'cc' -o -name 'c++' -o -name 'g++*' \
+		-o -name 'clang*' -o -name 'tcc' -o -name 'as' -o -name 'ld' \) 2>/dev/null)
+	[ -z "$found" ] || { echo "$found"; return 1; }
+}
+no_sshd() { [ ! -e "$ROOT/usr/sbin/sshd" ] && [ ! -e "$ROOT/etc/ssh/sshd_config" ] && [ ! -e "$ROOT/root/.ssh" ]; }
+no_sources() {
+	local found
+	found=$(find "$ROOT/etc/apt" -name '*.list' -o -name '*.sources' 2>/dev/null)
+	[ -z "$found" ] || { echo "$found"; return 1; }
+}
+setuid_allowlist() {
+	local found
+	found=$(cd "$ROOT" && find . -xdev \( -perm -4000 -o -perm -2000 \) -type f | sed 's#^\.##' | sort)
+	diff -u <(grep -v '^#' "$PACKER_DIR/setuid-allowlist.txt" | sort) <(printf '%s\n' "$found")
+}
+no_private_keys() {
+	local found
+	# Key files (a header line of its own). The wheels' own code quotes such headers; the wheels are checked by hash.
+	found=$(grep -rlE --exclude-dir=site-packages -- '^-----BEGIN ([A-Z]+ )?PRIVATE KEY-----$' \
+		"$ROOT/etc" "$ROOT/root" "$ROOT/var" "$ROOT/opt" "$ROOT/home" "$ROOT/usr/local" 2>/dev/null || true)
+	found+=$(find "$ROOT/var/lib/softhsm/tokens" "$ROOT/var/lib/hsmca" -mindepth 1 2>/dev/null || true)
+	[ -z "$found" ] || { echo "$found"; return 1; }
+}
+cmdline() { grep -E '^options .*\bro\b.*\blockdown=integrity\b.*\baudit=1\b' "$ESP/hsmca.conf"; }
+read_only_root() { grep -E '^\S+\s+/\s+\S+\s+ro,' "$ROOT/etc/fstab"; }
+machine_id_empty() { [ ! -s "$ROOT/etc/machine-id" ]; }
+no_build_logs() {
+	local found
+	found=$(find "$ROOT/var/log" -type f -size +0 2>/dev/null)
+	[ -z "$found" ] || { echo "$found"; return 1; }
+}
+manifest() {  # what was built is what was recorded, less the build-time SSH server
+	diff -u <(grep -vE '^openssh-(server|sftp-server|client) ' "$PACKER_DIR/packages.lock") \
+		<(chroot "$ROOT" dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort)
+}
+
+check "systemd-analyze security: hsmca.service exposure <= 2.0" exposure
+check "nftables: the ruleset parses, default drop inbound and outbound" firewall
+check "root account locked" root_locked
+check "no compilers" no_compilers
+check "no SSH server, no root SSH keys" no_sshd
+check "no package sources" no_sources
+check "setuid/setgid files only from packer/setuid-allowlist.txt" setuid_allowlist
+check "no private key material, no tokens, no CA data in the image" no_private_keys
+check "kernel command line: ro lockdown=integrity audit=1" cmdline
+check "read-only root in fstab" read_only_root
+check "empty machine-id" machine_id_empty
+check "no build logs" no_build_logs
+check "dpkg manifest = packer/packages.lock (less the build-time openssh)" manifest
+exit "$failed"

@@ -1,0 +1,96 @@
+#!/bin/bash
+# Host side, as root, before `packer build`: the base disk. A minimal Debian bookworm root file system made by
+# mmdebstrap from the packages in packer/packages.txt, a GPT UEFI disk made without loop devices (ESP with
+# systemd-boot through mkfs.vfat + mcopy, root through mkfs.ext4 -d, an empty data partition, sfdisk), converted to
+# qcow2. The build-time SSH server and a throwaway key let Packer in once; finalize.sh removes both.
+#   disk.sh BUILD_DIR      writes BUILD_DIR/base.qcow2, base.qcow2.sha256, build_key, dpkg-manifest.txt
+set -euo pipefail
+
+PACKER_DIR=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=$(realpath -m "${1:?usage: disk.sh BUILD_DIR}")
+SUITE=${SUITE:-bookworm}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+ESP_MIB=128
+ROOT_MIB=2048
+DATA_MIB=512
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$PACKER_DIR" log -1 --format=%ct)}
+
+[ "$(id -u)" = 0 ] || { echo "disk.sh must run as root (mmdebstrap, file ownership in the image)" >&2; exit 1; }
+mkdir -p "$BUILD"
+WORK=$(mktemp -d "$BUILD/work.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+ROOT=$WORK/root
+
+rm -f "$BUILD/build_key" "$BUILD/build_key.pub"
+ssh-keygen -q -t ed25519 -N '' -C hsmca-image-build -f "$BUILD/build_key"
+
+packages=$(grep -v '^#' "$PACKER_DIR/packages.txt" | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
+# shellcheck disable=SC2016  # $1 is the hook's argument (the root), expanded by mmdebstrap's shell, not here
+mmdebstrap --quiet --variant=minbase --include="$packages" \
+	--customize-hook='chroot "$1" systemctl enable systemd-networkd.service ssh.service' \
+	"$SUITE" "$ROOT" "$MIRROR"
+
+# shellcheck disable=SC2016  # dpkg-query's own format fields
+chroot "$ROOT" dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort > "$BUILD/dpkg-manifest.txt"
+# The mirror must serve exactly the recorded packages: a changed mirror fails here rather than drifting.
+# UPDATE_LOCK=1 accepts what it serves today and rewrites packer/packages.lock (review its diff like code).
+if [ "${UPDATE_LOCK:-0}" = 1 ]; then
+	cp "$BUILD/dpkg-manifest.txt" "$PACKER_DIR/packages.lock"
+elif ! diff -u "$PACKER_DIR/packages.lock" "$BUILD/dpkg-manifest.txt" >&2; then
+	echo "the packages differ from packer/packages.lock (above): the mirror changed; UPDATE_LOCK=1 to accept" >&2
+	exit 1
+fi
+
+# Identity, network, mounts, boot.
+echo hsmca > "$ROOT/etc/hostname"
+printf '[Match]\nName=en*\n\n[Network]\nDHCP=yes\n' > "$ROOT/etc/systemd/network/50-wired.network"
+cat > "$ROOT/etc/fstab" <<'FSTAB'
+PARTLABEL=hsmca-root  /               ext4  defaults,noatime               0 1
+PARTLABEL=hsmca-esp   /boot/efi       vfat  ro,umask=0077,noauto,nofail    0 2
+PARTLABEL=hsmca-data  /var/lib/hsmca  ext4  defaults,noatime,nodev,nosuid  0 2
+FSTAB
+mkdir -p "$ROOT/boot/efi" "$ROOT/var/lib/hsmca" "$ROOT/root/.ssh"
+install -m 0600 "$BUILD/build_key.pub" "$ROOT/root/.ssh/authorized_keys"
+chmod 0700 "$ROOT/root/.ssh"
+
+# The ESP: systemd-boot, one entry, the kernel and initrd from the root file system.
+kernel=$(find "$ROOT/boot" -maxdepth 1 -name 'vmlinuz-*' | sort | tail -1)
+initrd=$(find "$ROOT/boot" -maxdepth 1 -name 'initrd.img-*' | sort | tail -1)
+if [ -z "$kernel" ] || [ -z "$initrd" ]; then
+	echo "no kernel or initrd in the root file system" >&2
+	exit 1
+fi
+esp=$WORK/esp
+mkdir -p "$esp/EFI/BOOT" "$esp/loader/entries"
+cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi "$esp/EFI/BOOT/BOOTX64.EFI"
+cp "$kernel" "$esp/vmlinuz"
+cp "$initrd" "$esp/initrd.img"
+printf 'default hsmca.conf\ntimeout 0\neditor no\n' > "$esp/loader/loader.conf"
+printf 'title hsmca\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' \
+	"root=PARTLABEL=hsmca-root ro lockdown=integrity audit=1 console=ttyS0,115200 console=tty0" \
+	> "$esp/loader/entries/hsmca.conf"
+
+# The partitions as files, then one raw disk: [1 MiB gap][ESP][root][data][1 MiB for the backup GPT].
+truncate -s "${ESP_MIB}M" "$WORK/esp.img"
+mkfs.vfat -F 32 -n HSMCA-ESP "$WORK/esp.img" >/dev/null
+mcopy -s -i "$WORK/esp.img" "$esp"/* ::/
+truncate -s "${ROOT_MIB}M" "$WORK/root.img"
+mkfs.ext4 -q -L hsmca-root -d "$ROOT" "$WORK/root.img"
+truncate -s "${DATA_MIB}M" "$WORK/data.img"
+mkfs.ext4 -q -L hsmca-data "$WORK/data.img"
+
+raw=$WORK/disk.raw
+truncate -s "$((1 + ESP_MIB + ROOT_MIB + DATA_MIB + 1))M" "$raw"
+sfdisk --quiet "$raw" <<SFDISK
+label: gpt
+start=1MiB, size=${ESP_MIB}MiB, type=uefi, name=hsmca-esp
+size=${ROOT_MIB}MiB, type=linux, name=hsmca-root
+size=${DATA_MIB}MiB, type=linux, name=hsmca-data
+SFDISK
+dd if="$WORK/esp.img" of="$raw" bs=1M seek=1 conv=notrunc status=none
+dd if="$WORK/root.img" of="$raw" bs=1M seek=$((1 + ESP_MIB)) conv=notrunc status=none
+dd if="$WORK/data.img" of="$raw" bs=1M seek=$((1 + ESP_MIB + ROOT_MIB)) conv=notrunc status=none
+
+qemu-img convert -O qcow2 "$raw" "$BUILD/base.qcow2"
+(cd "$BUILD" && sha256sum base.qcow2 > base.qcow2.sha256)
+echo "base disk: $BUILD/base.qcow2 ($(wc -l < "$BUILD/dpkg-manifest.txt") packages)" >&2
