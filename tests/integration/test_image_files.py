@@ -176,3 +176,18 @@ def test_the_pinned_inputs_cover_what_the_image_needs() -> None:
     listed = {w for line in (PACKER / "packages.txt").read_text().splitlines() if not line.startswith("#")
               for w in line.split()}
     assert listed and listed <= recorded, f"not in packer/packages.lock: {listed - recorded}"
+
+
+def test_first_boot_allowlist_loads_over_the_base_ruleset() -> None:
+    from appliance.cli.appliance_config import ApplianceConfig, firewall_rules
+
+    cfg = ApplianceConfig.model_validate({
+        "dnsNames": ["ca.internal"], "ntp": ["10.0.0.123", "2001:db8::123"],
+        "network": {"address": "10.0.0.10/24", "gateway": "10.0.0.1", "dns": ["10.0.0.53"]},
+        "outbound": [{"to": "10.0.5.0/24", "port": 5432, "why": "PostgreSQL"},
+                     {"to": "2001:db8::7", "port": 514, "proto": "udp", "why": "syslog (SIEM)"}]})
+    done = run("unshare", "-n", "sh", "-c", f"nft -f {FILES / 'nftables.conf'} && nft -f - && nft list ruleset",
+               input=firewall_rules(cfg))
+    assert done.returncode == 0, done.stderr
+    assert 'ip6 daddr 2001:db8::7 udp dport 514 accept comment "syslog (SIEM)"' in done.stdout
+    assert "elements = { 9000, 9080 }" in done.stdout

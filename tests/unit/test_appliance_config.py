@@ -1,0 +1,48 @@
+"""The appliance's config disk model and the files first boot renders from it (the nft script is also loaded for
+real over the base ruleset in tests/integration/test_image_files.py)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from appliance.cli.appliance_config import ApplianceConfig, firewall_rules, networkd_conf, timesyncd_conf
+
+BASE = {"dnsNames": ["ca.internal"], "ntp": ["10.0.0.123"]}
+
+
+def test_rules_carry_dns_ntp_and_the_allowlist_with_their_reasons() -> None:
+    cfg = ApplianceConfig.model_validate({
+        **BASE, "network": {"address": "10.0.0.10/24", "gateway": "10.0.0.1", "dns": ["10.0.0.53"]},
+        "ports": {"https": 443, "http": 80},
+        "outbound": [{"to": "10.0.5.0/24", "port": 5432, "why": "PostgreSQL"},
+                     {"to": "2001:db8::7", "port": 514, "proto": "udp", "why": "syslog (SIEM)"}]})
+    rules = firewall_rules(cfg)
+    assert "add element inet hsmca ca_ports { 443, 80 }" in rules
+    assert 'ip daddr 10.0.0.53/32 udp dport 53 accept comment "DNS"' in rules
+    assert 'ip daddr 10.0.0.53/32 tcp dport 53 accept comment "DNS"' in rules
+    assert 'ip daddr 10.0.0.123/32 udp dport 123 accept comment "NTP"' in rules
+    assert 'ip daddr 10.0.5.0/24 tcp dport 5432 accept comment "PostgreSQL"' in rules
+    assert 'ip6 daddr 2001:db8::7/128 udp dport 514 accept comment "syslog (SIEM)"' in rules
+    assert rules.index("flush chain inet hsmca allow_out") < rules.index("add rule")
+    assert networkd_conf(cfg).splitlines()[4:7] == ["Address=10.0.0.10/24", "Gateway=10.0.0.1", "DNS=10.0.0.53"]
+    assert timesyncd_conf(cfg) == "[Time]\nNTP=10.0.0.123\nFallbackNTP=\n"
+    assert "DHCP=ipv4" in networkd_conf(ApplianceConfig.model_validate(BASE))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"outbound": [{"to": "kms.example.com", "port": 443, "why": "KMS"}]}, "names are not allowed"),
+    ({"outbound": [{"to": "10.0.0.1/24", "port": 443, "why": "KMS"}]}, "host bits set"),
+    ({"outbound": [{"to": "10.0.0.1", "port": 0, "why": "KMS"}]}, "greater than or equal to 1"),
+    ({"outbound": [{"to": "10.0.0.1", "port": 443, "why": 'x" accept; drop "'}]}, "should match pattern"),
+    ({"outbound": [{"to": "10.0.0.1", "port": 443}]}, "why"),
+    ({"outbound": [{"to": "10.0.0.1", "port": 443, "proto": "icmp", "why": "x"}]}, "'tcp' or 'udp'"),
+    ({"ntp": []}, "at least 1 item"),
+    ({"ntp": ["pool.ntp.org"]}, "valid IPv4 or IPv6 address"),
+    ({"mode": "test"}, "'production' or 'dev'"),
+    ({"sshd": True}, "Extra inputs are not permitted"),
+])
+def test_bad_config_is_refused_with_the_reason(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        ApplianceConfig.model_validate({**BASE, **change})
+    assert message in str(exc.value)
