@@ -9,7 +9,7 @@ export HSMCA_PATH
 APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint deps venv clean image-deps image image-check
+.PHONY: run test bench lint deps venv clean image-deps image image-check image-boot
 
 ## Install the system packages (root only; others must have them already).
 deps:
@@ -58,7 +58,7 @@ bench: deps venv
 ## pinned inputs (packer/wheels.lock, packer/packages.lock); `make image-check` runs the offline checks on it.
 IMAGE_BUILD ?= build/image
 IMAGE_APT_PACKAGES := packer mmdebstrap qemu-system-x86 qemu-utils ovmf mtools dosfstools fdisk e2fsprogs \
-	systemd-boot-efi openssh-client shellcheck nftables
+	systemd-boot-efi openssh-client shellcheck nftables curl
 image-deps:
 	@missing=""; for p in $(IMAGE_APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
@@ -79,6 +79,9 @@ image: image-deps venv
 
 image-check: image-deps
 	bash packer/scripts/check.sh $(IMAGE_BUILD)/image/hsmca.qcow2
+
+image-boot: image-deps venv
+	HSMCA=$(abspath $(BIN)/hsmca) bash packer/scripts/boot.sh $(IMAGE_BUILD)/image/hsmca.qcow2
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy

@@ -69,7 +69,8 @@ build {
   sources = ["source.qemu.hsmca"]
 
   provisioner "shell" {
-    inline = ["mkdir -p /root/build"]
+    inline          = ["mkdir -p /root/build"]
+    execute_command = "{{ .Vars }} bash '{{ .Path }}'" // the guest's /tmp is noexec
   }
 
   provisioner "file" {

@@ -62,6 +62,7 @@ class ApplianceConfig(_Strict):
 
     mode: Literal["production", "dev"] = "production"
     dnsNames: list[str] = Field(min_length=1, max_length=100)
+    publicURL: str | None = None  # the base of CRL/OCSP URLs in certificates (default: `hsmca init`'s rule)
     network: Network = Field(default_factory=Network)
     ntp: list[IPvAnyAddress] = Field(min_length=1, max_length=4)  # time sync is not optional for a CA
     ports: Ports = Field(default_factory=Ports)

@@ -17,6 +17,7 @@ from appliance.cli import (
     server,
     template,
 )
+from appliance.cli import appliance as appliance_command
 from appliance.cli import audit as audit_command
 from appliance.cli import ocsp as ocsp_command
 from ceremony.cli import ceremony
@@ -53,6 +54,7 @@ main.add_command(acme.acme)
 main.add_command(ocsp_command.ocsp_responder)
 main.add_command(template.template)
 main.add_command(audit_command.audit)
+main.add_command(appliance_command.appliance)
 
 
 if __name__ == "__main__":

@@ -41,15 +41,24 @@ elif ! diff -u "$PACKER_DIR/packages.lock" "$BUILD/dpkg-manifest.txt" >&2; then
 	exit 1
 fi
 
+find "$ROOT/var/log" -type f -delete  # mmdebstrap's logs; /var/log is the data partition's from the first boot on
+
 # Identity, network, mounts, boot.
 echo hsmca > "$ROOT/etc/hostname"
 printf '[Match]\nName=en*\n\n[Network]\nDHCP=yes\n' > "$ROOT/etc/systemd/network/50-wired.network"
+# The root is read-only once finalize.sh has run: what must be written lives on the data partition (the CA's home,
+# the logs: journal and auditd) or in memory (/tmp, /var/tmp, systemd's own state).
 cat > "$ROOT/etc/fstab" <<'FSTAB'
-PARTLABEL=hsmca-root  /               ext4  defaults,noatime               0 1
-PARTLABEL=hsmca-esp   /boot/efi       vfat  ro,umask=0077,noauto,nofail    0 2
-PARTLABEL=hsmca-data  /var/lib/hsmca  ext4  defaults,noatime,nodev,nosuid  0 2
+PARTLABEL=hsmca-root  /               ext4   defaults,noatime                           0 1
+PARTLABEL=hsmca-esp   /boot/efi       vfat   ro,umask=0077,noauto,nofail                0 2
+PARTLABEL=hsmca-data  /data           ext4   defaults,noatime,nodev,nosuid,noexec       0 2
+/data/hsmca           /var/lib/hsmca  none   bind,x-systemd.requires-mounts-for=/data   0 0
+/data/log             /var/log        none   bind,x-systemd.requires-mounts-for=/data   0 0
+tmpfs                 /tmp            tmpfs  nodev,nosuid,noexec,mode=1777              0 0
+tmpfs                 /var/tmp        tmpfs  nodev,nosuid,noexec,mode=1777              0 0
+tmpfs                 /var/lib/systemd tmpfs nodev,nosuid,noexec,mode=0755              0 0
 FSTAB
-mkdir -p "$ROOT/boot/efi" "$ROOT/var/lib/hsmca" "$ROOT/root/.ssh"
+mkdir -p "$ROOT/boot/efi" "$ROOT/data" "$ROOT/var/lib/hsmca" "$ROOT/root/.ssh"
 install -m 0600 "$BUILD/build_key.pub" "$ROOT/root/.ssh/authorized_keys"
 chmod 0700 "$ROOT/root/.ssh"
 
@@ -76,8 +85,10 @@ mkfs.vfat -F 32 -n HSMCA-ESP "$WORK/esp.img" >/dev/null
 mcopy -s -i "$WORK/esp.img" "$esp"/* ::/
 truncate -s "${ROOT_MIB}M" "$WORK/root.img"
 mkfs.ext4 -q -L hsmca-root -d "$ROOT" "$WORK/root.img"
+mkdir -p "$WORK/data/hsmca" "$WORK/data/log/journal" "$WORK/data/log/audit"
+chmod 0700 "$WORK/data/hsmca" "$WORK/data/log/audit"
 truncate -s "${DATA_MIB}M" "$WORK/data.img"
-mkfs.ext4 -q -L hsmca-data "$WORK/data.img"
+mkfs.ext4 -q -L hsmca-data -d "$WORK/data" "$WORK/data.img"
 
 raw=$WORK/disk.raw
 truncate -s "$((1 + ESP_MIB + ROOT_MIB + DATA_MIB + 1))M" "$raw"

@@ -14,6 +14,9 @@ rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 
+# The build's DHCP network goes: from now on the config disk says (hsmca-config.service renders it under /run).
+rm -f /etc/systemd/network/50-wired.network
+
 # Read-only root from the next boot on; the data partition stays writable.
 sed -i -E 's#^(\S+\s+/\s+\S+\s+)(\S+)#\1ro,\2#' /etc/fstab
 

@@ -21,7 +21,9 @@ if ! getent passwd hsmca >/dev/null; then
 fi
 install -d -m 0700 -o hsmca -g hsmca /var/lib/hsmca
 
-install -m 0644 "$FILES/hsmca.service" /etc/systemd/system/hsmca.service
+for unit in hsmca.service hsmca-config.service hsmca-init.service; do
+	install -m 0644 "$FILES/$unit" "/etc/systemd/system/$unit"
+done
 install -m 0644 "$FILES/nftables.conf" /etc/nftables.conf
 install -d -m 0755 /etc/hsmca
 install -d -m 0750 /etc/audit/rules.d
@@ -29,7 +31,8 @@ install -m 0640 "$FILES/hsmca.rules" /etc/audit/rules.d/hsmca.rules
 install -D -m 0644 "$FILES/journald.conf" /etc/systemd/journald.conf.d/hsmca.conf
 install -D -m 0644 /opt/hsmca/venv/share/doc/hsmca/README.md /usr/share/doc/hsmca/README.md 2>/dev/null || true
 
-systemctl enable nftables.service auditd.service systemd-timesyncd.service hsmca.service
+systemctl enable nftables.service auditd.service systemd-timesyncd.service hsmca-config.service \
+	hsmca-init.service hsmca.service
 
 # Set-user-ID programs nobody on the appliance needs lose the bit (dpkg-statoverride keeps it so); what stays is
 # packer/setuid-allowlist.txt, checked by `make image-check`.

@@ -132,20 +132,26 @@ def test_only_the_ca_ports_are_open_inbound_and_outbound_is_closed(appliance_ns:
             s.wait()
 
 
-def test_service_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
+UNITS = ("hsmca.service", "hsmca-config.service", "hsmca-init.service")
+
+
+def test_units_verify_and_the_service_is_sandboxed(tmp_path: Path) -> None:
     root = tmp_path / "root"  # a stub root: systemd's own units from this machine, stubs for the commands
     shutil.copytree("/usr/lib/systemd/system", root / "usr" / "lib" / "systemd" / "system", symlinks=True)
     unit_dir = root / "etc" / "systemd" / "system"
     unit_dir.mkdir(parents=True)
-    (unit_dir / "hsmca.service").write_text((FILES / "hsmca.service").read_text())
-    for command in ("opt/hsmca/venv/bin/hsmca", "bin/kill"):
-        stub = root / command
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text("#!/bin/sh\n")
-        stub.chmod(0o755)
-    verify = run("systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/hsmca.service")
+    for unit in UNITS:
+        text = (FILES / unit).read_text()
+        (unit_dir / unit).write_text(text)
+        for line in text.splitlines():
+            if line.startswith(("ExecStart", "ExecReload")):
+                stub = root / line.split("=", 1)[1].split()[0].lstrip("-").lstrip("/")
+                stub.parent.mkdir(parents=True, exist_ok=True)
+                stub.write_text("#!/bin/sh\n")
+                stub.chmod(0o755)
+    verify = run("systemd-analyze", "verify", f"--root={root}", *(f"/etc/systemd/system/{u}" for u in UNITS))
     problems = [line for line in (verify.stdout + verify.stderr).splitlines()
-                if "hsmca.service" in line and "ConditionPathExists" not in line]
+                if "hsmca" in line and "ConditionPathExists" not in line]
     assert verify.returncode == 0 and not problems, verify.stdout + verify.stderr
     started = time.monotonic()
     security = run("systemd-analyze", "security", "--offline=yes", "--threshold=20", str(FILES / "hsmca.service"))
