@@ -19,7 +19,7 @@ One message per record (RFC 5424 section 6):
 * The SD element hsmca@32473 carries seq, stream, prev, action, decision, serial, provisioner and request_id when
   the record has them (not None), with `"`, `\\` and `]` escaped (section 6.3.3). 32473 is the documentation
   enterprise number of RFC 5612; a deployment with its own IANA number may want to change SD_ID.
-* MSG is the record as canonical JSON (sorted keys, no spaces, UTF-8: kms.chained_log.canonical, so an
+* MSG is the record as the file has it (trail.encode: sorted keys, no spaces, UTF-8), so an
   untruncated MSG is byte for byte the file's line, and a SIEM can recompute the `prev` links). It starts with
   the UTF-8 BOM: section 6.4 says a MSG encoded in UTF-8 MUST start with it (without one it is MSG-ANY, octets
   of unknown charset). Receivers that hand MSG to a JSON parser should strip a leading U+FEFF
@@ -48,6 +48,8 @@ import time
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
+
+from appliance.audit.trail import encode
 
 log = logging.getLogger("hsmca.audit")
 
@@ -90,7 +92,7 @@ def format_message(line: dict[str, Any], *, facility: int, app_name: str, hostna
     room = max_bytes - len(header) - len(sd) - 1  # 1: the space before MSG
     if room < len(BOM):
         return header + sd
-    msg = BOM + _canonical(line)
+    msg = BOM + encode(line)
     if len(msg) > room:
         cut = room
         while msg[cut] & 0xC0 == 0x80:  # never split a UTF-8 sequence: back up to the start of a character
@@ -148,14 +150,6 @@ def _structured_data(params: list[tuple[str, str]], budget: int) -> bytes:
         else:
             hi = mid - 1
     return _sd_element(params, lo)
-
-
-def _canonical(line: dict[str, Any]) -> bytes:
-    """The record as the file has it (sorted keys, no spaces, UTF-8; `str` for odd values)."""
-    try:
-        return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    except UnicodeEncodeError:  # a lone surrogate: \u escapes keep the JSON valid and equal to the record
-        return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
 
 
 def _parse_address(address: str) -> tuple[socket.AddressFamily, str | tuple[Any, ...]]:

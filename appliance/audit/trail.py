@@ -52,8 +52,13 @@ def scrub(text: str) -> str:
 
 
 def encode(line: dict[str, Any]) -> bytes:
-    """kms.chained_log.canonical, with `str` for the odd non-JSON detail value (the reader sees the string)."""
-    return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """kms.chained_log.canonical, with `str` for the odd non-JSON detail value (the reader sees the string). A lone
+    surrogate (a client's JSON can carry "\\ud800" into a reason) cannot be UTF-8: then the whole line is written
+    with \\u escapes, still valid JSON equal to the record. The verifier and the syslog copy use this same form."""
+    try:
+        return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError:
+        return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str).encode()
 
 
 def utc_now() -> str:

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from appliance.audit.seal import CHECKPOINT, CONTINUED, STREAM_START, Statement, certificate_sha256
-from kms.chained_log import GENESIS, b64_signature, canonical, sha256_hex, signature_problem
+from appliance.audit.trail import encode
+from kms.chained_log import GENESIS, b64_signature, sha256_hex, signature_problem
 
 _RECENT_LIMIT = 200_000
 MAX_LINE = 16 << 20  # records are a few KiB (a request is bounded by server.maxRequestBytes); longer: not one
@@ -142,7 +143,7 @@ class _Verifier:
         if seq != stream.seq + 1:
             kind = "removed" if seq > stream.seq + 1 else "inserted or moved"
             self.problem(where, f"stream {name} jumps from seq {stream.seq} to {seq}: a line was {kind}", stream)
-        if canonical(obj) != raw:
+        if encode(obj) != raw:
             self.problem(where, "is not in the form the audit trail writes: the line was edited", stream)
         stream.seq, stream.head, stream.last, stream.last_time = seq, digest, where, obj["time"]
         event = obj["action"] not in (CHECKPOINT, STREAM_START, CONTINUED)

@@ -436,3 +436,15 @@ def test_records_are_shipped_to_syslog_with_their_links(tmp_path: Path) -> None:
     assert " audit.stream " in messages[0] and message.startswith("<86>1 ")  # authpriv.notice, authpriv.info
     assert f'seq="{rec["seq"]}"' in message and f'prev="{rec["prev"]}"' in message and 'serial="7"' in message
     assert message.endswith(line.decode())  # the MSG is the file's line, so a SIEM can recompute the links
+
+
+def test_a_lone_surrogate_from_a_client_is_written_and_verifies(tmp_path: Path, audit_key: Key) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = _trail(path, audit_key)
+    name = json.loads('"bad\\ud800.example"')  # what a client's JSON can carry into a refusal's reason
+    trail.record(AuditEvent(action="x509.sign", decision="denied", subject="é.example", reasons=(f"name {name}",)))
+    trail.close()
+    (rec,) = read_events(path)
+    assert rec["reasons"] == [f"name {name}"] and rec["subject"] == "é.example"
+    report = verify([path], [audit_key.cert])
+    assert report.ok and not report.warnings, summary(report)

@@ -7,7 +7,9 @@ through the pipeline, and arbitrary bodies through the step API's Falcon applica
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from appliance.api import create_app
 from appliance.errors import CAError
 from appliance.ra.pipeline import RequestContext
-from tests.unit.pipeline_ca import InProcessCA, make_ca
+from tests.unit.pipeline_ca import SIGN_AUDIENCE, InProcessCA, make_ca
 
 CTX = RequestContext(request_id="fuzz")
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -116,3 +118,22 @@ def test_token_claims_a_template_uses_never_make_a_500(templated_ca: InProcessCA
         event(f"refused {exc.status}")
         return
     event("issued")
+
+
+def test_a_lone_surrogate_in_a_token_name_is_refused_and_audited(ca: InProcessCA) -> None:
+    """A token's JSON can carry "\\ud800" (no UTF-8 form); the refusal quotes the name into the audit record."""
+    from joserfc import jws
+
+    from appliance.provisioners import jose
+
+    name = json.loads('"bad\\ud800.internal"')
+    now = int(datetime.now(timezone.utc).timestamp())
+    claims = {"iss": "admin", "sub": "x.internal", "aud": SIGN_AUDIENCE, "sans": [name], "iat": now, "nbf": now,
+              "exp": now + 300, "jti": secrets.token_hex(16)}
+    alg = jose.allowed_algorithms(ca.provisioner_key)[0]
+    token = jws.serialize_compact({"alg": alg, "typ": "JWT", "kid": ca.kid}, json.dumps(claims).encode(),
+                                  ca.provisioner_key, algorithms=[alg])  # json.dumps writes the \\ud800 escape
+    with pytest.raises(CAError) as exc:
+        ca.authority.sign(bare_csr(), token, None, None, CTX)
+    assert exc.value.status < 500, exc.value.message
+    assert ca.events()[-1]["decision"] == "denied"
