@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HSMCA_PATH ?= $(HOME)/.hsmca
 export HSMCA_PATH
-APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables
+APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables systemd
 PYTEST_ARGS ?=
 
 .PHONY: run test bench lint deps venv clean image-deps image image-check image-boot

@@ -21,7 +21,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from kms.chained_log import sha256_hex, signature_problem, signer_for
+from appliance.certutil import fingerprint
+from kms.chained_log import signature_problem, signer_for
 
 PREFIX = "hsmca-audit-checkpoint/1"
 CHECKPOINT = "audit.checkpoint"
@@ -68,16 +69,12 @@ class Checkpoint:
         return {"statement": self.statement.text(), "signatures": list(self.signatures)}
 
 
-def certificate_sha256(cert: x509.Certificate) -> str:
-    return sha256_hex(cert.public_bytes(Encoding.DER))
-
-
 class AuditSealer:
     """The audit key (opened through kms/ on first use, after any fork) and the certificate the CA issued for it."""
 
     def __init__(self, open_key: Callable[[], Any], certificate: x509.Certificate):
         self._open_key, self.certificate = open_key, certificate
-        self.fingerprint = certificate_sha256(certificate)
+        self.fingerprint = fingerprint(certificate)
         self._key: Any = None
         self._lock = threading.Lock()
 

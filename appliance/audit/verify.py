@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from appliance.audit.seal import CHECKPOINT, CONTINUED, STREAM_START, Statement, certificate_sha256
+from appliance.audit.seal import CHECKPOINT, CONTINUED, STREAM_START, Statement
 from appliance.audit.trail import encode
+from appliance.certutil import fingerprint
 from kms.chained_log import GENESIS, b64_signature, sha256_hex, signature_problem
 
 _RECENT_LIMIT = 200_000
@@ -76,7 +77,7 @@ class Report:
 class _Verifier:
     def __init__(self, keys: Iterable[x509.Certificate]):
         self.report = Report()
-        self.trusted = {certificate_sha256(c): c for c in keys}
+        self.trusted = {fingerprint(c): c for c in keys}
         self.file_head, self.file_last = GENESIS, ""  # the current file's last line: its hash, where it is
 
     def problem(self, where: str, text: str, stream: Stream | None = None) -> None:
@@ -217,8 +218,8 @@ class _Verifier:
                 cert = x509.load_der_x509_certificate(der)
             except ValueError:
                 continue
-            if certificate_sha256(cert) == sig.get("key"):
-                found[certificate_sha256(cert)] = cert
+            if fingerprint(cert) == sig.get("key"):
+                found[fingerprint(cert)] = cert
         return found
 
     def finish(self, known: Iterable[KnownCheckpoint] | None) -> Report:

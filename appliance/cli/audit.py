@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 
-from appliance.cli.common import fail
+from appliance.cli.common import fail, parse_when
 from kms.keyspec import KeySpec
 
 FileType = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -17,16 +16,6 @@ FileType = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.group()
 def audit() -> None:
     """The audit trail: hash-chained records, checkpoints signed by the audit key (README, Audit trail)."""
-
-
-def _since(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"--since {value!r} is not a time: use ISO 8601, e.g. 2026-12-01T00:00:00Z", 2)
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 @audit.command()
@@ -53,7 +42,7 @@ def verify(files: tuple[Path, ...], keys: tuple[Path, ...], db_url: str | None, 
     from appliance.audit.verify import verify as verify_files
     from appliance.certutil import CertificateFileError, load_certificates
 
-    when = _since(since)
+    when = parse_when(since, "--since", 2)
     certificates = []
     try:
         for path in keys:

@@ -31,9 +31,9 @@ def make_audit_key(config: CAConfig, config_path: Path, *, key_uri: str | None =
                    rotate: bool = False) -> MadeKey:
     """Create (or open) the key, issue its certificate through the pipeline, write ca.json."""
     from appliance.audit import AuditEvent, JsonLinesAudit
-    from appliance.audit.seal import certificate_sha256
     from appliance.audit.setup import audit_sealer
     from appliance.ca.intermediates import IntermediateError, stored_key_uri
+    from appliance.certutil import fingerprint
     from appliance.config import ConfigError
     from appliance.errors import CAError
     from appliance.ra.authority import Authority
@@ -79,4 +79,4 @@ def make_audit_key(config: CAConfig, config_path: Path, *, key_uri: str | None =
         raise AuditKeyError(getattr(exc, "message", None) or str(exc)) from None
     config.audit.key, config.audit.certificate = stored, str(out)
     save_config(config, config_path)
-    return MadeKey(stored, out, certificate_sha256(cert), statement)
+    return MadeKey(stored, out, fingerprint(cert), statement)

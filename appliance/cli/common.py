@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -65,3 +66,18 @@ def opened_store(config_path: Path | None, *, then: Callable[[CAConfig, Store], 
         fail(str(exc))
     finally:
         store.close()
+
+
+def parse_when(value: str | None, option: str, code: int = 1) -> datetime | None:
+    """`now` or an RFC 3339 time with a zone (a time without one is ambiguous, so refused)."""
+    if value is None:
+        return None
+    if value.strip().lower() == "now":
+        return datetime.now(timezone.utc)
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option} {value!r}: give 'now' or an RFC 3339 time such as 2026-12-01T00:00:00Z", code)
+    if when.tzinfo is None:
+        fail(f"{option} {value!r} has no time zone; add Z for UTC", code)
+    return when.astimezone(timezone.utc)

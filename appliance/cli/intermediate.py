@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.cli.common import fail, opened_store
+from appliance.cli.common import opened_store, parse_when
 
 if TYPE_CHECKING:
     from appliance.config import CAConfig
@@ -18,21 +18,6 @@ if TYPE_CHECKING:
 
 CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                       help="Path to ca.json [default: $HSMCA_PATH/config/ca.json].")
-
-
-def parse_when(value: str | None, option: str) -> datetime | None:
-    """`now` or an RFC 3339 time with a zone (a time without one is ambiguous, so refused)."""
-    if value is None:
-        return None
-    if value.strip().lower() == "now":
-        return datetime.now(timezone.utc)
-    try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        fail(f"{option} {value!r}: give 'now' or an RFC 3339 time such as 2026-12-01T00:00:00Z")
-    if when.tzinfo is None:
-        fail(f"{option} {value!r} has no time zone; add Z for UTC")
-    return when.astimezone(timezone.utc)
 
 
 def _opened(config_path: Path | None) -> AbstractContextManager[tuple[CAConfig, Store]]:

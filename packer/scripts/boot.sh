@@ -7,6 +7,8 @@
 set -euo pipefail
 
 IMAGE=$(realpath "${1:?usage: boot.sh IMAGE.qcow2 [WORK_DIR]}")
+# shellcheck source=packer/scripts/partition.sh
+. "$(dirname "$0")/partition.sh"
 WORK=$(realpath -m "${2:-$(dirname "$IMAGE")/boot}")
 HSMCA=${HSMCA:-hsmca}
 OVMF=${OVMF:-/usr/share/ovmf/OVMF.fd}
@@ -89,22 +91,8 @@ if kill -0 "$(cat "$WORK/qemu.pid")" 2>/dev/null; then
 fi
 root_sum() {
 	qemu-img convert -O raw "$1" "$WORK/tmp.raw"
-	read -r off size < <(sfdisk -J "$WORK/tmp.raw" | python3 -c '
-import json, sys
-t = json.load(sys.stdin)["partitiontable"]
-p = next(p for p in t["partitions"] if p.get("name") == "hsmca-root")
-print(p["start"] * 512, p["size"] * 512)')
-	python3 - "$WORK/tmp.raw" "$off" "$size" <<'PY'
-import hashlib, sys
-h, left = hashlib.sha256(), int(sys.argv[3])
-with open(sys.argv[1], "rb") as f:
-    f.seek(int(sys.argv[2]))
-    while left:
-        chunk = f.read(min(left, 1 << 20))
-        h.update(chunk)
-        left -= len(chunk)
-print(h.hexdigest())
-PY
+	read -r off size < <(partition_bytes "$WORK/tmp.raw" hsmca-root)
+	dd if="$WORK/tmp.raw" bs=1M iflag=skip_bytes,count_bytes skip="$off" count="$size" status=none | sha256sum
 	rm -f "$WORK/tmp.raw"
 }
 if [ "$(root_sum "$IMAGE")" != "$(root_sum "$WORK/overlay.qcow2")" ]; then

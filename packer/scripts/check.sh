@@ -8,6 +8,8 @@
 set -euo pipefail
 
 PACKER_DIR=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=packer/scripts/partition.sh
+. "$PACKER_DIR/scripts/partition.sh"
 IMAGE=$(realpath "${1:?usage: check.sh IMAGE.qcow2}")
 [ "$(id -u)" = 0 ] || { echo "check.sh must run as root (loop mounts)" >&2; exit 1; }
 
@@ -23,18 +25,9 @@ mkdir -p "$ROOT" "$ESP"
 
 qemu-img convert -O raw "$IMAGE" "$WORK/disk.raw"
 sfdisk --quiet --relocate gpt-bak-std "$WORK/disk.raw" 2>/dev/null || true  # a disk grown by packer: move the backup GPT
-part() {  # offset and size in bytes of the partition named $1
-	sfdisk -J "$WORK/disk.raw" | python3 -c '
-import json, sys
-table = json.load(sys.stdin)["partitiontable"]
-for p in table["partitions"]:
-    if p.get("name") == sys.argv[1]:
-        print(p["start"] * table.get("sectorsize", 512), p["size"] * table.get("sectorsize", 512))
-' "$1"
-}
-read -r off size < <(part hsmca-root)
+read -r off size < <(partition_bytes "$WORK/disk.raw" hsmca-root)
 mount -o ro,loop,noload,offset="$off",sizelimit="$size" "$WORK/disk.raw" "$ROOT"
-read -r off _ < <(part hsmca-esp)
+read -r off _ < <(partition_bytes "$WORK/disk.raw" hsmca-esp)
 mtype -i "$WORK/disk.raw@@$off" ::/loader/entries/hsmca.conf > "$ESP/hsmca.conf"  # mtools: no vfat module needed
 
 failed=0

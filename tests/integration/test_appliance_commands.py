@@ -53,6 +53,12 @@ def test_refusals_are_plain(tmp_path: Path) -> None:
     bad = _run("configure", "--config-dir", str(disk), "--run-dir", str(tmp_path / "run"),
                "--home", str(tmp_path / "home"), "--user", "root")
     assert bad.returncode == 1 and "names are not allowed" in bad.stderr and "Traceback" not in bad.stderr
+    for junk in ("[" * 100_000, "{" + " " * (2 << 20) + "}"):  # nested past the parser, larger than a config
+        (disk / "appliance.json").write_text(junk)
+        refused = _run("configure", "--config-dir", str(disk), "--run-dir", str(tmp_path / "run"),
+                       "--home", str(tmp_path / "home"), "--user", "root")
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "not a valid appliance configuration" in refused.stderr or "larger than" in refused.stderr
     (disk / "appliance.json").write_text(json.dumps({"dnsNames": ["ca.test"], "ntp": ["10.0.0.1"]}))
     assert _run("configure", "--config-dir", str(disk), "--run-dir", str(tmp_path / "run"),
                 "--home", str(tmp_path / "home"), "--user", "root").returncode == 0

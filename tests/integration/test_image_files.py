@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,7 +95,7 @@ def _listen_in_ns(port: int) -> subprocess.Popen[str]:
     code = ("import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
             f"s.bind(('0.0.0.0', {port})); s.listen(); print('ready', flush=True)\n"
             "while True:\n c,_=s.accept(); c.sendall(b'hello'); c.close()\n")
-    proc = subprocess.Popen(["ip", "netns", "exec", NS, "python3", "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -118,7 +119,7 @@ def test_only_the_ca_ports_are_open_inbound_and_outbound_is_closed(appliance_ns:
         peer.bind(("10.77.0.1", 0))
         peer.listen()
         port = peer.getsockname()[1]
-        probe = ["ip", "netns", "exec", NS, "python3", "-c",
+        probe = ["ip", "netns", "exec", NS, sys.executable, "-c",
                  f"import socket; socket.create_connection(('10.77.0.1', {port}), timeout=0.8)"]
         assert run(*probe).returncode != 0
         allow = ("flush chain inet hsmca allow_out\n"
