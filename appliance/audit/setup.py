@@ -7,8 +7,8 @@ from typing import Any
 
 from appliance.audit.seal import AuditSealer, Checkpoint
 from appliance.audit.trail import JsonLinesAudit, Shipper
-from appliance.certutil import load_certificates
-from appliance.config import CAConfig
+from appliance.certutil import CertificateFileError, load_certificates
+from appliance.config import CAConfig, ConfigError
 from policy import parse_duration
 
 
@@ -19,7 +19,12 @@ def audit_sealer(config: CAConfig) -> AuditSealer | None:
         return None
     from kms import open_key
 
-    certificate = load_certificates(config.resolve(audit.certificate))[0]
+    path = config.resolve(audit.certificate)
+    try:
+        certificate = load_certificates(path)[0]
+    except CertificateFileError as exc:
+        raise ConfigError(f"audit.certificate: {exc} (`hsmca audit init-key --rotate` makes a new audit key and "
+                          "certificate)") from None
     uri = config.key_uri(audit.key)
 
     def key() -> Any:

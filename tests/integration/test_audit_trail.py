@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance.audit.seal import CHECKPOINT, Statement
 
-from .conftest import DevCA, Server, hsmca, issue_through, make_ca, start_server, wait_for
+from .conftest import HSMCA, DevCA, Server, free_port, hsmca, issue_through, make_ca, start_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +238,15 @@ def test_a_reload_starts_a_new_stream_and_seals_the_old_one(tmp_path: Path) -> N
     assert len({rec["stream"] for rec in signs[-2:]}) == 2  # the reload's new authority writes a new stream
     done = _verify(ca, ca.audit_path, db=True)
     assert done.returncode == 0 and "Warning" not in done.stdout, done.stdout
+
+
+def test_a_missing_audit_certificate_is_a_plain_error(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    ca.config.resolve(str(ca.config.audit.certificate)).unlink()
+    rotate = hsmca(ca, "audit", "init-key", "--rotate", check=False)
+    assert rotate.returncode == 1 and "audit.certificate" in rotate.stderr and "Traceback" not in rotate.stderr
+    serve = subprocess.run([HSMCA, "serve", "--address", f"127.0.0.1:{free_port()}",
+                            "--http-address", f"127.0.0.1:{free_port()}"],
+                           env=ca.env(), capture_output=True, text=True, timeout=120)
+    assert serve.returncode == 1 and "cannot start" in serve.stderr and "audit.certificate" in serve.stderr, \
+        serve.stderr
