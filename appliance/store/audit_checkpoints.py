@@ -87,19 +87,6 @@ class AuditCheckpointStore(Repository):
             rows = conn.execute(query.order_by(_a.stream, _a.seq)).all()
         return [_record(r) for r in rows]
 
-    def latest_by_stream(self, since: datetime | None) -> dict[str, StoredCheckpoint]:
-        """Each stream's highest-seq checkpoint among those at or after `since` (all when None)."""
-        highest = sa.select(_a.stream, sa.func.max(_a.seq).label("seq"))
-        if since is not None:
-            highest = highest.where(_a.time >= utc(since, "since"))
-        top = highest.group_by(_a.stream).subquery()
-        query = (sa.select(audit_checkpoints)
-                 .join(top, sa.and_(_a.stream == top.c.stream, _a.seq == top.c.seq))
-                 .order_by(_a.stream))
-        with self._read("reading the latest audit checkpoints") as conn:
-            rows = conn.execute(query).all()
-        return {r.stream: _record(r) for r in rows}
-
 
 def _same_or_conflict(conn: Connection, cp: StoredCheckpoint) -> bool:
     """True when `cp` is already recorded; CheckpointConflict when another head is; False when absent."""
