@@ -19,6 +19,7 @@ from appliance.cli import (
 )
 from appliance.cli import appliance as appliance_command
 from appliance.cli import audit as audit_command
+from appliance.cli import backup as backup_command
 from appliance.cli import ocsp as ocsp_command
 from ceremony.cli import ceremony
 
@@ -38,6 +39,7 @@ def main() -> None:
     Provisioners: hsmca provisioner add|list|remove|template (ACME at /acme/NAME/directory), hsmca acme eab
     Templates:    hsmca template render
     Look inside:  hsmca inspect, hsmca ocsp
+    Operations:   hsmca backup, hsmca restore (database, audit trail, configuration), hsmca db migrate
 
     The CA's files live under $HSMCA_PATH (default ~/.hsmca).
     """
@@ -54,6 +56,8 @@ main.add_command(acme.acme)
 main.add_command(ocsp_command.ocsp_responder)
 main.add_command(template.template)
 main.add_command(audit_command.audit)
+main.add_command(backup_command.backup)
+main.add_command(backup_command.restore)
 main.add_command(appliance_command.appliance)
 
 

@@ -40,13 +40,19 @@ def head_revision() -> str:
     return heads[0]
 
 
+def known_revisions() -> set[str]:
+    """Every revision this version of hsmca has a migration script for."""
+    return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+
+
 def current_revision(connection: Connection) -> str | None:
     """The revision stamped in the database, None for a database never migrated."""
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(engine: Engine) -> None:
-    """Upgrade to head; replicas starting together wait for each other instead of colliding."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade to head (or to `revision`, as a restore does before loading a dump taken there); replicas starting
+    together wait for each other instead of colliding."""
     backend = backend_of(engine.url)
     with engine.connect() as connection:
         connection.execution_options(**{WRITE: True})  # SQLite: BEGIN IMMEDIATE serialises
@@ -56,7 +62,7 @@ def upgrade(engine: Engine) -> None:
             with connection.begin():
                 if backend == "postgresql":
                     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
-                command.upgrade(alembic_config(connection), "head")
+                command.upgrade(alembic_config(connection), revision)
         finally:
             if backend == "mysql":
                 _mysql_unlock(connection)
@@ -87,8 +93,7 @@ def check(connection: Connection) -> None:
     expected = head_revision()
     if current == expected:
         return
-    known = {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
-    if current is not None and current not in known:
+    if current is not None and current not in known_revisions():
         raise StoreError(
             f"database schema is at {current}, which this version of hsmca does not know "
             f"(written by a newer release?); expected {expected}"
