@@ -112,3 +112,40 @@ def check(config_path: Path | None, uri: str, count: int) -> None:
     ms = sorted(t * 1000 for t in times)
     click.echo(f"{key.uri}: {count} signatures verified; latency p50 {statistics.median(ms):.2f} ms, "
                f"max {ms[-1]:.2f} ms ({key.spec.value})")
+
+
+@kms.command()
+@CONFIG
+@click.argument("uri")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the detached signature goes [default: FILE.sig].")
+@click.option("--public-key", "public_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the key's public key (PEM) here, for `openssl dgst -verify`.")
+def sign(config_path: Path | None, uri: str, file: Path, out_path: Path | None, public_out: Path | None) -> None:
+    """Sign FILE (e.g. an image's SHA256SUMS) with the key at URI: a detached DER signature.
+
+    ECDSA and RSA keys sign a SHA-256/384 digest that `openssl dgst -sha256 -verify PUB -signature SIG FILE`
+    checks; an Ed25519 signature is checked with `openssl pkeyutl -verify -rawin`. FILE is read whole, so it is
+    bounded (64 MiB): sign a checksum list, not the image itself.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from appliance.atomic_file import write_atomically
+    from kms.chained_log import SealError, signer_for
+    from kms.errors import KMSError
+
+    if file.stat().st_size > 64 << 20:
+        fail(f"{file}: {file.stat().st_size} bytes; sign a checksum list of at most 64 MiB, not the data itself")
+    key = _open(uri, config_path)
+    try:
+        algorithm, sign_with = signer_for(key)
+        signature = sign_with(file.read_bytes())
+    except (KMSError, SealError) as exc:
+        fail(f"cannot sign {file}: {type(exc).__name__}: {exc}")
+    out = out_path or file.with_name(file.name + ".sig")
+    write_atomically(out, signature, mode=0o644)
+    if public_out is not None:
+        pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        write_atomically(public_out, pem, mode=0o644)
+    click.echo(f"{out}: {algorithm} signature of {file} by {key.uri}")
