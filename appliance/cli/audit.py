@@ -1,14 +1,20 @@
-"""`hsmca audit`: verify the audit trail offline, and make (or rotate) the audit key that seals it."""
+"""`hsmca audit`: verify the audit trail offline, make (or rotate) the audit key that seals it, and record what
+operators do outside the CA's own commands (`note`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from appliance.cli.common import fail, parse_when
 from kms.keyspec import KeySpec
+
+if TYPE_CHECKING:
+    from appliance.audit import AuditEvent
+    from appliance.config import CAConfig
 
 FileType = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -124,3 +130,68 @@ def init_key(key_uri: str | None, spec: str, existing: bool, lifetime: str, rota
     if made.rotation_checkpoint:
         click.echo(f"Rotation recorded: {made.rotation_checkpoint} (signed by the old and the new key)")
     click.echo("ca.json updated; restart `hsmca serve` (or send it SIGHUP) so that every process seals with it.")
+
+
+def record_event(config: CAConfig, event: AuditEvent, *, done: str) -> None:
+    """Write one record as this command's own audit stream, sealed by a checkpoint at once.
+
+    `done` says what already happened when the record cannot be written: the change is made, its record is not.
+    """
+    from appliance.config import ConfigError
+    from appliance.ra.authority import audit_for
+    from appliance.store import Store, StoreError
+    from kms.errors import KMSError
+
+    store = Store.from_config(config.db.model_dump(), config.base_dir)
+    try:
+        trail = audit_for(config, store)
+        try:
+            trail.record(event)
+        finally:
+            trail.close()
+    except (ConfigError, StoreError, KMSError, OSError) as exc:
+        fail(f"{done}, but its audit record could not be written: {getattr(exc, 'message', None) or exc}")
+    finally:
+        store.close()
+
+
+_NOTE_EVENT = re.compile(r"[a-z][a-z0-9-]{0,31}(\.[a-z][a-z0-9-]{0,31}){0,3}")
+_DETAIL = re.compile(r"([A-Za-z][A-Za-z0-9_-]{0,31})=(.{0,256})", re.DOTALL)
+
+
+@audit.command()
+@click.argument("event")
+@click.option("--detail", "details", multiple=True, metavar="KEY=VALUE",
+              help="A detail of the event (repeatable; at most 16, values up to 256 characters).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Path to ca.json [default: $HSMCA_PATH/config/ca.json].")
+def note(event: str, details: tuple[str, ...], config_path: Path | None) -> None:
+    """Record an operator event (action `operator.EVENT`) in the CA's audit trail, e.g. the appliance's
+    break-glass console logins: `hsmca audit note break-glass.login --detail user=… --detail tty=ttyS0`.
+
+    The record is chained and sealed like the CA's own; it cannot pose as one of them (its action always starts
+    with `operator.`).
+    """
+    from appliance.audit import AuditEvent
+    from appliance.config import ConfigError, default_config_path, load_config
+
+    if not _NOTE_EVENT.fullmatch(event):
+        fail(f"event {event!r}: lower-case words joined by dots, e.g. break-glass.login")
+    if len(details) > 16:
+        fail(f"{len(details)} details; at most 16")
+    parsed: dict[str, str] = {}
+    for item in details:
+        match = _DETAIL.fullmatch(item)
+        if match is None:
+            fail(f"--detail {item[:40]!r}: KEY=VALUE, a key of letters, digits, _ or -, a value of at most 256 "
+                 "characters")
+        if match.group(1) in parsed:
+            fail(f"--detail {match.group(1)} given twice")
+        parsed[match.group(1)] = match.group(2)
+    try:
+        config = load_config(config_path or default_config_path())
+    except ConfigError as exc:
+        fail(getattr(exc, "message", None) or str(exc))
+    record_event(config, AuditEvent(action=f"operator.{event}", decision="allowed", request_id="cli",
+                                    details=parsed), done=f"operator.{event} happened")
+    click.echo(f"recorded operator.{event}")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from appliance.cli.common import fail, opened_store, parse_when
+from appliance.cli.common import opened_store, parse_when
 
 if TYPE_CHECKING:
     from appliance.config import CAConfig
@@ -162,25 +162,12 @@ def retire(config_path: Path | None, name: str, at: str, force: bool) -> None:
 def _audit(config: CAConfig, action: str, rec: IntermediateRecord, **details: Any) -> None:
     """Changes to the CA's intermediates belong in the audit trail beside the issuance they govern."""
     from appliance.audit import AuditEvent
-    from appliance.config import ConfigError
-    from appliance.ra.authority import audit_for
-    from appliance.store import Store, StoreError
-    from kms.errors import KMSError
+    from appliance.cli.audit import record_event
 
-    store = Store.from_config(config.db.model_dump(), config.base_dir)
-    try:
-        trail = audit_for(config, store)
-        try:
-            trail.record(AuditEvent(
-                action=action, decision="allowed", request_id="cli", subject=rec.subject,
-                details={"intermediate": rec.name, "id": rec.id,
-                         **{k: v for k, v in details.items() if v is not None}}))
-        finally:
-            trail.close()  # this command's stream, sealed by a checkpoint
-    except (ConfigError, StoreError, KMSError, OSError) as exc:
-        fail(f"{action} done, but its audit record could not be written: {getattr(exc, 'message', None) or exc}")
-    finally:
-        store.close()
+    record_event(config, AuditEvent(
+        action=action, decision="allowed", request_id="cli", subject=rec.subject,
+        details={"intermediate": rec.name, "id": rec.id, **{k: v for k, v in details.items() if v is not None}}),
+        done=f"{action} done")
 
 
 def _iso(value: datetime | None) -> str | None:
