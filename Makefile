@@ -9,7 +9,7 @@ export HSMCA_PATH
 APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables systemd
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint deps venv clean image-deps image image-check image-boot
+.PHONY: run test bench lint deps venv clean image-deps image image-check image-repro image-boot
 
 ## Install the system packages (root only; others must have them already).
 deps:
@@ -54,11 +54,19 @@ test: deps venv
 bench: deps venv
 	$(BIN)/python bench/issue.py $(BENCH_ARGS)
 
-## The appliance image (root): packer/README.md. `make image` builds build/image/image/hsmca.qcow2 from the
-## pinned inputs (packer/wheels.lock, packer/packages.lock); `make image-check` runs the offline checks on it.
+## The appliance image (root): packer/README.md. `make image` builds build/image/image/: the system disk
+## hsmca.qcow2, the empty data disk hsmca-data.qcow2, the manifests and SHA256SUMS signed through kms/ (SIGN_KEY, a
+## key URI; else a SoftHSM development key). `make image-check` runs the offline checks on it; `make image-repro`
+## builds it a second time from the same inputs into build/image-b and compares the manifests; `make image-boot`
+## boots the first, upgrades to the second keeping the data disk, and rolls back.
 IMAGE_BUILD ?= build/image
+SECOND_BUILD ?= $(IMAGE_BUILD)-b
+ifndef BUILD_ID
+BUILD_ID := $(shell git rev-parse --short HEAD 2>/dev/null || echo local)-$(shell date -u +%Y%m%dT%H%M%SZ)
+endif
 IMAGE_APT_PACKAGES := packer mmdebstrap qemu-system-x86 qemu-utils ovmf mtools dosfstools fdisk e2fsprogs \
-	systemd-boot-efi openssh-client shellcheck nftables curl
+	systemd-boot-efi openssh-client shellcheck nftables curl softhsm2 openssl
+
 image-deps:
 	@missing=""; for p in $(IMAGE_APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
@@ -70,18 +78,26 @@ image-deps:
 
 image: image-deps venv
 	PYTHON=$(abspath $(BIN)/python) bash packer/scripts/wheelhouse.sh $(IMAGE_BUILD)/wheelhouse
-	bash packer/scripts/disk.sh $(IMAGE_BUILD)
+	BUILD_ID=$(BUILD_ID) bash packer/scripts/disk.sh $(IMAGE_BUILD)
 	rm -rf $(IMAGE_BUILD)/image
 	cd packer && PACKER_CACHE_DIR=$(abspath $(IMAGE_BUILD))/packer_cache packer build -var base_disk=$(abspath $(IMAGE_BUILD))/base.qcow2 \
 	  -var base_disk_checksum=file:$(abspath $(IMAGE_BUILD))/base.qcow2.sha256 \
 	  -var wheelhouse=$(abspath $(IMAGE_BUILD))/wheelhouse -var output_directory=$(abspath $(IMAGE_BUILD))/image \
 	  -var ssh_private_key_file=$(abspath $(IMAGE_BUILD))/build_key hsmca.pkr.hcl
+	HSMCA=$(abspath $(BIN)/hsmca) PYTHON=$(abspath $(BIN)/python) DEV_SIGNING_DIR=build/signing \
+	  bash packer/scripts/release.sh $(IMAGE_BUILD)
 
 image-check: image-deps
 	bash packer/scripts/check.sh $(IMAGE_BUILD)/image/hsmca.qcow2
 
+image-repro: image-deps venv
+	$(MAKE) image IMAGE_BUILD=$(SECOND_BUILD) BUILD_ID=$(BUILD_ID)-b
+	diff -u $(IMAGE_BUILD)/image/packages.txt $(SECOND_BUILD)/image/packages.txt
+	diff -u $(IMAGE_BUILD)/image/wheels.txt $(SECOND_BUILD)/image/wheels.txt
+	@echo "reproducible: the two builds have the same $$(wc -l < $(SECOND_BUILD)/image/packages.txt) packages and $$(wc -l < $(SECOND_BUILD)/image/wheels.txt) wheels"
+
 image-boot: image-deps venv
-	HSMCA=$(abspath $(BIN)/hsmca) bash packer/scripts/boot.sh $(IMAGE_BUILD)/image/hsmca.qcow2
+	HSMCA=$(abspath $(BIN)/hsmca) bash packer/scripts/boot.sh $(IMAGE_BUILD)/image $(SECOND_BUILD)/image
 
 lint: venv
 	$(BIN)/python -m pip install -q ruff mypy

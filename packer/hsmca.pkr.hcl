@@ -88,12 +88,9 @@ build {
     execute_command = "{{ .Vars }} bash '{{ .Path }}'" // the guest's /tmp is noexec
   }
 
+  // SHA256SUMS and its signature are written after the build by scripts/release.sh, over the image and what
+  // ships beside it (the data disk, the manifests).
   post-processor "manifest" {
     output = "${var.output_directory}/packer-manifest.json"
-  }
-
-  post-processor "checksum" {
-    checksum_types = ["sha256"]
-    output         = "${var.output_directory}/SHA256SUMS"
   }
 }

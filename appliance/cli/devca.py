@@ -70,6 +70,9 @@ class InitOptions:
     intermediate_key: str | None = None
     # The base of the CRL/OCSP/caIssuers URLs in certificates; None: derived (ca/urls.default_public_url).
     public_url: str | None = None
+    # A production HSM: the token `token_label` already exists in `module` (made with the HSM's own tools), its
+    # user PIN is `pin`; no SoftHSM set-up. Only with `root_certificate`.
+    existing_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,22 +138,34 @@ def init_ca(opts: InitOptions) -> InitResult:
     if opts.intermediate_key and "pin-value" in opts.intermediate_key:
         raise InitError("--intermediate-key must not carry a PIN (pin-value): it is written to ca.json")
 
-    conf = _softhsm_conf(base)
-    module = opts.module or softhsm.DEFAULT_MODULE
-    if softhsm.token_exists(opts.token_label, conf=conf):
-        if not opts.force:
-            raise InitError(f"SoftHSM token {opts.token_label!r} already exists ({conf}); "
-                            "use --force to replace it or --token-label for another")
-        softhsm.delete_token(opts.token_label, conf=conf)
-    if opts.force:
-        shutil.rmtree(base / "db", ignore_errors=True)
-
-    pin = opts.pin or secrets.token_urlsafe(18)
-    so_pin = opts.so_pin or secrets.token_urlsafe(18)
+    if opts.existing_token and (ceremony_root is None or not opts.pin or not opts.module):
+        raise InitError("--existing-token is for a production HSM: it needs --root, --module and --pin-file")
     secrets_dir = base / "secrets"
-    _write_secret(secrets_dir / "pin", pin)
-    _write_secret(secrets_dir / "so-pin", so_pin)
-    softhsm.init_token(opts.token_label, so_pin, pin, conf=conf)
+    environment: dict[str, str] = {}
+    if opts.existing_token:  # the HSM's token, made by its own tools: nothing to set up here
+        module, pin = opts.module, opts.pin or ""
+        if os.environ.get("SOFTHSM2_CONF"):  # SoftHSM standing in for the HSM (tests, rehearsals)
+            environment["SOFTHSM2_CONF"] = os.environ["SOFTHSM2_CONF"]
+        if opts.force:
+            shutil.rmtree(base / "db", ignore_errors=True)
+        _write_secret(secrets_dir / "pin", pin)
+    else:
+        conf = _softhsm_conf(base)
+        environment["SOFTHSM2_CONF"] = str(conf)
+        module = opts.module or softhsm.DEFAULT_MODULE
+        if softhsm.token_exists(opts.token_label, conf=conf):
+            if not opts.force:
+                raise InitError(f"SoftHSM token {opts.token_label!r} already exists ({conf}); "
+                                "use --force to replace it or --token-label for another")
+            softhsm.delete_token(opts.token_label, conf=conf)
+        if opts.force:
+            shutil.rmtree(base / "db", ignore_errors=True)
+
+        pin = opts.pin or secrets.token_urlsafe(18)
+        so_pin = opts.so_pin or secrets.token_urlsafe(18)
+        _write_secret(secrets_dir / "pin", pin)
+        _write_secret(secrets_dir / "so-pin", so_pin)
+        softhsm.init_token(opts.token_label, so_pin, pin, conf=conf)
 
     kms_uri = KeyURI("pkcs11", {"token": opts.token_label},
                      {"module-path": module, "pin-source": f"file:{secrets_dir / 'pin'}"})
@@ -181,7 +196,7 @@ def init_ca(opts: InitOptions) -> InitResult:
         key=(opts.intermediate_key or "pkcs11:object=intermediate_ca") if int_uri else None,
         address=opts.address, httpAddress=opts.http_address, dnsNames=list(opts.dns_names), publicURL=public_url,
         db=DBConfig(type="sqlite", dataSource=str(db_dir / "hsmca.sqlite")),
-        kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment={"SOFTHSM2_CONF": str(conf)}),
+        kms=KMSConfig(type="pkcs11", uri=str(kms_uri), environment=environment),
         authority=AuthorityConfig(provisioners=[provisioner]),
         audit=AuditConfig(path=str(base / "audit" / "audit.jsonl")))
     store = Store.from_config(config.db.model_dump(), base)

@@ -1,8 +1,7 @@
 #!/bin/bash
-# `make image-check`: offline checks of a built image, as root. The qcow2 is converted to raw and its partitions
-# root is mounted read-only through a loop device at its offset (no partition nodes needed), the ESP is read with
-# mtools. Every check prints
-# ok/FAIL; the script exits 1 if any failed.
+# `make image-check`: offline checks of a built image, as root. The qcow2 is converted to raw, its root partition
+# mounted read-only (partition.sh), the ESP read with mtools. Every check prints ok/FAIL; the script exits 1 if any
+# failed.
 #   check.sh IMAGE.qcow2
 # shellcheck disable=SC2317,SC2016  # checks are called through `check`; dpkg-query's format is its own
 set -euo pipefail
@@ -16,19 +15,24 @@ IMAGE=$(realpath "${1:?usage: check.sh IMAGE.qcow2}")
 WORK=$(mktemp -d)
 ROOT=$WORK/root
 ESP=$WORK/esp
+DATA=$WORK/data
+RELEASE=$(dirname "$IMAGE")
 cleanup() {
 	umount "$ROOT" 2>/dev/null || true
+	umount "$DATA" 2>/dev/null || true
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
-mkdir -p "$ROOT" "$ESP"
+mkdir -p "$ROOT" "$ESP" "$DATA"
 
-qemu-img convert -O raw "$IMAGE" "$WORK/disk.raw"
-sfdisk --quiet --relocate gpt-bak-std "$WORK/disk.raw" 2>/dev/null || true  # a disk grown by packer: move the backup GPT
-read -r off size < <(partition_bytes "$WORK/disk.raw" hsmca-root)
-mount -o ro,loop,noload,offset="$off",sizelimit="$size" "$WORK/disk.raw" "$ROOT"
+raw_copy "$IMAGE" "$WORK/disk.raw"
+mount_partition "$WORK/disk.raw" hsmca-root "$ROOT"
 read -r off _ < <(partition_bytes "$WORK/disk.raw" hsmca-esp)
 mtype -i "$WORK/disk.raw@@$off" ::/loader/entries/hsmca.conf > "$ESP/hsmca.conf"  # mtools: no vfat module needed
+if [ -f "$RELEASE/hsmca-data.qcow2" ]; then
+	raw_copy "$RELEASE/hsmca-data.qcow2" "$WORK/data.raw"
+	mount_partition "$WORK/data.raw" hsmca-data "$DATA"
+fi
 
 failed=0
 check() {  # check NAME COMMAND...: ok when COMMAND succeeds
@@ -55,7 +59,13 @@ firewall() {
 	grep -q 'type filter hook input priority filter; policy drop;' "$ROOT/etc/nftables.conf"
 	grep -q 'type filter hook output priority filter; policy drop;' "$ROOT/etc/nftables.conf"
 }
-root_locked() { grep -q '^root:[!*]' "$ROOT/etc/shadow"; }
+root_locked() { grep -q '^root:[!*]' "$ROOT/etc/shadow" && grep -q '^breakglass:[!*]' "$ROOT/etc/shadow"; }
+no_console_login() {  # a getty only when the config disk enables break-glass
+	grep -qE '^options .*\bsystemd\.getty_auto=0\b' "$ESP/hsmca.conf" || return 1
+	local found
+	found=$(find "$ROOT/etc/systemd/system" -name '*getty@*.service' 2>/dev/null)
+	[ -z "$found" ] || { echo "$found"; return 1; }
+}
 no_compilers() {
 	local found
 	found=$(find "$ROOT/usr/bin" "$ROOT/usr/local/bin" \( -name 'gcc*' -o -name 'cc' -o -name 'c++' -o -name 'g++*' \
@@ -89,6 +99,22 @@ no_build_logs() {
 	found=$(find "$ROOT/var/log" -type f -size +0 2>/dev/null)
 	[ -z "$found" ] || { echo "$found"; return 1; }
 }
+data_disk() {  # the CA's home, owned by the fixed hsmca ids, private, empty; the logs' directories
+	[ -d "$DATA/hsmca" ] || { echo "no $RELEASE/hsmca-data.qcow2 with a hsmca-data partition"; return 1; }
+	[ "$(stat -c %u:%g:%a "$DATA/hsmca")" = 950:950:700 ] || { stat -c '%n %u:%g:%a' "$DATA/hsmca"; return 1; }
+	grep -q '^hsmca:x:950:950:' "$ROOT/etc/passwd"
+	[ -z "$(find "$DATA/hsmca" -mindepth 1)" ] && [ -d "$DATA/log/journal" ] && [ -d "$DATA/log/audit" ]
+}
+data_mounts() { grep -E '^PARTLABEL=hsmca-data\s+/data\s' "$ROOT/etc/fstab" && grep -E '^/data/hsmca\s+/var/lib/hsmca\s' "$ROOT/etc/fstab"; }
+release_signed() {  # SHA256SUMS covers the image and what ships beside it; its signature verifies
+	(cd "$RELEASE" && sha256sum --strict -c SHA256SUMS) || return 1
+	for h in sha256 sha384 sha512; do
+		openssl dgst "-$h" -verify "$RELEASE/signing-key.pem" -signature "$RELEASE/SHA256SUMS.sig" \
+			"$RELEASE/SHA256SUMS" 2>/dev/null && return 0
+	done
+	openssl pkeyutl -verify -pubin -inkey "$RELEASE/signing-key.pem" -rawin -in "$RELEASE/SHA256SUMS" \
+		-sigfile "$RELEASE/SHA256SUMS.sig"
+}
 manifest() {  # what was built is what was recorded, less the build-time SSH server
 	diff -u <(grep -vE '^openssh-(server|sftp-server|client) ' "$PACKER_DIR/packages.lock") \
 		<(chroot "$ROOT" dpkg-query -W -f='${Package} ${Version} ${Architecture}\n' | sort)
@@ -96,7 +122,8 @@ manifest() {  # what was built is what was recorded, less the build-time SSH ser
 
 check "systemd-analyze security: hsmca.service exposure <= 2.0" exposure
 check "nftables: the ruleset parses, default drop inbound and outbound" firewall
-check "root account locked" root_locked
+check "root and breakglass accounts locked" root_locked
+check "no console login by default (systemd.getty_auto=0, no getty enabled)" no_console_login
 check "no compilers" no_compilers
 check "no SSH server, no root SSH keys" no_sshd
 check "no package sources" no_sources
@@ -107,4 +134,7 @@ check "read-only root in fstab" read_only_root
 check "empty machine-id" machine_id_empty
 check "no build logs" no_build_logs
 check "dpkg manifest = packer/packages.lock (less the build-time openssh)" manifest
+check "data disk: /hsmca empty, 0700, owned by hsmca (950:950); log directories" data_disk
+check "fstab mounts the data disk's partition at /data and binds /var/lib/hsmca from it" data_mounts
+check "SHA256SUMS matches the image and its manifests; SHA256SUMS.sig verifies with signing-key.pem" release_signed
 exit "$failed"

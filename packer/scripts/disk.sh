@@ -2,8 +2,11 @@
 # Host side, as root, before `packer build`: the base disk. A minimal Debian bookworm root file system made by
 # mmdebstrap from the packages in packer/packages.txt, a GPT UEFI disk made without loop devices (ESP with
 # systemd-boot through mkfs.vfat + mcopy, root through mkfs.ext4 -d, an empty data partition, sfdisk), converted to
-# qcow2. The build-time SSH server and a throwaway key let Packer in once; finalize.sh removes both.
-#   disk.sh BUILD_DIR      writes BUILD_DIR/base.qcow2, base.qcow2.sha256, build_key, dpkg-manifest.txt
+# qcow2; and the data disk apart (GPT, one ext4 partition named hsmca-data): the CA's state lives there, so an
+# upgrade replaces the system disk and keeps the data disk. The build-time SSH server and a throwaway key let
+# Packer in once; finalize.sh removes both.
+#   BUILD_ID=ID disk.sh BUILD_DIR  writes BUILD_DIR/base.qcow2, base.qcow2.sha256, data.qcow2, build_key,
+#                                  dpkg-manifest.txt
 set -euo pipefail
 
 PACKER_DIR=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,6 +16,9 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 ESP_MIB=128
 ROOT_MIB=2048
 DATA_MIB=512
+BUILD_ID=${BUILD_ID:?BUILD_ID names the build (the Makefile sets it)}
+# The service user's ids are fixed, not allocated: a data disk made by one build is owned right under the next.
+HSMCA_UID=950
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$PACKER_DIR" log -1 --format=%ct)}
 
 [ "$(id -u)" = 0 ] || { echo "disk.sh must run as root (mmdebstrap, file ownership in the image)" >&2; exit 1; }
@@ -28,6 +34,11 @@ packages=$(grep -v '^#' "$PACKER_DIR/packages.txt" | tr -s ' \n' ',' | sed 's/^,
 # shellcheck disable=SC2016  # $1 is the hook's argument (the root), expanded by mmdebstrap's shell, not here
 mmdebstrap --quiet --variant=minbase --include="$packages" \
 	--customize-hook='chroot "$1" systemctl enable systemd-networkd.service ssh.service' \
+	--customize-hook="chroot \"\$1\" groupadd --system --gid $HSMCA_UID hsmca" \
+	--customize-hook="chroot \"\$1\" useradd --system --uid $HSMCA_UID --gid $HSMCA_UID --home-dir /var/lib/hsmca \
+		--no-create-home --shell /usr/sbin/nologin hsmca" \
+	--customize-hook='chroot "$1" useradd --non-unique --uid 0 --gid 0 --home-dir /root --no-create-home \
+		--shell /bin/bash --comment "break-glass console account (packer/README.md)" breakglass' \
 	"$SUITE" "$ROOT" "$MIRROR"
 
 # shellcheck disable=SC2016  # dpkg-query's own format fields
@@ -45,15 +56,14 @@ find "$ROOT/var/log" -type f -delete  # mmdebstrap's logs; /var/log is the data 
 
 # Identity, network, mounts, boot.
 echo hsmca > "$ROOT/etc/hostname"
+printf 'HSMCA_BUILD_ID=%s\n' "$BUILD_ID" > "$ROOT/etc/hsmca-release"
 printf '[Match]\nName=en*\n\n[Network]\nDHCP=yes\n' > "$ROOT/etc/systemd/network/50-wired.network"
-# The root is read-only once finalize.sh has run: what must be written lives on the data partition (the CA's home,
-# the logs: journal and auditd) or in memory (/tmp, /var/tmp, systemd's own state).
+# The root is read-only once finalize.sh has run: what must be written lives on the data disk (the CA's home,
+# the logs: journal and auditd; finalize.sh adds its mounts, the build runs without it) or in memory (/tmp,
+# /var/tmp, systemd's own state).
 cat > "$ROOT/etc/fstab" <<'FSTAB'
 PARTLABEL=hsmca-root  /               ext4   defaults,noatime                           0 1
 PARTLABEL=hsmca-esp   /boot/efi       vfat   ro,umask=0077,noauto,nofail                0 2
-PARTLABEL=hsmca-data  /data           ext4   defaults,noatime,nodev,nosuid,noexec       0 2
-/data/hsmca           /var/lib/hsmca  none   bind,x-systemd.requires-mounts-for=/data   0 0
-/data/log             /var/log        none   bind,x-systemd.requires-mounts-for=/data   0 0
 tmpfs                 /tmp            tmpfs  nodev,nosuid,noexec,mode=1777              0 0
 tmpfs                 /var/tmp        tmpfs  nodev,nosuid,noexec,mode=1777              0 0
 tmpfs                 /var/lib/systemd tmpfs nodev,nosuid,noexec,mode=0755              0 0
@@ -75,8 +85,10 @@ cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi "$esp/EFI/BOOT/BOOTX64.EFI"
 cp "$kernel" "$esp/vmlinuz"
 cp "$initrd" "$esp/initrd.img"
 printf 'default hsmca.conf\ntimeout 0\neditor no\n' > "$esp/loader/loader.conf"
+# The serial console is the system console (the last console= wins: systemd's messages go there). No getty is
+# started by itself (systemd.getty_auto=0): a console login exists only while the config disk enables break-glass.
 printf 'title hsmca\nlinux /vmlinuz\ninitrd /initrd.img\noptions %s\n' \
-	"root=PARTLABEL=hsmca-root ro lockdown=integrity audit=1 console=ttyS0,115200 console=tty0" \
+	"root=PARTLABEL=hsmca-root ro lockdown=integrity audit=1 console=tty0 console=ttyS0,115200 systemd.getty_auto=0 hsmca.build=$BUILD_ID" \
 	> "$esp/loader/entries/hsmca.conf"
 
 # The partitions as files, then one raw disk: [1 MiB gap][ESP][root][data][1 MiB for the backup GPT].
@@ -86,22 +98,31 @@ mcopy -s -i "$WORK/esp.img" "$esp"/* ::/
 truncate -s "${ROOT_MIB}M" "$WORK/root.img"
 mkfs.ext4 -q -L hsmca-root -d "$ROOT" "$WORK/root.img"
 mkdir -p "$WORK/data/hsmca" "$WORK/data/log/journal" "$WORK/data/log/audit"
+chown "$HSMCA_UID:$HSMCA_UID" "$WORK/data/hsmca"
 chmod 0700 "$WORK/data/hsmca" "$WORK/data/log/audit"
 truncate -s "${DATA_MIB}M" "$WORK/data.img"
 mkfs.ext4 -q -L hsmca-data -d "$WORK/data" "$WORK/data.img"
 
+# The system disk: [1 MiB gap][ESP][root][1 MiB for the backup GPT].
 raw=$WORK/disk.raw
-truncate -s "$((1 + ESP_MIB + ROOT_MIB + DATA_MIB + 1))M" "$raw"
+truncate -s "$((1 + ESP_MIB + ROOT_MIB + 1))M" "$raw"
 sfdisk --quiet "$raw" <<SFDISK
 label: gpt
 start=1MiB, size=${ESP_MIB}MiB, type=uefi, name=hsmca-esp
 size=${ROOT_MIB}MiB, type=linux, name=hsmca-root
-size=${DATA_MIB}MiB, type=linux, name=hsmca-data
 SFDISK
 dd if="$WORK/esp.img" of="$raw" bs=1M seek=1 conv=notrunc status=none
 dd if="$WORK/root.img" of="$raw" bs=1M seek=$((1 + ESP_MIB)) conv=notrunc status=none
-dd if="$WORK/data.img" of="$raw" bs=1M seek=$((1 + ESP_MIB + ROOT_MIB)) conv=notrunc status=none
-
 qemu-img convert -O qcow2 "$raw" "$BUILD/base.qcow2"
 (cd "$BUILD" && sha256sum base.qcow2 > base.qcow2.sha256)
-echo "base disk: $BUILD/base.qcow2 ($(wc -l < "$BUILD/dpkg-manifest.txt") packages)" >&2
+
+# The data disk: [1 MiB gap][data][1 MiB for the backup GPT].
+raw=$WORK/data.raw
+truncate -s "$((1 + DATA_MIB + 1))M" "$raw"
+sfdisk --quiet "$raw" <<SFDISK
+label: gpt
+start=1MiB, size=${DATA_MIB}MiB, type=linux, name=hsmca-data
+SFDISK
+dd if="$WORK/data.img" of="$raw" bs=1M seek=1 conv=notrunc status=none
+qemu-img convert -O qcow2 "$raw" "$BUILD/data.qcow2"
+echo "base disk: $BUILD/base.qcow2 ($(wc -l < "$BUILD/dpkg-manifest.txt") packages), data disk: $BUILD/data.qcow2" >&2

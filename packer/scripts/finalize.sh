@@ -17,8 +17,14 @@ rm -rf /var/lib/apt/lists/*
 # The build's DHCP network goes: from now on the config disk says (hsmca-config.service renders it under /run).
 rm -f /etc/systemd/network/50-wired.network
 
-# Read-only root from the next boot on; the data partition stays writable.
+# Read-only root from the next boot on. The CA's state and the logs live on the data disk (GPT partition named
+# hsmca-data, shipped as hsmca-data.qcow2): an upgrade replaces this system disk and keeps that one.
 sed -i -E 's#^(\S+\s+/\s+\S+\s+)(\S+)#\1ro,\2#' /etc/fstab
+cat >> /etc/fstab <<'FSTAB'
+PARTLABEL=hsmca-data  /data           ext4   defaults,noatime,nodev,nosuid,noexec       0 2
+/data/hsmca           /var/lib/hsmca  none   bind,x-systemd.requires-mounts-for=/data   0 0
+/data/log             /var/log        none   bind,x-systemd.requires-mounts-for=/data   0 0
+FSTAB
 
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id

@@ -15,13 +15,14 @@ python3 -m venv /opt/hsmca/venv
 	-r "$WHEELS/requirements.txt"
 /opt/hsmca/venv/bin/hsmca --version
 
-# The service user; its home is the CA's home on the data partition (mounted at /var/lib/hsmca).
-if ! getent passwd hsmca >/dev/null; then
-	useradd --system --user-group --home-dir /var/lib/hsmca --no-create-home --shell /usr/sbin/nologin hsmca
-fi
+printf 'HSMCA_VERSION=%s\n' "$(/opt/hsmca/venv/bin/hsmca --version | awk '{print $NF}')" >> /etc/hsmca-release
+
+# The service user (made by disk.sh with fixed ids, which the data disk's ownership relies on); its home is the
+# CA's home on the data disk (bound to /var/lib/hsmca).
+[ "$(id -u hsmca):$(id -g hsmca)" = 950:950 ] || { echo "the hsmca user is not 950:950" >&2; exit 1; }
 install -d -m 0700 -o hsmca -g hsmca /var/lib/hsmca
 
-for unit in hsmca.service hsmca-config.service hsmca-init.service; do
+for unit in hsmca.service hsmca-config.service hsmca-init.service hsmca-break-glass.service; do
 	install -m 0644 "$FILES/$unit" "/etc/systemd/system/$unit"
 done
 install -m 0644 "$FILES/nftables.conf" /etc/nftables.conf
@@ -32,7 +33,14 @@ install -D -m 0644 "$FILES/journald.conf" /etc/systemd/journald.conf.d/hsmca.con
 install -D -m 0644 /opt/hsmca/venv/share/doc/hsmca/README.md /usr/share/doc/hsmca/README.md 2>/dev/null || true
 
 systemctl enable nftables.service auditd.service systemd-timesyncd.service hsmca-config.service \
-	hsmca-init.service hsmca.service
+	hsmca-init.service hsmca.service hsmca-break-glass.service
+
+# No console login unless the config disk enables break-glass (the kernel command line has systemd.getty_auto=0;
+# hsmca-break-glass.service starts the gettys). Its logins and logouts go into the CA's audit trail.
+systemctl disable getty@tty1.service
+install -m 0755 "$FILES/hsmca-break-glass-audit" /usr/local/sbin/hsmca-break-glass-audit
+grep -q hsmca-break-glass-audit /etc/pam.d/login ||
+	echo 'session optional pam_exec.so quiet /usr/local/sbin/hsmca-break-glass-audit' >> /etc/pam.d/login
 
 # Set-user-ID programs nobody on the appliance needs lose the bit (dpkg-statoverride keeps it so); what stays is
 # packer/setuid-allowlist.txt, checked by `make image-check`.

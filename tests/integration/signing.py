@@ -1,16 +1,18 @@
-"""Sign requests made ahead of time (what `hsmca certificate` sends, without its start-up in the timing), and
-leaves issued in process through the pipeline."""
+"""Sign requests made ahead of time (what `hsmca certificate` sends, without its start-up in the timing), leaves
+issued in process through the pipeline, and roots the tests play the offline ceremony with."""
 
 from __future__ import annotations
 
 import secrets
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import kms
 from appliance.certutil import fingerprint, load_certificates
 from appliance.client.http import CAClient
 from appliance.client.keys import build_csr
@@ -51,3 +53,19 @@ def issue_in_process(ca: DevCA, names: list[str]) -> list[x509.Certificate]:
         return out
     finally:
         authority.close()
+
+
+def software_root(cn: str, *, ca: bool = True, self_signed: bool = True,
+                  ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A root certificate and its key, the test playing the ceremony (whose own key never reaches the CA)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    signer = key if self_signed else ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "hsmca tests"),
+                      x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(kms.new_serial()).not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(signer, hashes.SHA384()))
+    return cert, key

@@ -43,7 +43,7 @@ def test_packer_template_is_formatted_and_valid(tmp_path: Path) -> None:
 
 
 def test_scripts_pass_shellcheck() -> None:
-    scripts = sorted(str(p) for p in (PACKER / "scripts").glob("*.sh"))
+    scripts = sorted(str(p) for p in (PACKER / "scripts").glob("*.sh")) + [str(FILES / "hsmca-break-glass-audit")]
     assert scripts
     done = run("shellcheck", "--severity=style", *scripts)
     assert done.returncode == 0, done.stdout
@@ -133,7 +133,7 @@ def test_only_the_ca_ports_are_open_inbound_and_outbound_is_closed(appliance_ns:
             s.wait()
 
 
-UNITS = ("hsmca.service", "hsmca-config.service", "hsmca-init.service")
+UNITS = ("hsmca.service", "hsmca-config.service", "hsmca-init.service", "hsmca-break-glass.service")
 
 
 def test_units_verify_and_the_service_is_sandboxed(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_units_verify_and_the_service_is_sandboxed(tmp_path: Path) -> None:
         (unit_dir / unit).write_text(text)
         for line in text.splitlines():
             if line.startswith(("ExecStart", "ExecReload")):
-                stub = root / line.split("=", 1)[1].split()[0].lstrip("-").lstrip("/")
+                stub = root / line.split("=", 1)[1].split()[0].lstrip("-+!@:").lstrip("/")
                 stub.parent.mkdir(parents=True, exist_ok=True)
                 stub.write_text("#!/bin/sh\n")
                 stub.chmod(0o755)
@@ -189,7 +189,7 @@ def test_first_boot_allowlist_loads_over_the_base_ruleset() -> None:
     from appliance.cli.appliance_config import ApplianceConfig, firewall_rules
 
     cfg = ApplianceConfig.model_validate({
-        "dnsNames": ["ca.internal"], "ntp": ["10.0.0.123", "2001:db8::123"],
+        "mode": "dev", "dnsNames": ["ca.internal"], "ntp": ["10.0.0.123", "2001:db8::123"],
         "network": {"address": "10.0.0.10/24", "gateway": "10.0.0.1", "dns": ["10.0.0.53"]},
         "outbound": [{"to": "10.0.5.0/24", "port": 5432, "why": "PostgreSQL"},
                      {"to": "2001:db8::7", "port": 514, "proto": "udp", "why": "syslog (SIEM)"}]})

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
@@ -30,7 +29,7 @@ from appliance.ca.intermediates import install, listing, make_csr
 from appliance.certutil import load_certificates
 from appliance.store import IntermediateRecord, Store
 from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, make_ca, start_server
-from tests.integration.signing import issue_in_process
+from tests.integration.signing import issue_in_process, software_root
 
 Expected = str | re.Pattern[str]  # an exact error message, or a pattern when part of it is not ours to fix
 NO_ACTIVE = "no active intermediate: install one and activate it (hsmca intermediate install CERT --activate-at now)"
@@ -479,17 +478,6 @@ def test_serve_records_the_ca_json_intermediate_of_an_older_ca(tmp_path: Path) -
 # -- hsmca init --root: the production layout --------------------------------------------------
 
 
-def _software_root(cn: str, *, ca: bool = True, self_signed: bool = True) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP384R1())
-    signer = key if self_signed else ec.generate_private_key(ec.SECP384R1())
-    now = _now().replace(microsecond=0)
-    return (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn)).public_key(key.public_key())
-            .serial_number(kms.new_serial()).not_valid_before(now - timedelta(hours=1))
-            .not_valid_after(now + timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .sign(signer, hashes.SHA384()))
-
-
 def _bare_ca(tmp_path: Path) -> DevCA:
     """A DevCA handle for a directory `hsmca init` has not run in yet."""
     base = tmp_path / "appliance"
@@ -500,7 +488,7 @@ def _bare_ca(tmp_path: Path) -> DevCA:
 
 def test_init_with_a_ceremony_root_has_no_intermediate_and_serve_refuses(tmp_path: Path, softhsm_conf: Path) -> None:
     ca = _bare_ca(tmp_path)
-    root = _software_root("Ceremony Root CA")
+    root = software_root("Ceremony Root CA")[0]
     root_file = _write(tmp_path / "root.crt", root)
     done = hsmca(ca, "init", "--root", str(root_file), "--password-file", str(ca.password_file),
                  "--token-label", ca.token_label)
@@ -530,7 +518,7 @@ def test_init_with_a_ceremony_root_has_no_intermediate_and_serve_refuses(tmp_pat
 def test_init_refuses_a_root_that_is_not_a_self_signed_ca(tmp_path: Path, softhsm_conf: Path, kind: str,
                                                           message: str) -> None:
     ca = _bare_ca(tmp_path)
-    root = _software_root("Not A Root", ca=kind != "not-a-ca", self_signed=kind != "not-self-signed")
+    root = software_root("Not A Root", ca=kind != "not-a-ca", self_signed=kind != "not-self-signed")[0]
     root_file = _write(tmp_path / "root.crt", root)
     done = hsmca(ca, "init", "--root", str(root_file), "--password-file", str(ca.password_file),
                  "--token-label", ca.token_label, check=False)

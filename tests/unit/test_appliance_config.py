@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from appliance.cli.appliance_config import ApplianceConfig, firewall_rules, networkd_conf, timesyncd_conf
+from appliance.cli.appliance_config import (
+    ApplianceConfig,
+    firewall_rules,
+    networkd_conf,
+    shadow_with_break_glass,
+    timesyncd_conf,
+)
 
-BASE = {"dnsNames": ["ca.internal"], "ntp": ["10.0.0.123"]}
+BASE = {"mode": "dev", "dnsNames": ["ca.internal"], "ntp": ["10.0.0.123"]}
 
 
 def test_rules_carry_dns_ntp_and_the_allowlist_with_their_reasons() -> None:
@@ -41,8 +47,23 @@ def test_rules_carry_dns_ntp_and_the_allowlist_with_their_reasons() -> None:
     ({"ntp": ["pool.ntp.org"]}, "valid IPv4 or IPv6 address"),
     ({"mode": "test"}, "'production' or 'dev'"),
     ({"sshd": True}, "Extra inputs are not permitted"),
+    ({"mode": "production"}, "production mode needs hsm (module, token)"),
+    ({"mode": "production", "hsm": {"module": "libvendor.so", "token": "t"}}, "should match pattern"),
+    ({"mode": "production", "hsm": {"module": "/usr/lib/x.so", "token": "t" * 33}}, "at most 32 characters"),
+    ({"breakGlass": {"passwordHash": "correct horse battery staple"}}, "should match pattern"),
+    ({"breakGlass": {"passwordHash": "$1$saltsalt$md5isnotenough000000"}}, "should match pattern"),
+    ({"breakGlass": {"passwordHash": "$6$salt$x:0:0::/root:/bin/sh"}}, "should match pattern"),
 ])
 def test_bad_config_is_refused_with_the_reason(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError) as exc:
         ApplianceConfig.model_validate({**BASE, **change})
     assert message in str(exc.value)
+
+
+def test_break_glass_sets_only_its_own_shadow_entry() -> None:
+    shadow = "root:!:20000:0:99999:7:::\nbreakglass:!:20000:0:99999:7:::\nhsmca:!:20000::::::\n"
+    made = shadow_with_break_glass(shadow, "$6$abcdefgh$hash")
+    assert made.splitlines() == ["root:!:20000:0:99999:7:::", "breakglass:$6$abcdefgh$hash:20000:0:99999:7:::",
+                                 "hsmca:!:20000::::::"]
+    with pytest.raises(ValueError, match="no breakglass account"):
+        shadow_with_break_glass("root:!:20000:0:99999:7:::\n", "$6$abcdefgh$hash")
