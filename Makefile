@@ -91,6 +91,10 @@ image-check: image-deps
 	bash packer/scripts/check.sh $(IMAGE_BUILD)/image/hsmca.qcow2
 
 image-repro: image-deps venv
+	@first=$$(sed -n 's/^HSMCA_SOURCE=//p' $(IMAGE_BUILD)/image/hsmca-release 2>/dev/null); \
+	if [ "$$first" != "$$(git rev-parse HEAD)" ] || [ -n "$$(git status --porcelain --untracked-files=no)" ]; then \
+	  echo "image-repro rebuilds the first image's inputs: it needs $(IMAGE_BUILD) built from this commit" \
+	       "($$(git rev-parse --short HEAD)) with a clean tree; the first was built from $${first:-nothing}"; exit 1; fi
 	$(MAKE) image IMAGE_BUILD=$(SECOND_BUILD) BUILD_ID=$(BUILD_ID)-b
 	diff -u $(IMAGE_BUILD)/image/packages.txt $(SECOND_BUILD)/image/packages.txt
 	diff -u $(IMAGE_BUILD)/image/wheels.txt $(SECOND_BUILD)/image/wheels.txt

@@ -78,6 +78,17 @@ build {
     destination = "/root/build/"
   }
 
+  // The operator's guides, for the units' Documentation= (the appliance has no network to look them up).
+  provisioner "file" {
+    source      = "${path.root}/../README.md"
+    destination = "/root/build/README.md"
+  }
+
+  provisioner "file" {
+    source      = "${path.root}/README.md"
+    destination = "/root/build/packer-README.md"
+  }
+
   provisioner "file" {
     source      = "${path.root}/scripts/finalize.sh"
     destination = "/root/finalize.sh"

@@ -6,7 +6,8 @@
 #      config disk) refuses a wrong password and lets the right one in; stopped cleanly (ACPI power button);
 #   2. upgrade: the second build's system disk with the same data disk: its build id on the kernel command line,
 #      the same root, the first certificate still good, a second one issued;
-#   3. rollback: the first build's system disk again: the same root, both certificates good;
+#   3. rollback: the first build's system disk again, break-glass no longer on the config disk: the same root,
+#      both certificates good, no console login offered;
 #   and after each boot, the root partition of the system disk unchanged (no writes to the root file system);
 #   at the end, the data disk's audit trail, written by both builds, verifies with `hsmca audit verify` on the
 #   host and holds the break-glass records.
@@ -37,16 +38,21 @@ HTTP=$(free_port)
 SSH=$(free_port)
 build_id() { sed -n 's/^HSMCA_BUILD_ID=//p' "$1/hsmca-release"; }
 
-# The config disk: ext4 labelled HSMCA-CONFIG, dev mode, the names the host will use, break-glass enabled.
+# The config disk: ext4 labelled HSMCA-CONFIG, dev mode, the names the host will use; break-glass enabled or not.
 GLASS_PASSWORD=boot-test-glass-$RANDOM$RANDOM
-cat > "$WORK/disk/appliance.json" <<JSON
+config_disk() {  # config_disk yes|no
+	local glass=""
+	[ "$1" = no ] || glass=", \"breakGlass\": {\"passwordHash\": \"$(openssl passwd -6 "$GLASS_PASSWORD")\"}"
+	cat > "$WORK/disk/appliance.json" <<JSON
 {"mode": "dev", "dnsNames": ["localhost", "127.0.0.1"], "ntp": ["10.0.2.2"],
- "publicURL": "http://127.0.0.1:9080",
- "breakGlass": {"passwordHash": "$(openssl passwd -6 "$GLASS_PASSWORD")"}}
+ "publicURL": "http://127.0.0.1:9080"$glass}
 JSON
-echo "boot-test-password" > "$WORK/disk/password.txt"
-truncate -s 16M "$WORK/config.img"
-mkfs.ext4 -q -L HSMCA-CONFIG -d "$WORK/disk" "$WORK/config.img"
+	echo "boot-test-password" > "$WORK/disk/password.txt"
+	rm -f "$WORK/config.img"
+	truncate -s 16M "$WORK/config.img"
+	mkfs.ext4 -q -L HSMCA-CONFIG -d "$WORK/disk" "$WORK/config.img"
+}
+config_disk yes
 echo "boot-test-password" > "$WORK/password"
 qemu-img convert -O qcow2 "$FIRST/hsmca-data.qcow2" "$WORK/data.qcow2"  # the appliance's data disk, kept throughout
 
@@ -170,12 +176,15 @@ sock.settimeout(1)
 seen = b""
 
 
+before = b""  # what came before the last thing expected
+
+
 def expect(wanted: bytes, timeout: float = 300, poke: bool = False) -> None:
-    global seen
+    global seen, before
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if wanted in seen:
-            seen = seen.partition(wanted)[2]
+            before, _, seen = seen.partition(wanted)
             return
         try:
             seen += sock.recv(4096)
@@ -199,10 +208,16 @@ send("breakglass")
 expect(b"Password: ")
 send(sys.argv[2])
 expect(b"# ", timeout=120)
-send(". /etc/hsmca-release; echo glass-ok-$((6 * 7))-$HSMCA_BUILD_ID")
-expect(b"glass-ok-42-", timeout=60)
+# As root: are the appliance's auditd rules loaded? (Only a shell on the running appliance can tell.)
+send("echo glass-ok-$((6 * 7))-rules-$(auditctl -l | grep -c -- '-k hsmca')-end")
+expect(b"glass-ok-42-rules-", timeout=60)
+expect(b"-end", timeout=30)
+count = before.decode(errors="replace")
+if not count.isdigit() or int(count) == 0:
+    sys.exit(f"FAIL  break-glass: auditctl -l lists no hsmca rule on the running appliance ({count!r})")
 send("exit")
 expect(b"login: ", timeout=120)
+print(f"ok    auditd: {count} hsmca rules loaded on the running appliance (auditctl -l, from the break-glass shell)")
 PY
 	echo "ok    break-glass: a wrong password refused; the right one logged in on the serial console, then out"
 }
@@ -237,6 +252,10 @@ PY
 			exit 1
 		fi
 	done
+	if ! grep -Eq '^ *2 "action":"operator\.break-glass\.enabled"' <<<"$events"; then
+		echo "FAIL  break-glass was enabled at two boots (first, upgrade), not at the rollback; found: $events" >&2
+		exit 1
+	fi
 	echo "ok    break-glass recorded in the audit trail: $(tr -s ' \n' ' ' <<<"$events")"
 }
 
@@ -281,6 +300,7 @@ issue leaf2
 stop upgrade
 root_unchanged upgrade "$SECOND/hsmca.qcow2" "$WORK/second.qcow2"
 
+config_disk no
 boot rollback "$WORK/first.qcow2"
 booted_build rollback "$FIRST"
 [ "$(root_fingerprint)" = "$ROOT_FP" ] || { echo "FAIL  rollback: the root changed" >&2; exit 1; }
@@ -288,6 +308,11 @@ echo "ok    rollback: the same root"
 good leaf1
 good leaf2
 issue leaf3
+if grep -aq "login: " "$WORK/serial-rollback.log"; then
+	echo "FAIL  rollback: a console login was offered without breakGlass on the config disk" >&2
+	exit 1
+fi
+echo "ok    rollback: no console login offered once breakGlass is off the config disk"
 stop rollback
 root_unchanged rollback "$FIRST/hsmca.qcow2" "$WORK/first.qcow2"
 audit_trail_verifies

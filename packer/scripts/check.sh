@@ -99,6 +99,10 @@ no_build_logs() {
 	found=$(find "$ROOT/var/log" -type f -size +0 2>/dev/null)
 	[ -z "$found" ] || { echo "$found"; return 1; }
 }
+audit_rules() {  # compiled at build time and loaded as they are (the root is read-only: no augenrules at boot)
+	grep -q -- '-k hsmca-keys' "$ROOT/etc/audit/audit.rules" && grep -q -- '^-e 2' "$ROOT/etc/audit/audit.rules" &&
+		grep -q 'auditctl -R /etc/audit/audit.rules' "$ROOT/etc/systemd/system/auditd.service.d/hsmca.conf"
+}
 data_disk() {  # the CA's home, owned by the fixed hsmca ids, private, empty; the logs' directories
 	[ -d "$DATA/hsmca" ] || { echo "no $RELEASE/hsmca-data.qcow2 with a hsmca-data partition"; return 1; }
 	[ "$(stat -c %u:%g:%a "$DATA/hsmca")" = 950:950:700 ] || { stat -c '%n %u:%g:%a' "$DATA/hsmca"; return 1; }
@@ -134,6 +138,7 @@ check "read-only root in fstab" read_only_root
 check "empty machine-id" machine_id_empty
 check "no build logs" no_build_logs
 check "dpkg manifest = packer/packages.lock (less the build-time openssh)" manifest
+check "auditd: the appliance's rules compiled into audit.rules and loaded at boot without augenrules" audit_rules
 check "data disk: /hsmca empty, 0700, owned by hsmca (950:950); log directories" data_disk
 check "fstab mounts the data disk's partition at /data and binds /var/lib/hsmca from it" data_mounts
 check "SHA256SUMS matches the image and its manifests; SHA256SUMS.sig verifies with signing-key.pem" release_signed

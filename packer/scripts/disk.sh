@@ -56,7 +56,10 @@ find "$ROOT/var/log" -type f -delete  # mmdebstrap's logs; /var/log is the data 
 
 # Identity, network, mounts, boot.
 echo hsmca > "$ROOT/etc/hostname"
-printf 'HSMCA_BUILD_ID=%s\n' "$BUILD_ID" > "$ROOT/etc/hsmca-release"
+# The source it was built from: the commit, marked +dirty when the working tree differed from it.
+source=$(git -C "$PACKER_DIR" rev-parse HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$PACKER_DIR/.." status --porcelain --untracked-files=no 2>/dev/null)" ] || source+=+dirty
+printf 'HSMCA_BUILD_ID=%s\nHSMCA_SOURCE=%s\n' "$BUILD_ID" "$source" > "$ROOT/etc/hsmca-release"
 printf '[Match]\nName=en*\n\n[Network]\nDHCP=yes\n' > "$ROOT/etc/systemd/network/50-wired.network"
 # The root is read-only once finalize.sh has run: what must be written lives on the data disk (the CA's home,
 # the logs: journal and auditd; finalize.sh adds its mounts, the build runs without it) or in memory (/tmp,

@@ -29,8 +29,12 @@ install -m 0644 "$FILES/nftables.conf" /etc/nftables.conf
 install -d -m 0755 /etc/hsmca
 install -d -m 0750 /etc/audit/rules.d
 install -m 0640 "$FILES/hsmca.rules" /etc/audit/rules.d/hsmca.rules
+augenrules  # compile rules.d into /etc/audit/audit.rules now: the root is read-only at run time
+grep -q -- '-k hsmca-keys' /etc/audit/audit.rules || { echo "the audit rules did not compile" >&2; exit 1; }
+install -D -m 0644 "$FILES/auditd-hsmca.conf" /etc/systemd/system/auditd.service.d/hsmca.conf
 install -D -m 0644 "$FILES/journald.conf" /etc/systemd/journald.conf.d/hsmca.conf
-install -D -m 0644 /opt/hsmca/venv/share/doc/hsmca/README.md /usr/share/doc/hsmca/README.md 2>/dev/null || true
+install -D -m 0644 "$BUILD/README.md" /usr/share/doc/hsmca/README.md
+install -D -m 0644 "$BUILD/packer-README.md" /usr/share/doc/hsmca/packer-README.md
 
 systemctl enable nftables.service auditd.service systemd-timesyncd.service hsmca-config.service \
 	hsmca-init.service hsmca.service hsmca-break-glass.service
