@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -49,10 +50,9 @@ def _load(config_dir: Path) -> ApplianceConfig:
 
     path = config_dir / "appliance.json"
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-        if len(data) > MAX_CONFIG_BYTES:
-            fail(f"{path} is larger than {MAX_CONFIG_BYTES} bytes: not an appliance configuration")
+        data = _read_plain_file(path, MAX_CONFIG_BYTES)
+        if data is None:
+            raise FileNotFoundError(2, "no such file")
         return ApplianceConfig.model_validate(json.loads(data))
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc} (is the config disk, label HSMCA-CONFIG, attached?)")
@@ -60,6 +60,26 @@ def _load(config_dir: Path) -> ApplianceConfig:
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'appliance.json'}: {e['msg']}" for e in exc.errors()) \
             if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
         fail(f"{path} is not a valid appliance configuration: {detail}")
+
+
+def _read_plain_file(path: Path, limit: int) -> bytes | None:
+    """A regular file of at most `limit` bytes from the config disk, None when absent. Not through a symlink (one
+    on the disk could name /etc/shadow, read as root and handed to the hsmca user), nor a FIFO or device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if path.is_symlink():
+            fail(f"{path} is a symbolic link: the config disk must hold the file itself")
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            fail(f"{path} is not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        fail(f"{path} is larger than {limit} bytes")
+    return data
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -107,12 +127,11 @@ def configure(config_dir: Path, run_dir: Path, home: Path, user: str, shadow: Pa
             owner(glass, "root", "shadow")
     for name, (there, mode) in HANDED.items():
         source, target = config_dir / name, run_dir / "hsmca" / there
-        if not source.is_file():
+        data = _read_plain_file(source, MAX_HANDED_BYTES)
+        if data is None:
             target.unlink(missing_ok=True)
             continue
-        if source.stat().st_size > MAX_HANDED_BYTES:
-            fail(f"{source} is larger than {MAX_HANDED_BYTES} bytes")
-        _write(target, source.read_text(errors="replace"), mode)
+        _write(target, data.decode(errors="replace"), mode)
         if owner is not None:
             owner(target, user, user)
     click.echo(f"appliance configured ({cfg.mode} mode): {len(cfg.outbound)} outbound rule(s), "

@@ -218,3 +218,29 @@ def test_init_with_an_existing_token_needs_the_ceremony_root_module_and_pin(tmp_
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "--existing-token is for a production HSM: it needs --root, --module and --pin-file" in done.stderr
     assert not (tmp_path / "home" / "config" / "ca.json").exists()
+
+
+def test_the_config_disk_may_not_hand_over_links_fifos_or_huge_files(tmp_path: Path) -> None:
+    """configure runs as root: a symlink on the config disk must not make it copy /etc/shadow to the hsmca user."""
+    run, home = tmp_path / "run", tmp_path / "home"
+    disk = _disk(tmp_path, mode="dev")
+    args = ("configure", "--config-dir", str(disk), "--run-dir", str(run), "--home", str(home), "--user", "root")
+    (disk / "password.txt").unlink()
+    (disk / "password.txt").symlink_to("/etc/shadow")
+    linked = _run(*args)
+    assert linked.returncode == 1 and "password.txt is a symbolic link" in linked.stderr, linked.stderr
+    assert not (run / "hsmca" / "password").exists()
+    (disk / "password.txt").unlink()
+    os.mkfifo(disk / "password.txt")
+    fifo = _run(*args)
+    assert fifo.returncode == 1 and "password.txt is not a regular file" in fifo.stderr, fifo.stderr
+    (disk / "password.txt").unlink()
+    (disk / "root_ca.crt").write_bytes(b"x" * (64 * 1024 + 1))
+    huge = _run(*args)
+    assert huge.returncode == 1 and "root_ca.crt is larger than 65536 bytes" in huge.stderr, huge.stderr
+    (disk / "root_ca.crt").unlink()
+    (disk / "appliance.json").rename(disk / "real.json")
+    (disk / "appliance.json").symlink_to(disk / "real.json")
+    assert "appliance.json is a symbolic link" in _run(*args).stderr
+    for result in (linked, fifo, huge):
+        assert "Traceback" not in result.stderr
