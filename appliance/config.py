@@ -6,14 +6,22 @@ of the offending field, instead of surfacing later as a wrong certificate.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from appliance.atomic_file import write_atomically
@@ -133,6 +141,99 @@ class ProvisionerConfig(_Strict):
     options: ProvisionerOptions | None = None
 
 
+def _pem_blocks(value: str, field: str) -> bytes:
+    """step-ca's `[]byte` fields are the base64 of a PEM file in ca.json."""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        raise ValueError(f"{field} must be the base64 of a PEM file (as step-ca writes it)") from None
+
+
+def x5c_roots(value: str) -> list[x509.Certificate]:
+    """The certificates of an X5C provisioner's `roots` (base64 of a PEM bundle); ValueError saying what is wrong."""
+    pem = _pem_blocks(value, "roots")
+    try:
+        roots = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise ValueError(f"roots: not a PEM bundle of certificates: {exc}") from None
+    for cert in roots:
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except (x509.ExtensionNotFound, ValueError):
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise ValueError(f"roots: {cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints CA)")
+    return roots
+
+
+def k8s_public_keys(value: str) -> list[PublicKeyTypes]:
+    """The keys of a K8sSA provisioner's `publicKeys` (base64 of PEM public keys or certificates)."""
+    pem = _pem_blocks(value, "publicKeys")
+    keys: list[PublicKeyTypes] = []
+    for block in re.finditer(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----", pem, re.S):
+        kind = block.group(1).decode()
+        try:
+            if kind == "CERTIFICATE":
+                key: PublicKeyTypes = x509.load_pem_x509_certificate(block.group(0)).public_key()
+            elif kind in ("PUBLIC KEY", "RSA PUBLIC KEY"):
+                key = load_pem_public_key(block.group(0))
+            else:
+                raise ValueError(f"a {kind} block is not a public key")
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"publicKeys: key {len(keys) + 1}: {exc}") from None
+        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
+            raise ValueError(f"publicKeys: key {len(keys) + 1} is a {type(key).__name__}; RSA, EC or Ed25519 only")
+        keys.append(key)
+    if not keys:
+        raise ValueError("publicKeys holds no PEM public key")
+    return keys
+
+
+class X5CProvisionerConfig(_Strict):
+    """step-ca's X5C provisioner: a token whose `x5c` header chains to one of `roots` (base64 of a PEM bundle)."""
+
+    type: Literal["X5C"]
+    name: str = Field(min_length=1, max_length=128)
+    roots: str
+    claims: Claims | None = None
+    policy: PolicyConfig | None = None
+    options: ProvisionerOptions | None = None
+
+    @field_validator("roots")
+    @classmethod
+    def _roots(cls, v: str) -> str:
+        x5c_roots(v)
+        return v
+
+
+class K8sSAProvisionerConfig(_Strict):
+    """step-ca's K8sSA provisioner: a Kubernetes service-account token signed by one of `publicKeys` (base64 of
+    PEM public keys). hsmca additions: `issuers`, the `iss` a bound (projected) token may have (empty: any), and
+    `audiences`, what its `aud` may name besides this CA's own URLs."""
+
+    type: Literal["K8sSA"]
+    name: str = Field(min_length=1, max_length=128)
+    publicKeys: str
+    issuers: list[str] = Field(default_factory=list)
+    audiences: list[str] = Field(default_factory=list)
+    claims: Claims | None = None
+    policy: PolicyConfig | None = None
+    options: ProvisionerOptions | None = None
+
+    @field_validator("publicKeys")
+    @classmethod
+    def _keys(cls, v: str) -> str:
+        k8s_public_keys(v)
+        return v
+
+    @field_validator("issuers", "audiences")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if any(not item for item in v):
+            raise ValueError("entries cannot be empty")
+        return v
+
+
 ChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
 ALL_CHALLENGES: tuple[ChallengeType, ...] = ("http-01", "dns-01", "tls-alpn-01")
 
@@ -185,7 +286,8 @@ class ACMEProvisionerConfig(_Strict):
         return v
 
 
-AnyProvisionerConfig = Annotated[ProvisionerConfig | ACMEProvisionerConfig, Field(discriminator="type")]
+AnyProvisionerConfig = Annotated[ProvisionerConfig | ACMEProvisionerConfig | X5CProvisionerConfig
+                                 | K8sSAProvisionerConfig, Field(discriminator="type")]
 
 
 class AuthorityConfig(_Strict):
@@ -216,6 +318,9 @@ class AuthorityConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"provisioner names must be unique: {dupes}")
+        k8s = [p.name for p in v if p.type == "K8sSA"]
+        if len(k8s) > 1:  # a service-account token names no provisioner, so one judges them all (as step-ca)
+            raise ValueError(f"at most one K8sSA provisioner, not {k8s}")
         return v
 
 

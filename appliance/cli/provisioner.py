@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from appliance.config import (
     ACMEProvisionerConfig,
     CAConfig,
     ConfigError,
+    K8sSAProvisionerConfig,
+    X5CProvisionerConfig,
     default_config_path,
     load_config,
     save_config,
@@ -27,53 +30,134 @@ def provisioner() -> None:
     """Add, list and remove provisioners in ca.json."""
 
 
+TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA"}
+
+
 @provisioner.command("add")
 @click.argument("name")
-@click.option("--type", "kind", type=click.Choice(["ACME"], case_sensitive=False), default="ACME", show_default=True,
-              help="Provisioner type (JWK provisioners are made by `hsmca init`).")
-@click.option("--http01-port", type=int, help="Port the http-01 validator connects to [default: 80].")
-@click.option("--tlsalpn01-port", type=int, help="Port the tls-alpn-01 validator connects to [default: 443].")
+@click.option("--type", "kind", type=click.Choice(sorted(TYPES.values()), case_sensitive=False), default="ACME",
+              show_default=True, help="Provisioner type (JWK provisioners are made by `hsmca init`).")
+@click.option("--http01-port", type=int, help="ACME: port the http-01 validator connects to [default: 80].")
+@click.option("--tlsalpn01-port", type=int, help="ACME: port the tls-alpn-01 validator connects to [default: 443].")
 @click.option("--resolver", "resolvers", multiple=True, metavar="HOST:PORT",
-              help="DNS resolver for validation (repeatable) [default: the system's].")
+              help="ACME: DNS resolver for validation (repeatable) [default: the system's].")
 @click.option("--challenge", "challenges", multiple=True, type=click.Choice(["http-01", "dns-01", "tls-alpn-01"]),
-              help="Challenge type offered (repeatable) [default: all three].")
-@click.option("--terms-of-service", help="URL of the terms of service, shown in the directory's meta.")
+              help="ACME: challenge type offered (repeatable) [default: all three].")
+@click.option("--terms-of-service", help="ACME: URL of the terms of service, shown in the directory's meta.")
+@click.option("--x5c-root", "--x5c-roots", "x5c_root", type=click.Path(dir_okay=False, path_type=Path),
+              help="X5C: PEM file of the root certificate(s) a token's x5c chain must verify to.")
+@click.option("--public-key", "public_key", type=click.Path(dir_okay=False, path_type=Path),
+              help="K8sSA: PEM file of the cluster's service-account public key(s) (or certificates).")
+@click.option("--issuer", "issuers", multiple=True,
+              help="K8sSA: an `iss` bound service-account tokens may have (repeatable) [default: any].")
+@click.option("--audience", "audiences", multiple=True,
+              help="K8sSA: an `aud` bound tokens may have besides this CA's URLs (repeatable).")
 @click.option("--x509-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A certificate template (Jinja2; see the README), checked now and stored in ca.json.")
 @click.option("--x509-template-data", "template_data_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A JSON object the template sees as `data`.")
 @CONFIG
 def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | None, resolvers: tuple[str, ...],
-        challenges: tuple[str, ...], terms_of_service: str | None, template_file: Path | None,
+        challenges: tuple[str, ...], terms_of_service: str | None, x5c_root: Path | None, public_key: Path | None,
+        issuers: tuple[str, ...], audiences: tuple[str, ...], template_file: Path | None,
         template_data_file: Path | None, config_path: Path | None) -> None:
-    """Add an ACME provisioner NAME, served at /acme/NAME/directory."""
+    """Add provisioner NAME: ACME (served at /acme/NAME/directory), X5C (--x5c-root FILE: a certificate chaining
+    to these roots vouches) or K8sSA (--public-key FILE: Kubernetes service-account tokens)."""
+    kind = TYPES[kind.lower()]
     path = config_path or default_config_path()
     config = _load(path)
     if any(p.name == name for p in config.authority.provisioners):
         fail(f"{path}: a provisioner named {name!r} exists already")
-    fields: dict[str, object] = {"type": kind.upper(), "name": name}
-    for key, value in (("http01Port", http01_port), ("tlsalpn01Port", tlsalpn01_port),
-                       ("termsOfService", terms_of_service)):
-        if value is not None:
-            fields[key] = value
-    if resolvers:
-        fields["resolvers"] = list(resolvers)
-    if challenges:
-        fields["challenges"] = list(dict.fromkeys(challenges))
+    given = {"--http01-port": http01_port, "--tlsalpn01-port": tlsalpn01_port, "--resolver": resolvers,
+             "--challenge": challenges, "--terms-of-service": terms_of_service, "--x5c-root": x5c_root,
+             "--public-key": public_key, "--issuer": issuers, "--audience": audiences}
+    allowed = {"ACME": {"--http01-port", "--tlsalpn01-port", "--resolver", "--challenge", "--terms-of-service"},
+               "X5C": {"--x5c-root"}, "K8sSA": {"--public-key", "--issuer", "--audience"}}[kind]
+    foreign = [flag for flag, value in given.items() if value not in (None, ()) and flag not in allowed]
+    if foreign:
+        fail(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to a {kind} provisioner")
+    fields: dict[str, object] = {"type": kind, "name": name}
+    if kind == "ACME":
+        for key, value in (("http01Port", http01_port), ("tlsalpn01Port", tlsalpn01_port),
+                           ("termsOfService", terms_of_service)):
+            if value is not None:
+                fields[key] = value
+        if resolvers:
+            fields["resolvers"] = list(resolvers)
+        if challenges:
+            fields["challenges"] = list(dict.fromkeys(challenges))
+    elif kind == "X5C":
+        if x5c_root is None:
+            fail("an X5C provisioner needs --x5c-root FILE (the roots its tokens' chains verify to)")
+        fields["roots"] = _x5c_roots(x5c_root)
+    else:
+        if public_key is None:
+            fail("a K8sSA provisioner needs --public-key FILE (the cluster's service-account key(s))")
+        if any(p.type == "K8sSA" for p in config.authority.provisioners):
+            fail(f"{path}: there is a K8sSA provisioner already, and a service-account token cannot name one of "
+                 "two (step-ca allows one too)")
+        fields["publicKeys"] = _k8s_keys(public_key)
+        if issuers:
+            fields["issuers"] = list(dict.fromkeys(issuers))
+        if audiences:
+            fields["audiences"] = list(dict.fromkeys(audiences))
     options = _template_options(template_file, template_data_file)
     if options:
         fields["options"] = options
+    models: dict[str, type[ACMEProvisionerConfig | X5CProvisionerConfig | K8sSAProvisionerConfig]] = {
+        "ACME": ACMEProvisionerConfig, "X5C": X5CProvisionerConfig, "K8sSA": K8sSAProvisionerConfig}
     try:
-        new = ACMEProvisionerConfig.model_validate(fields)
+        new = models[kind].model_validate(fields)
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     config.authority.provisioners.append(new)
     _check_templates(config)
     save_config(config, path)
-    from appliance.ca.urls import api_url
+    if kind == "ACME":
+        from appliance.ca.urls import api_url
 
-    click.echo(f"Added ACME provisioner {name!r}: directory at {api_url(config)}/acme/{name}/directory")
+        click.echo(f"Added ACME provisioner {name!r}: directory at {api_url(config)}/acme/{name}/directory")
+    elif kind == "X5C":
+        click.echo(f"Added X5C provisioner {name!r}: `hsmca certificate SUBJECT CRT KEY --provisioner {name} "
+                   "--x5c-cert FILE --x5c-key FILE`")
+    else:
+        click.echo(f"Added K8sSA provisioner {name!r}: `hsmca certificate SUBJECT CRT KEY --provisioner {name} "
+                   "--k8ssa-token-path FILE`")
     click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+def _x5c_roots(path: Path) -> str:
+    """The roots as ca.json holds them (base64 of their PEM); each must be a CA that may sign certificates."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        roots = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: not a PEM file of certificates: {exc}")
+    for cert in roots:
+        try:
+            usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            continue
+        except ValueError as exc:
+            fail(f"{path}: {cert.subject.rfc4514_string()}: {exc}")
+        if not usage.key_cert_sign:
+            fail(f"{path}: {cert.subject.rfc4514_string()} cannot be an X5C root: its key usage lacks "
+                 "keyCertSign (Certificate Sign)")
+    return base64.b64encode(b"".join(c.public_bytes(Encoding.PEM) for c in roots)).decode()
+
+
+def _k8s_keys(path: Path) -> str:
+    """The keys as ca.json holds them (base64 of their PEM), read now so a bad file stops here."""
+    from appliance.config import k8s_public_keys
+
+    try:
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        k8s_public_keys(encoded)
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: {exc}")
+    return encoded
 
 
 @provisioner.command("list")

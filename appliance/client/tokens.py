@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from joserfc.jwk import ECKey, OKPKey, RSAKey
+
 from appliance.client.http import CAClient, ClientError
 from appliance.provisioners import jose
 
 TOKEN_LIFETIME = 300  # seconds, as the step CLI
+K8S_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")  # where a pod finds its token
 
 
 def find_provisioner(client: CAClient, name: str) -> dict[str, Any]:
@@ -26,12 +34,20 @@ def find_provisioner(client: CAClient, name: str) -> dict[str, Any]:
             raise ClientError(f"the CA has no provisioner named {name!r}")
 
 
+class WrongProvisionerType(ClientError):
+    """The provisioner named is not of the type the token needs (`kind` says which it is)."""
+
+    def __init__(self, name: str, kind: object, wanted: str) -> None:
+        super().__init__(f"provisioner {name!r} is of type {kind}, not {wanted}")
+        self.kind = kind
+
+
 def provisioner_key(client: CAClient, name: str, password: bytes | None,
-                    key_file: Path | None) -> tuple[str, jose.PublicKey]:
+                    key_file: Path | None, found: dict[str, Any] | None = None) -> tuple[str, jose.PublicKey]:
     """The provisioner's private JWK: from --provisioner-key, else the CA's encrypted copy."""
-    prov = find_provisioner(client, name)
+    prov = found or find_provisioner(client, name)
     if prov.get("type") != "JWK":
-        raise ClientError(f"provisioner {name!r} is of type {prov.get('type')}, not JWK")
+        raise WrongProvisionerType(name, prov.get("type"), "JWK")
     kid = prov["key"]["kid"]
     if key_file is not None:
         text = key_file.read_text().strip()
@@ -67,3 +83,50 @@ def sign_token(key: jose.PublicKey, kid: str, provisioner: str, subject: str, sa
     if root_fingerprint:
         claims["sha"] = root_fingerprint
     return jose.sign_token(key, claims, kid=kid)
+
+
+def x5c_token(cert_file: Path, key_file: Path, password: bytes | None, provisioner: str, subject: str,
+              sans: list[str], audience: str, root_fingerprint: str | None) -> str:
+    """An X5C provisioner token as the step CLI makes it: signed by the key of `cert_file`'s leaf, the chain in
+    the `x5c` header, `aud` the sign URL with `#x5c/<provisioner>`."""
+    try:
+        chain = x509.load_pem_x509_certificates(cert_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"--x5c-cert {cert_file}: not a PEM certificate chain: {exc}") from None
+    try:
+        private = serialization.load_pem_private_key(key_file.read_bytes(), password)
+    except TypeError:
+        raise ClientError(f"--x5c-key {key_file} is encrypted: give its password with --password-file") from None
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        raise ClientError(f"--x5c-key {key_file}: cannot read the private key: {exc}") from None
+    if not isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise ClientError(f"--x5c-key {key_file}: a {type(private).__name__} cannot sign tokens")
+    if private.public_key() != chain[0].public_key():
+        raise ClientError(f"--x5c-key {key_file} is not the key of the first certificate in {cert_file}")
+    key = _jwk_of(private)
+    now = int(time.time())
+    claims = {"iss": provisioner, "sub": subject, "aud": f"{audience}#x5c/{provisioner}", "sans": sans,
+              "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME, "jti": secrets.token_hex(32)}
+    if root_fingerprint:
+        claims["sha"] = root_fingerprint
+    x5c = [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain]
+    return jose.sign_token(key, claims, header={"x5c": x5c})
+
+
+def _jwk_of(private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> jose.PublicKey:
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        return ECKey.import_key(private)
+    if isinstance(private, rsa.RSAPrivateKey):
+        return RSAKey.import_key(private)
+    return OKPKey.import_key(private)
+
+
+def k8s_token(path: Path) -> str:
+    """The pod's service-account token, as it is (`--k8ssa-token-path`, step's default path otherwise)."""
+    try:
+        value = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClientError(f"cannot read the service-account token {path}: {exc}") from None
+    if value.count(".") != 2:
+        raise ClientError(f"{path} does not hold a service-account token (a JWT)")
+    return value

@@ -33,7 +33,7 @@ class TokenGrant:
 
 @dataclass(frozen=True)
 class TokenCredential:
-    """A one-time token and the CSR it came with (`POST /1.0/sign`; JWK today, OIDC and K8sSA to come)."""
+    """A token and the CSR it came with (`POST /1.0/sign`): JWK, X5C and K8sSA tokens (OIDC to come)."""
 
     token: str
     csr: x509.CertificateSigningRequest
@@ -114,6 +114,16 @@ def numeric_date(claims: dict[str, Any], name: str, *, required: bool) -> dateti
 
 
 TOKEN_LEEWAY = timedelta(minutes=1)  # clock skew allowed between client and CA
+
+
+def token_audiences(claims: dict[str, Any]) -> list[str] | None:
+    """The token's `aud` as a list (a string or a list of strings), None when it is neither."""
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        return aud
+    return None
 
 
 def token_times(claims: dict[str, Any], now: datetime) -> tuple[datetime, datetime | None, datetime | None]:

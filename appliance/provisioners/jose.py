@@ -12,6 +12,8 @@ import time
 import warnings
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from joserfc import jwe, jwt
 from joserfc.errors import JoseError
 from joserfc.jwe import JWERegistry
@@ -50,6 +52,17 @@ def import_jwk(data: dict[str, Any]) -> PublicKey:
     except (JoseError, ValueError, TypeError) as exc:
         raise JOSEError(f"invalid {kty} JWK: {exc}") from None
     raise JOSEError(f"unsupported JWK key type {kty!r} (EC, RSA or OKP)")
+
+
+def import_public_key(key: PublicKeyTypes) -> PublicKey:
+    """A cryptography public key (a certificate's, a PEM file's) as a JWK that can verify tokens."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ECKey.import_key(key)
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSAKey.import_key(key)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return OKPKey.import_key(key)
+    raise JOSEError(f"a {type(key).__name__} cannot verify tokens (EC, RSA or Ed25519 keys can)")
 
 
 def allowed_algorithms(key: PublicKey) -> list[str]:

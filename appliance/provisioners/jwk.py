@@ -8,7 +8,14 @@ from typing import Any
 from appliance.errors import Unauthorized
 from appliance.names import split_sans
 from appliance.provisioners import jose
-from appliance.provisioners.base import TOKEN_LEEWAY, TokenCredential, TokenGrant, strip_port, token_times
+from appliance.provisioners.base import (
+    TOKEN_LEEWAY,
+    TokenCredential,
+    TokenGrant,
+    strip_port,
+    token_audiences,
+    token_times,
+)
 from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, Window
 from appliance.provisioners.validity import parse_time_or_duration
 from appliance.store import OneTimeToken
@@ -20,12 +27,10 @@ MAX_JTI_LENGTH = 256
 
 
 def _audiences(claims: dict[str, Any]) -> list[str]:
-    aud = claims.get("aud")
-    if isinstance(aud, str):
-        return [aud]
-    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
-        return aud
-    raise Unauthorized("token has no valid 'aud' claim")
+    aud = token_audiences(claims)
+    if aud is None:
+        raise Unauthorized("token has no valid 'aud' claim")
+    return aud
 
 
 class JWKProvisioner:

@@ -17,7 +17,9 @@ from appliance.provisioners.acme import ACMEProvisioner
 from appliance.provisioners.base import Provisioner
 from appliance.provisioners.internal import InternalProvisioner
 from appliance.provisioners.jwk import JWKProvisioner
+from appliance.provisioners.k8ssa import K8sSAProvisioner
 from appliance.provisioners.x5c import RenewalProvisioner
+from appliance.provisioners.x5c_roots import X5CProvisioner
 
 MAX_PAGE = 100
 
@@ -42,6 +44,8 @@ def build(cfg: AnyProvisionerConfig) -> Provisioner:
 
 register("JWK", lambda cfg: JWKProvisioner(cfg.name, cfg.key, cfg.encryptedKey, cfg.claims, cfg.policy))
 register("ACME", ACMEProvisioner)
+register("X5C", X5CProvisioner.from_config)
+register("K8sSA", K8sSAProvisioner.from_config)
 
 
 class Credential(Protocol):
@@ -88,18 +92,29 @@ class Provisioners:
         return next((p for p in self._list if p.name == name), None)
 
     def for_token(self, token: str) -> Provisioner:
-        """The provisioner a token claims to come from (verification happens afterwards)."""
+        """The provisioner a token claims to come from (verification happens afterwards).
+
+        A JWK token names it by `iss` and `kid`; a provisioner whose tokens name it otherwise (X5C: `iss` and
+        an `x5c` header; K8sSA: a service-account token) says so through `claims_token(header, claims)`.
+        """
         try:
             header, claims = jose.peek(token)
         except jose.JOSEError as exc:
             raise Unauthorized(f"cannot parse token: {exc}") from None
         issuer, kid = claims.get("iss"), header.get("kid")
+        if isinstance(issuer, str) and isinstance(kid, str):
+            found = self._by_token_key.get((issuer, kid))
+            if found is not None:
+                return found
+        for candidate in self._list:
+            claims_token: Callable[[dict[str, Any], dict[str, Any]], bool] | None = \
+                getattr(candidate, "claims_token", None)
+            if claims_token is not None and claims_token(header, claims):
+                return candidate
         if not isinstance(issuer, str) or not isinstance(kid, str):
-            raise Unauthorized("token must name its provisioner (claim 'iss' and header 'kid')")
-        found = self._by_token_key.get((issuer, kid))
-        if found is None:
-            raise Unauthorized(f"no provisioner named {issuer!r} with key id {kid!r}")
-        return found
+            raise Unauthorized("token must name its provisioner (claim 'iss' and header 'kid', or an x5c header, "
+                               "or be a Kubernetes service-account token)")
+        raise Unauthorized(f"no provisioner named {issuer!r} with key id {kid!r}")
 
     def encrypted_key(self, kid: str, *, published: bool) -> str:
         p = self._by_kid.get(kid)

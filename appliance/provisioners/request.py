@@ -39,6 +39,7 @@ class Window:
     not_before: datetime | None = None
     not_after: datetime | None = None
     lifetime: timedelta | None = None
+    latest: datetime | None = None  # a defaulted end never passes this (the credential's own expiry: X5C)
 
 
 @dataclass(frozen=True)

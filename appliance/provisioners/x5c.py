@@ -7,6 +7,9 @@ reach the CA (a TLS-terminating load balancer in between). "Insecure" is step-ca
 header's chain is not trusted by itself": this module only proves that the token was signed by
 the key of the certificate it carries; whether this CA issued that certificate, and whether it
 may still be renewed, is `RenewalProvisioner`'s business (below).
+
+The X5C provisioner (a token whose `x5c` chain verifies to configured roots authorizes a new certificate) is
+x5c_roots.py.
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from appliance.certutil import read_extensions
 from appliance.errors import Forbidden, Unauthorized
@@ -67,16 +68,11 @@ def _leaf(header: dict[str, Any]) -> x509.Certificate:
 
 def _public_jwk(cert: x509.Certificate) -> jose.PublicKey:
     try:
-        key = cert.public_key()
+        return jose.import_public_key(cert.public_key())
     except (ValueError, UnsupportedAlgorithm):
         raise Unauthorized("the token's certificate has a public key this CA cannot read") from None
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return ECKey.import_key(key)
-    if isinstance(key, rsa.RSAPublicKey):
-        return RSAKey.import_key(key)
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return OKPKey.import_key(key)
-    raise Unauthorized("the token's certificate has a key type that cannot sign tokens")
+    except jose.JOSEError:
+        raise Unauthorized("the token's certificate has a key type that cannot sign tokens") from None
 
 
 def _subject_names(cert: x509.Certificate) -> set[str]:

@@ -262,6 +262,8 @@ def _profile(request: IssuanceRequest, window: tuple[datetime, datetime], issuer
     not_before, not_after = window
     if request.window.not_after is None:  # a defaulted end never outlives the intermediate that signs
         not_after = min(not_after, issuer.certificate.not_valid_after_utc)
+        if request.window.latest is not None:  # nor the credential that vouched for it
+            not_after = min(not_after, request.window.latest)
     try:
         usage = key_usage(request.public_key, request.key_usage) if request.key_usage is not None else None
     except ValueError as exc:

@@ -92,7 +92,7 @@ class Revocations:
             prov = self.provisioners.for_token(ott)
             verify = getattr(prov, "verify_token", None)
             if verify is None:
-                raise Unauthorized(f"provisioner {prov.name!r} does not issue one-time tokens")
+                raise Unauthorized(f"provisioner {prov.name!r} ({prov.type}) does not authorize revocation by token")
             grant = verify(ott, endpoint_audiences(self.config.dnsNames, "revoke"), datetime.now(timezone.utc))
             provisioner = grant.provisioner
             spend(self.store, grant.token)

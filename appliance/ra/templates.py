@@ -233,7 +233,8 @@ class Template:
             raise TemplateProblem(
                 f"{where}: {go.group(0)!r} is step-ca's Go template syntax, which hsmca does not run; hsmca "
                 "templates are Jinja2: write {{ subject.commonName }} for {{ .Subject.CommonName }}, "
-                "{{ sans | tojson }} for {{ toJson .SANs }}, {{ token.email }} for {{ .Token.email }}, and "
+                "{{ sans | tojson }} for {{ toJson .SANs }}, {{ token.email }} for {{ .Token.email }}, "
+                "{{ authorizationCrt.dnsNames }} for {{ .AuthorizationCrt.DNSNames }}, and "
                 "{% if ... %}…{% endif %} for {{ if ... }}…{{ end }} (see the README: Certificate templates)")
         try:
             compiled = _ENV.from_string(source)
@@ -305,16 +306,23 @@ def _schema_message(exc: ValidationError) -> str:
 
 
 def variables(request: IssuanceRequest, provisioner: str, provisioner_type: str) -> dict[str, Any]:
-    """What a template sees: `subject`, `sans`, `token`, `csr`, `provisioner` (and `data`, its templateData)."""
+    """What a template sees: `subject`, `sans`, `token`, `csr`, `provisioner` (and `data`, its templateData), and
+    what the provisioner adds: X5C `authorizationCrt` (the certificate that vouched), K8sSA `k8s` (the service
+    account)."""
     csr = request.csr
     csr_view: dict[str, Any] = {}
     if csr is not None:
         cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         csr_view = {"subject": {"commonName": str(cns[0].value) if cns else ""},
                     "publicKeyAlgorithm": _key_type(request)}
-    return {"subject": {"commonName": request.common_name}, "sans": _sans(request.names),
-            "token": dict(request.template_data.get("token", {})), "csr": csr_view,
-            "provisioner": {"name": provisioner, "type": provisioner_type}, "keyType": _key_type(request)}
+    seen: dict[str, Any] = {
+        "subject": {"commonName": request.common_name}, "sans": _sans(request.names),
+        "token": dict(request.template_data.get("token", {})), "csr": csr_view,
+        "provisioner": {"name": provisioner, "type": provisioner_type}, "keyType": _key_type(request)}
+    for name, value in request.template_data.items():
+        if name not in ("data", "range", "__budget__"):  # what `render` passes itself
+            seen.setdefault(name, value)
+    return seen
 
 
 def apply(request: IssuanceRequest, rendered: CertificateTemplate) -> IssuanceRequest:
