@@ -570,11 +570,25 @@ def merge_key_uri(base: str | None, key: str) -> str:
     return str(KeyURI(scheme=k.scheme, path={**b.path, **k.path}, query={**b.query, **k.query}))
 
 
-def _format_validation_error(path: Path, exc: ValidationError) -> str:
+# step-ca's provisioner types hsmca does not have yet: a ca.json moved from step-ca says which one it is.
+STEP_CA_ONLY_TYPES = ("OIDC", "AWS", "GCP", "Azure", "SSHPOP", "SCEP", "Nebula")
+
+
+def _format_validation_error(path: Path, exc: ValidationError, raw: object = None) -> str:
     lines = [f"{path}: invalid configuration"]
+    provisioners = raw.get("authority", {}).get("provisioners") if isinstance(raw, dict) and \
+        isinstance(raw.get("authority"), dict) else None
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
+        loc, msg = err["loc"], err["msg"]
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if loc[:2] == ("authority", "provisioners") and len(loc) > 2 and isinstance(provisioners, list) \
+                and isinstance(loc[2], int) and loc[2] < len(provisioners) and isinstance(provisioners[loc[2]], dict):
+            given = provisioners[loc[2]]  # say which provisioner, by the name and type an operator wrote
+            where += f" (provisioner {given.get('name')!r}, type {given.get('type')!r})"
+            if err["type"] == "union_tag_invalid" and given.get("type") in STEP_CA_ONLY_TYPES:
+                msg = (f"step-ca's {given.get('type')} provisioner type is not supported by hsmca yet; hsmca has "
+                       "JWK, ACME, X5C and K8sSA")
+        lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 
 
@@ -589,7 +603,7 @@ def load_config(path: Path | None = None) -> CAConfig:
     try:
         config = CAConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(Path(path), exc)) from None
+        raise ConfigError(_format_validation_error(Path(path), exc, raw)) from None
     parent = Path(path).resolve().parent
     config._base_dir = parent.parent if parent.name == "config" else parent
     return config

@@ -106,3 +106,27 @@ def test_templates_see_what_the_provisioner_adds() -> None:
     seen = variables(request, "p", "K8sSA")
     assert seen["k8s"] == {"namespace": "ns"} and seen["token"] == {"sub": "a"}
     assert seen["subject"] == {"commonName": "a"}  # a provisioner's data never replaces the request's own
+
+
+@pytest.mark.parametrize(("provisioner", "expected"), [
+    ({"type": "AWS", "name": "aws-fleet", "accounts": ["123456789012"]},
+     "(provisioner 'aws-fleet', type 'AWS'): step-ca's AWS provisioner type is not supported by hsmca yet"),
+    ({"type": "SSHPOP", "name": "sshpop"}, "(provisioner 'sshpop', type 'SSHPOP'): step-ca's SSHPOP provisioner"),
+    ({"type": "Teapot", "name": "brew"}, "(provisioner 'brew', type 'Teapot'): Input tag 'Teapot'"),
+    ({"type": "ACME", "name": "acme", "forceCNN": True}, "(provisioner 'acme', type 'ACME'): Extra inputs"),
+])
+def test_a_step_ca_json_with_a_provisioner_hsmca_cannot_run_is_refused_naming_it(
+        tmp_path: Any, provisioner: dict[str, Any], expected: str) -> None:
+    """A ca.json moved from step-ca: the load fails saying which provisioner, by the name and type written there."""
+    import json
+
+    from appliance.config import ConfigError, load_config
+
+    path = tmp_path / "ca.json"
+    path.write_text(json.dumps({
+        "root": "/x/root.crt", "crt": "/x/int.crt", "key": "pkcs11:object=x", "address": ":9000",
+        "dnsNames": ["ca.internal"], "db": {"type": "sqlite", "dataSource": "/x/db"},
+        "authority": {"provisioners": [{"type": "ACME", "name": "fine"}, provisioner]}}))
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "authority.provisioners.1" in str(refused.value) and expected in str(refused.value), str(refused.value)
