@@ -322,5 +322,5 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     """All event records (not the trail's own stream, continuation and checkpoint lines), oldest first."""
     if not path.exists():
         return []
-    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    records = (json.loads(line) for line in path.read_text().split("\n") if line.strip())
     return [r for r in records if r.get("action") not in CONTROL]

@@ -448,3 +448,14 @@ def test_a_lone_surrogate_from_a_client_is_written_and_verifies(tmp_path: Path, 
     assert rec["reasons"] == [f"name {name}"] and rec["subject"] == "é.example"
     report = verify([path], [audit_key.cert])
     assert report.ok and not report.warnings, summary(report)
+
+
+def test_read_events_splits_on_newlines_only(tmp_path: Path) -> None:
+    """JSON leaves U+2028, U+0085 and the like unescaped; str.splitlines() would cut a record there."""
+    trail = JsonLinesAudit(tmp_path / "audit.jsonl")
+    odd = "a\u2028b\x85c\u2029d\x1ce\x0bf"
+    trail.record(AuditEvent(action="x509.sign", decision="denied", subject=odd, reasons=(f"name {odd}",)))
+    trail.close()
+    events = read_events(tmp_path / "audit.jsonl")
+    assert [e["subject"] for e in events] == [odd]
+    assert verify([tmp_path / "audit.jsonl"], keys=[]).ok
