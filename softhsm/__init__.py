@@ -62,6 +62,16 @@ def write_config(directory: Path) -> Path:
     return conf
 
 
+def token_dir(conf: Path) -> Path | None:
+    """The token directory a softhsm2.conf names (what `write_config` wrote, or an operator's), None if unreadable."""
+    try:
+        text = conf.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    match = re.search(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", text, re.M)
+    return Path(match.group(1)) if match else None
+
+
 def token_labels(conf: Path) -> list[str]:
     """Labels of the initialised tokens in `conf`."""
     out = _run(["--show-slots"], conf, what="listing tokens")

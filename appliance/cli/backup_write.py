@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import appliance
+import softhsm
 from appliance.cli.backup_archive import BackupError, Manifest, Member, digest, private_dirs, write_archive
 from appliance.config import CAConfig, ConfigError, default_config_path, load_config
 from appliance.store import StoreError
@@ -193,19 +194,10 @@ def softhsm_conf(config: CAConfig) -> Path | None:
     return Path(os.environ.get("SOFTHSM2_CONF") or "/etc/softhsm/softhsm2.conf")
 
 
-def softhsm_token_dir(conf: Path) -> Path | None:
-    try:
-        text = conf.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    match = re.search(r"^\s*directories\.tokendir\s*=\s*(.+?)\s*$", text, re.M)
-    return Path(match.group(1)) if match else None
-
-
 def _softhsm_files(config: CAConfig, home: Path) -> tuple[dict[str, Path], str | None]:
     """The SoftHSM config and token files when both are under the CA's home (a dev CA); else where the tokens are."""
     conf = softhsm_conf(config)
-    tokens = softhsm_token_dir(conf) if conf is not None else None
+    tokens = softhsm.token_dir(conf) if conf is not None else None
     if conf is None or tokens is None:
         return {}, None
     conf_member, tokens_member = _under(conf, home), _under(tokens, home)
