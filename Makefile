@@ -9,7 +9,7 @@ export HSMCA_PATH
 APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables systemd
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint deps venv clean image-deps image image-check image-repro image-boot
+.PHONY: run test bench lint deps venv node-deps clean image-deps image image-check image-repro image-boot
 
 ## Install the system packages (root only; others must have them already).
 deps:
@@ -45,8 +45,22 @@ run: deps venv
 	  ln -sfn "$(CURDIR)/$(BIN)/hsmca" /usr/local/bin/hsmca; fi
 	$(BIN)/hsmca serve
 
+## The OpenID provider the OIDC tests sign in at (node's oidc-provider, pinned by tests/oidc_provider/package-lock.json).
+## Node.js comes from apt when it is missing (Debian's 18 will do); an installed node (with its npm) is used as is.
+OIDC_PROVIDER := tests/oidc_provider
+$(OIDC_PROVIDER)/node_modules/.package-lock.json: $(OIDC_PROVIDER)/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing: node and npm (run make as root, or install them)"; exit 1; fi; \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq nodejs npm; \
+	fi
+	npm ci --prefix $(OIDC_PROVIDER) --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(OIDC_PROVIDER)/node_modules/.package-lock.json
+
 ## The whole test suite: real SoftHSM, real databases where reachable, real server processes.
-test: deps venv
+test: deps venv node-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## Benchmarks (never part of `make test`): issuance via ../shared/bench/loadsign.py at c=1 and c=8, the HTTPS

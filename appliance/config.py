@@ -96,6 +96,7 @@ class TLSOptions(_Strict):
 class DBConfig(_Strict):
     type: Literal["sqlite", "postgresql", "mysql"] = "sqlite"
     dataSource: str
+    badgerFileLoadingMode: str | None = None  # step-ca writes it whatever the type; meaningless without badger
 
 
 class KMSConfig(_Strict):
@@ -234,6 +235,85 @@ class K8sSAProvisionerConfig(_Strict):
         return v
 
 
+def loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: where plain http cannot be intercepted off the machine (RFC 8252 §8.3)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def provider_url(value: str, field: str) -> str:
+    """An OpenID provider's URL: https, or http on a loopback address only (a provider on this machine)."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+    except ValueError as exc:
+        raise ValueError(f"{field} {value!r} is not a URL: {exc}") from None
+    if parts.scheme == "https" and host:
+        return value
+    if parts.scheme == "http" and loopback_host(host):
+        return value
+    raise ValueError(f"{field} must be an https URL (http only on a loopback address), not {value!r}")
+
+
+class OIDCProvisionerConfig(_Strict):
+    """step-ca's OIDC provisioner: an ID token from the OpenID provider at `configurationEndpoint`, issued to
+    `clientID`. `clientSecret` may be empty (a public client); like step-ca, hsmca publishes it in
+    `GET /provisioners`, since a native app's secret is no secret (RFC 8252 §8.5)."""
+
+    type: Literal["OIDC"]
+    name: str = Field(min_length=1, max_length=128)
+    clientID: str = Field(min_length=1, max_length=512)
+    clientSecret: str = ""
+    configurationEndpoint: str
+    tenantID: str | None = None  # Azure: replaces `{tenantid}` in the discovered issuer
+    admins: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    listenAddress: str | None = None  # the client's loopback redirect listener, HOST:PORT
+    claims: Claims | None = None
+    policy: PolicyConfig | None = None
+    options: ProvisionerOptions | None = None
+
+    @field_validator("configurationEndpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        return provider_url(v, "configurationEndpoint")
+
+    @field_validator("listenAddress")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v:
+            split_address(v)
+        return v
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a.count("@") != 1 or a.startswith("@") or a.endswith("@")]
+        if bad:
+            raise ValueError(f"admins must be e-mail addresses, not {bad}")
+        return v
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if not d or "@" in d or "/" in d or d.startswith(".")]
+        if bad:
+            raise ValueError(f"domains must be domain names such as example.com, not {bad}")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        if any(not g for g in v):
+            raise ValueError("groups cannot hold an empty name")
+        return v
+
+
 ChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
 ALL_CHALLENGES: tuple[ChallengeType, ...] = ("http-01", "dns-01", "tls-alpn-01")
 
@@ -257,6 +337,8 @@ class ACMEProvisionerConfig(_Strict):
     termsOfService: str | None = None
     # New accounts must be bound to a key made with `hsmca acme eab add` (RFC 8555 §7.3.4).
     requireEAB: bool = False
+    # step-ca 0.19's: put a SAN in the CN when the CSR has none. Accepted for compatibility; hsmca always does.
+    forceCN: bool = False
     claims: Claims | None = None
     policy: PolicyConfig | None = None
     options: ProvisionerOptions | None = None
@@ -287,7 +369,7 @@ class ACMEProvisionerConfig(_Strict):
 
 
 AnyProvisionerConfig = Annotated[ProvisionerConfig | ACMEProvisionerConfig | X5CProvisionerConfig
-                                 | K8sSAProvisionerConfig, Field(discriminator="type")]
+                                 | K8sSAProvisionerConfig | OIDCProvisionerConfig, Field(discriminator="type")]
 
 
 class AuthorityConfig(_Strict):
@@ -299,6 +381,10 @@ class AuthorityConfig(_Strict):
     # hsmca: how long after expiry a certificate may still be renewed (step's allowRenewalAfterExpiry,
     # bounded); none by default, since an expired certificate no longer vouches for its holder.
     renewalGracePeriod: str = "0s"
+    # step-ca fields hsmca accepts and does not use: the intermediate's subject for `step ca init` (hsmca's comes
+    # from the ceremony), and the backdate of certificates (hsmca's is fixed).
+    template: dict[str, Any] | None = None
+    backdate: str | None = None
 
     @field_validator("renewalGracePeriod")
     @classmethod
@@ -498,6 +584,8 @@ class CAConfig(_Strict):
     # step-ca fields hsmca accepts and does not use yet.
     federatedRoots: list[str] | None = None
     logger: dict[str, Any] | None = None
+    insecureAddress: str | None = None  # step-ca's plain-HTTP listener; hsmca's is httpAddress
+    commonName: str | None = None
     # hsmca additions
     httpAddress: str = ":9080"
     publicURL: str | None = None
@@ -571,7 +659,7 @@ def merge_key_uri(base: str | None, key: str) -> str:
 
 
 # step-ca's provisioner types hsmca does not have yet: a ca.json moved from step-ca says which one it is.
-STEP_CA_ONLY_TYPES = ("OIDC", "AWS", "GCP", "Azure", "SSHPOP", "SCEP", "Nebula")
+STEP_CA_ONLY_TYPES = ("AWS", "GCP", "Azure", "SSHPOP", "SCEP", "Nebula")
 
 
 def _format_validation_error(path: Path, exc: ValidationError, raw: object = None) -> str:
@@ -587,7 +675,7 @@ def _format_validation_error(path: Path, exc: ValidationError, raw: object = Non
             where += f" (provisioner {given.get('name')!r}, type {given.get('type')!r})"
             if err["type"] == "union_tag_invalid" and given.get("type") in STEP_CA_ONLY_TYPES:
                 msg = (f"step-ca's {given.get('type')} provisioner type is not supported by hsmca yet; hsmca has "
-                       "JWK, ACME, X5C and K8sSA")
+                       "JWK, ACME, OIDC, X5C and K8sSA")
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 

@@ -128,6 +128,8 @@ def _credential(o: CAOptions, identity: Identity, subject: str, sans: list[str])
             if exc.kind == "X5C":
                 raise ClientError(f"provisioner {o.provisioner!r} is an X5C provisioner: give --x5c-cert and "
                                   "--x5c-key") from None
+            if exc.kind == "OIDC":  # as step: sign in at the provider; its ID token is the token
+                return _oidc_token(o)
             raise
 
     if identity.k8s_token is not None:
@@ -147,6 +149,15 @@ def _credential(o: CAOptions, identity: Identity, subject: str, sans: list[str])
         password = password_from(o.password_file, "x5c key password")
     return x5c_token(identity.x5c_cert, identity.x5c_key, password, o.provisioner, subject, sans,
                      f"{client.ca_url}/1.0/sign", root_fp)
+
+
+def _oidc_token(o: CAOptions) -> str:
+    from appliance.client.http import CAClient
+    from appliance.client.oidc_login import sign_in
+    from appliance.client.tokens import find_provisioner
+
+    found = find_provisioner(CAClient(o.ca_url, o.root), o.provisioner)
+    return sign_in(found, echo=lambda text: click.echo(text, err=True))
 
 
 def _expect_type(client: CAClient, name: str, kind: str) -> None:
@@ -205,7 +216,8 @@ def certificate(subject: str, crt_file: Path, key_file: Path, sans: tuple[str, .
     and never leaves this machine. The one-time token is minted from the provisioner key
     (the CA's encrypted copy, opened with the provisioner password); for an X5C provisioner it is
     signed by --x5c-key with --x5c-cert's chain in it; for a K8sSA provisioner it is the pod's
-    service-account token (--k8ssa-token-path, or --token FILE).
+    service-account token (--k8ssa-token-path, or --token FILE); for an OIDC provisioner it is the ID token
+    from signing in at the identity provider (the URL to open is printed; SUBJECT is then your e-mail).
     """
     from appliance.client.http import CAClient
     from appliance.client.keys import build_csr, generate_key, write_private_key
@@ -251,7 +263,8 @@ def token(subject: str, sans: tuple[str, ...], ca_url: str | None, root: Path | 
           password_file: Path | None, provisioner_key: Path | None, x5c_cert: Path | None, x5c_key: Path | None,
           k8s_token: Path | None, output_file: Path | None) -> None:
     """Mint a one-time sign token for SUBJECT (valid 5 minutes, usable once): from the provisioner key, or
-    signed by --x5c-key with --x5c-cert's chain (X5C); --k8ssa-token-path prints the service-account token."""
+    signed by --x5c-key with --x5c-cert's chain (X5C); --k8ssa-token-path prints the service-account token; for an
+    OIDC provisioner, the ID token from signing in at the identity provider."""
     o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
     try:
         ott = _credential(o, Identity(x5c_cert, x5c_key, k8s_token), subject, list(dict.fromkeys([subject, *sans])))

@@ -15,6 +15,7 @@ from appliance.config import (
     CAConfig,
     ConfigError,
     K8sSAProvisionerConfig,
+    OIDCProvisionerConfig,
     X5CProvisionerConfig,
     default_config_path,
     load_config,
@@ -30,7 +31,7 @@ def provisioner() -> None:
     """Add, list and remove provisioners in ca.json."""
 
 
-TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA"}
+TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA", "oidc": "OIDC"}
 
 
 @provisioner.command("add")
@@ -52,6 +53,20 @@ TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA"}
               help="K8sSA: an `iss` bound service-account tokens may have (repeatable) [default: any].")
 @click.option("--audience", "audiences", multiple=True,
               help="K8sSA: an `aud` bound tokens may have besides this CA's URLs (repeatable).")
+@click.option("--client-id", help="OIDC: the client id registered at the OpenID provider (tokens' audience).")
+@click.option("--client-secret", help="OIDC: its client secret (published to clients, as step-ca does; "
+                                      "omit for a public client).")
+@click.option("--configuration-endpoint", help="OIDC: the provider's discovery URL "
+                                               "(https://…/.well-known/openid-configuration).")
+@click.option("--admin", "admins", multiple=True, metavar="EMAIL",
+              help="OIDC: an e-mail whose owner may ask for any name (repeatable).")
+@click.option("--domain", "domains", multiple=True,
+              help="OIDC: an e-mail domain allowed to get certificates (repeatable) [default: any].")
+@click.option("--group", "groups", multiple=True,
+              help="OIDC: a group (the ID token's `groups`) allowed to get certificates (repeatable) [default: any].")
+@click.option("--listen-address", metavar="HOST:PORT",
+              help="OIDC: the loopback address clients listen on for the provider's redirect [default: any port].")
+@click.option("--tenant-id", help="OIDC (Azure): replaces {tenantid} in the provider's issuer.")
 @click.option("--x509-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A certificate template (Jinja2; see the README), checked now and stored in ca.json.")
 @click.option("--x509-template-data", "template_data_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -59,10 +74,13 @@ TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA"}
 @CONFIG
 def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | None, resolvers: tuple[str, ...],
         challenges: tuple[str, ...], terms_of_service: str | None, x5c_root: Path | None, public_key: Path | None,
-        issuers: tuple[str, ...], audiences: tuple[str, ...], template_file: Path | None,
+        issuers: tuple[str, ...], audiences: tuple[str, ...], client_id: str | None, client_secret: str | None,
+        configuration_endpoint: str | None, admins: tuple[str, ...], domains: tuple[str, ...],
+        groups: tuple[str, ...], listen_address: str | None, tenant_id: str | None, template_file: Path | None,
         template_data_file: Path | None, config_path: Path | None) -> None:
     """Add provisioner NAME: ACME (served at /acme/NAME/directory), X5C (--x5c-root FILE: a certificate chaining
-    to these roots vouches) or K8sSA (--public-key FILE: Kubernetes service-account tokens)."""
+    to these roots vouches), K8sSA (--public-key FILE: Kubernetes service-account tokens) or OIDC (--client-id,
+    --configuration-endpoint: single sign-on; the provider's discovery document is fetched now to check it)."""
     kind = TYPES[kind.lower()]
     path = config_path or default_config_path()
     config = _load(path)
@@ -70,9 +88,14 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
         fail(f"{path}: a provisioner named {name!r} exists already")
     given = {"--http01-port": http01_port, "--tlsalpn01-port": tlsalpn01_port, "--resolver": resolvers,
              "--challenge": challenges, "--terms-of-service": terms_of_service, "--x5c-root": x5c_root,
-             "--public-key": public_key, "--issuer": issuers, "--audience": audiences}
+             "--public-key": public_key, "--issuer": issuers, "--audience": audiences, "--client-id": client_id,
+             "--client-secret": client_secret, "--configuration-endpoint": configuration_endpoint,
+             "--admin": admins, "--domain": domains, "--group": groups, "--listen-address": listen_address,
+             "--tenant-id": tenant_id}
     allowed = {"ACME": {"--http01-port", "--tlsalpn01-port", "--resolver", "--challenge", "--terms-of-service"},
-               "X5C": {"--x5c-root"}, "K8sSA": {"--public-key", "--issuer", "--audience"}}[kind]
+               "X5C": {"--x5c-root"}, "K8sSA": {"--public-key", "--issuer", "--audience"},
+               "OIDC": {"--client-id", "--client-secret", "--configuration-endpoint", "--admin", "--domain",
+                        "--group", "--listen-address", "--tenant-id"}}[kind]
     foreign = [flag for flag, value in given.items() if value not in (None, ()) and flag not in allowed]
     if foreign:
         fail(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to a {kind} provisioner")
@@ -90,6 +113,20 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
         if x5c_root is None:
             fail("an X5C provisioner needs --x5c-root FILE (the roots its tokens' chains verify to)")
         fields["roots"] = _x5c_roots(x5c_root)
+    elif kind == "OIDC":
+        if not client_id or not configuration_endpoint:
+            fail("an OIDC provisioner needs --client-id and --configuration-endpoint")
+        if any(getattr(p, "clientID", None) == client_id for p in config.authority.provisioners):
+            fail(f"{path}: an OIDC provisioner for client id {client_id!r} exists already (an ID token names its "
+                 "provisioner by client id)")
+        fields.update({"clientID": client_id, "clientSecret": client_secret or "",
+                       "configurationEndpoint": configuration_endpoint})
+        for key, values in (("admins", admins), ("domains", domains), ("groups", groups)):
+            if values:
+                fields[key] = list(dict.fromkeys(values))
+        for key, value in (("listenAddress", listen_address), ("tenantID", tenant_id)):
+            if value:
+                fields[key] = value
     else:
         if public_key is None:
             fail("a K8sSA provisioner needs --public-key FILE (the cluster's service-account key(s))")
@@ -104,12 +141,16 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
     options = _template_options(template_file, template_data_file)
     if options:
         fields["options"] = options
-    models: dict[str, type[ACMEProvisionerConfig | X5CProvisionerConfig | K8sSAProvisionerConfig]] = {
-        "ACME": ACMEProvisionerConfig, "X5C": X5CProvisionerConfig, "K8sSA": K8sSAProvisionerConfig}
+    models: dict[str, type[ACMEProvisionerConfig | X5CProvisionerConfig | K8sSAProvisionerConfig
+                           | OIDCProvisionerConfig]] = {
+        "ACME": ACMEProvisionerConfig, "X5C": X5CProvisionerConfig, "K8sSA": K8sSAProvisionerConfig,
+        "OIDC": OIDCProvisionerConfig}
     try:
         new = models[kind].model_validate(fields)
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if isinstance(new, OIDCProvisionerConfig):
+        issuer = _check_provider(new)
     config.authority.provisioners.append(new)
     _check_templates(config)
     save_config(config, path)
@@ -117,6 +158,9 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
         from appliance.ca.urls import api_url
 
         click.echo(f"Added ACME provisioner {name!r}: directory at {api_url(config)}/acme/{name}/directory")
+    elif kind == "OIDC":
+        click.echo(f"Added OIDC provisioner {name!r} for issuer {issuer}: `hsmca certificate EMAIL CRT KEY "
+                   f"--provisioner {name}` signs in through the provider")
     elif kind == "X5C":
         click.echo(f"Added X5C provisioner {name!r}: `hsmca certificate SUBJECT CRT KEY --provisioner {name} "
                    "--x5c-cert FILE --x5c-key FILE`")
@@ -124,6 +168,25 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
         click.echo(f"Added K8sSA provisioner {name!r}: `hsmca certificate SUBJECT CRT KEY --provisioner {name} "
                    "--k8ssa-token-path FILE`")
     click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+def _check_provider(config: OIDCProvisionerConfig) -> str:
+    """Fetch the provider's discovery document and key set, as the CA will; the issuer, or fail saying why."""
+    from appliance.provisioners.oidc_keys import (
+        ProviderError,
+        discovery_url,
+        fetch_json,
+        parse_discovery,
+        parse_key_set,
+    )
+
+    url = discovery_url(config.configurationEndpoint)
+    try:
+        discovery = parse_discovery(fetch_json(url, "the discovery document")[0], url, config.tenantID)
+        parse_key_set(fetch_json(discovery.jwks_uri, "the key set")[0], discovery.jwks_uri)
+    except ProviderError as exc:
+        fail(f"{exc} (the provisioner was not added)")
+    return discovery.issuer
 
 
 def _x5c_roots(path: Path) -> str:
@@ -185,6 +248,20 @@ def remove(name: str, config_path: Path | None) -> None:
 
 @provisioner.command("template")
 @click.argument("name")
+@click.option("--client-id", help="OIDC: the client id registered at the OpenID provider (tokens' audience).")
+@click.option("--client-secret", help="OIDC: its client secret (published to clients, as step-ca does; "
+                                      "omit for a public client).")
+@click.option("--configuration-endpoint", help="OIDC: the provider's discovery URL "
+                                               "(https://…/.well-known/openid-configuration).")
+@click.option("--admin", "admins", multiple=True, metavar="EMAIL",
+              help="OIDC: an e-mail whose owner may ask for any name (repeatable).")
+@click.option("--domain", "domains", multiple=True,
+              help="OIDC: an e-mail domain allowed to get certificates (repeatable) [default: any].")
+@click.option("--group", "groups", multiple=True,
+              help="OIDC: a group (the ID token's `groups`) allowed to get certificates (repeatable) [default: any].")
+@click.option("--listen-address", metavar="HOST:PORT",
+              help="OIDC: the loopback address clients listen on for the provider's redirect [default: any port].")
+@click.option("--tenant-id", help="OIDC (Azure): replaces {tenantid} in the provider's issuer.")
 @click.option("--x509-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
               help="The certificate template (Jinja2; see the README), checked now and stored in ca.json.")
 @click.option("--x509-template-data", "template_data_file", type=click.Path(dir_okay=False, path_type=Path),

@@ -10,7 +10,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cryptography import x509
 
+from appliance.certutil import read_extensions
 from appliance.errors import BadRequest, Unauthorized
+from appliance.names import RequestedNames
 from appliance.provisioners.request import IssuanceRequest
 from appliance.provisioners.validity import in_range
 from appliance.store import OneTimeToken
@@ -33,7 +35,7 @@ class TokenGrant:
 
 @dataclass(frozen=True)
 class TokenCredential:
-    """A token and the CSR it came with (`POST /1.0/sign`): JWK, X5C and K8sSA tokens (OIDC to come)."""
+    """A token and the CSR it came with (`POST /1.0/sign`): JWK, X5C and K8sSA tokens, OIDC ID tokens."""
 
     token: str
     csr: x509.CertificateSigningRequest
@@ -139,3 +141,22 @@ def token_times(claims: dict[str, Any], now: datetime) -> tuple[datetime, dateti
     if issued_at is not None and issued_at > now + TOKEN_LEEWAY:
         raise Unauthorized("token was issued in the future (iat); check the client's clock")
     return expires, not_before, issued_at
+
+
+def csr_names(csr: x509.CertificateSigningRequest) -> tuple[str, RequestedNames]:
+    """The CSR's common name and names (the CN among them), for provisioners whose certificate names what the
+    request asks (step-ca's certificate-request template: K8sSA, an OIDC admin); BadRequest when it names nothing."""
+    cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    common_name = str(cns[0].value) if cns else ""
+    try:
+        names = RequestedNames.from_general_names(
+            read_extensions(csr).get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        names = RequestedNames()
+    except ValueError as exc:
+        raise BadRequest(f"invalid csr extensions: {exc}") from None
+    if common_name:
+        names = names.with_common_name(common_name)
+    if not common_name and not names.as_strings():
+        raise BadRequest("the certificate request names nothing (no common name, no SANs)")
+    return common_name, names

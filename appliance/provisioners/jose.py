@@ -170,10 +170,12 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
         raise JOSEError("the token's header or payload is not base64url-encoded JSON") from None
 
 
-def verify_token(token: str, key: PublicKey) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Check the signature with `key`, allowing only the algorithms that key may use."""
+def verify_token(token: str, key: PublicKey, algorithms: list[str] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the signature with `key`, allowing only the algorithms that key may use (narrowed to `algorithms`,
+    a published key's own `alg`, when given)."""
     header, _ = peek(token)
-    algs = allowed_algorithms(key)
+    algs = [a for a in allowed_algorithms(key) if algorithms is None or a in algorithms]
     if header.get("alg") not in algs:
         raise JOSEError(f"token algorithm {header.get('alg')!r} is not allowed for this key "
                         f"(allowed: {', '.join(algs)})")

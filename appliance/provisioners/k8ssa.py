@@ -28,17 +28,15 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from appliance.certutil import read_extensions
 from appliance.config import K8sSAProvisionerConfig, k8s_public_keys
-from appliance.errors import BadRequest, Unauthorized
-from appliance.names import RequestedNames
+from appliance.errors import Unauthorized
 from appliance.provisioners import jose
 from appliance.provisioners.base import (
     TOKEN_LEEWAY,
     TokenCredential,
+    csr_names,
     numeric_date,
     strip_port,
     token_audiences,
@@ -166,19 +164,7 @@ class K8sSAProvisioner:
             raise Unauthorized(f"provisioner {self.name!r} accepts Kubernetes service-account tokens only")
         claims, account = self.verify(credential.token, credential.audiences, now)
         csr = credential.csr
-        cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        common_name = str(cns[0].value) if cns else ""
-        try:
-            names = RequestedNames.from_general_names(
-                read_extensions(csr).get_extension_for_class(x509.SubjectAlternativeName).value)
-        except x509.ExtensionNotFound:
-            names = RequestedNames()
-        except ValueError as exc:
-            raise BadRequest(f"invalid csr extensions: {exc}") from None
-        if common_name:
-            names = names.with_common_name(common_name)
-        if not common_name and not names.as_strings():
-            raise BadRequest("the certificate request names nothing (no common name, no SANs)")
+        common_name, names = csr_names(csr)
         window = Window(not_before=parse_time_or_duration(credential.not_before, now, "notBefore"),
                         not_after=parse_time_or_duration(credential.not_after, now, "notAfter"))
         who = f"system:serviceaccount:{account['namespace']}:{account['serviceAccount']}"

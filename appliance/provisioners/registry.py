@@ -18,6 +18,7 @@ from appliance.provisioners.base import Provisioner
 from appliance.provisioners.internal import InternalProvisioner
 from appliance.provisioners.jwk import JWKProvisioner
 from appliance.provisioners.k8ssa import K8sSAProvisioner
+from appliance.provisioners.oidc import OIDCProvisioner
 from appliance.provisioners.x5c import RenewalProvisioner
 from appliance.provisioners.x5c_roots import X5CProvisioner
 
@@ -46,6 +47,7 @@ register("JWK", lambda cfg: JWKProvisioner(cfg.name, cfg.key, cfg.encryptedKey, 
 register("ACME", ACMEProvisioner)
 register("X5C", X5CProvisioner.from_config)
 register("K8sSA", K8sSAProvisioner.from_config)
+register("OIDC", OIDCProvisioner.from_config)
 
 
 class Credential(Protocol):
@@ -95,7 +97,8 @@ class Provisioners:
         """The provisioner a token claims to come from (verification happens afterwards).
 
         A JWK token names it by `iss` and `kid`; a provisioner whose tokens name it otherwise (X5C: `iss` and
-        an `x5c` header; K8sSA: a service-account token) says so through `claims_token(header, claims)`.
+        an `x5c` header; K8sSA: a service-account token; OIDC: `aud` or `azp` naming its client id) says so
+        through `claims_token(header, claims)`.
         """
         try:
             header, claims = jose.peek(token)
@@ -113,7 +116,11 @@ class Provisioners:
                 return candidate
         if not isinstance(issuer, str) or not isinstance(kid, str):
             raise Unauthorized("token must name its provisioner (claim 'iss' and header 'kid', or an x5c header, "
-                               "or be a Kubernetes service-account token)")
+                               "or be a Kubernetes service-account token, or an ID token for an OIDC client id)")
+        clients = sorted(p.key_id for p in self._list if p.type == "OIDC")
+        if clients:
+            raise Unauthorized(f"no provisioner named {issuer!r} with key id {kid!r}, and the token's audience "
+                               f"{claims.get('aud')!r} is none of the OIDC client ids {clients}")
         raise Unauthorized(f"no provisioner named {issuer!r} with key id {kid!r}")
 
     def encrypted_key(self, kid: str, *, published: bool) -> str:
