@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -125,6 +126,7 @@ def verify(token: str, audiences: frozenset[str], now: datetime) -> X5CToken:
 # --- renewal: a certificate this CA issued vouches for its own successor -----------------------------------
 
 NOT_YET_LEEWAY = timedelta(minutes=1)
+AFTER_EXPIRY = timedelta(days=100 * 365)  # allowRenewalAfterExpiry: no end (the certificate must still be ours)
 TOKEN_SPENDER = "x5c:renew"  # the `provisioner` recorded with a spent renew token's id
 
 
@@ -164,19 +166,39 @@ class RenewalProvisioner:
     claims: Claims | None = None
     policy: PolicyConfig | None = None
 
-    def __init__(self, store: Store, *, grace: timedelta = timedelta(0), disabled: bool = False) -> None:
-        self.store, self.grace, self.disabled = store, grace, disabled
+    def __init__(self, store: Store, *, grace: timedelta = timedelta(0), claims: Claims | None = None,
+                 provisioner_claims: Mapping[str, Claims | None] | None = None) -> None:
+        self.store, self.grace = store, grace
+        self.authority_claims = claims
+        self.provisioner_claims = dict(provisioner_claims or {})
 
     @property
     def key_id(self) -> str:
         return TOKEN_SPENDER  # never a token's kid
 
+    def _claim(self, provisioner: str | None, name: str) -> bool:
+        """step-ca's claimer: the provisioner's claim where it sets one, else the authority's."""
+        for claims in (self.provisioner_claims.get(provisioner or ""), self.authority_claims):
+            value = getattr(claims, name, None) if claims is not None else None
+            if value is not None:
+                return bool(value)
+        return False
+
     def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
         assert isinstance(credential, CertificateCredential)
         old = credential.certificate
-        provisioner = check_renewable(self.store, old, now, grace=self.grace)
-        if self.disabled:
-            raise Forbidden("renewal is disabled on this CA (authority claims.disableRenewal)")
+        serial = old.serial_number
+        record = self.store.certificates.get(serial) if 0 < serial <= MAX_SERIAL else None
+        issued_by = record.provisioner if record is not None else None
+        # allowRenewalAfterExpiry (step-ca's, per provisioner or for all): an expired certificate may renew at any
+        # time; renewalGracePeriod is the bounded alternative.
+        grace = AFTER_EXPIRY if self._claim(issued_by, "allowRenewalAfterExpiry") else self.grace
+        provisioner = check_renewable(self.store, old, now, grace=grace)
+        if self._claim(provisioner, "disableRenewal"):
+            own = self.provisioner_claims.get(provisioner)
+            where = f"provisioner {provisioner!r}" if own is not None and own.disableRenewal is not None \
+                else "this CA (authority claims)"
+            raise Forbidden(f"renewal is disabled for {where}: claims.disableRenewal")
         token = credential.token
         try:
             ekus = tuple(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)

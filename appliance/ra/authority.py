@@ -58,8 +58,8 @@ class Authority:
         self.crls = PublishedCRLs(store)  # the CRLs the housekeeping process signed
         self.ocsp = OCSPResponder(config, store, self.active)  # answers from the stored responses
         auth = config.authority
-        renewal = RenewalProvisioner(store, grace=auth.renewal_grace,
-                                     disabled=bool(auth.claims is not None and auth.claims.disableRenewal))
+        renewal = RenewalProvisioner(store, grace=auth.renewal_grace, claims=auth.claims,
+                                     provisioner_claims={p.name: p.claims for p in auth.provisioners})
         self.provisioners = Provisioners.from_config(auth.provisioners, renewal=renewal)
         self.audiences = sign_audiences(config.dnsNames)
         self.rules = Rules(config, self.provisioners.internal)

@@ -311,6 +311,55 @@ def test_renewal_grace_after_expiry_is_configurable(served: Server):
         authority.close()
 
 
+def _renew_in_process(served: Server, crt: Path, key: Path, change: Any) -> Any:
+    """Renew `crt` through an in-process app on the served CA's database, its ca.json changed by `change`."""
+    config = served.ca.config.model_copy(deep=True)
+    change(config)
+    authority = Authority.from_config(config)
+    try:
+        client = testing.TestClient(create_app(authority))
+        token = renew_token(x509.load_pem_x509_certificates(crt.read_bytes()), key, "https://localhost:9000")
+        return client.simulate_post("/1.0/renew", headers={"Authorization": f"Bearer {token}"})
+    finally:
+        authority.close()
+
+
+def _claims(**values: Any) -> Any:
+    from policy import Claims
+
+    return Claims.model_validate(values)
+
+
+def test_disable_renewal_and_renewal_after_expiry_per_provisioner(served: Server):
+    """step-ca's claims: the issuing provisioner's `disableRenewal`/`allowRenewalAfterExpiry` win over the
+    authority's, which apply where the provisioner says nothing."""
+    crt, key = issue(served, "claims.corp")
+    issued_by = served.ca.config.authority.provisioners[0]
+    assert issued_by.name == db(served.ca).certificates.get(leaf(crt).serial_number).provisioner
+
+    def own(**values: Any) -> Any:
+        return lambda config: setattr(config.authority.provisioners[0], "claims", _claims(**values))
+
+    resp = _renew_in_process(served, crt, key, own(disableRenewal=True))
+    assert resp.status_code == 403, resp.text
+    assert resp.json["message"] == f"renewal is disabled for provisioner {issued_by.name!r}: claims.disableRenewal"
+
+    def everywhere_but_here(config: Any) -> None:
+        config.authority.claims = _claims(disableRenewal=True)
+        config.authority.provisioners[0].claims = _claims(disableRenewal=False)
+
+    assert _renew_in_process(served, crt, key, everywhere_but_here).status_code == 201
+    resp = _renew_in_process(served, crt, key, lambda c: setattr(c.authority, "claims", _claims(disableRenewal=True)))
+    assert resp.status_code == 403 and "this CA (authority claims)" in resp.json["message"], resp.text
+
+    expired, expired_key = issue(served, "after-expiry.corp", "--not-after", "2s")
+    time.sleep(3)
+    assert _renew_in_process(served, expired, expired_key, lambda c: None).status_code == 401
+    resp = _renew_in_process(served, expired, expired_key, own(allowRenewalAfterExpiry=True))
+    assert resp.status_code == 201, resp.text
+    assert leaf(resp.json["crt"]).not_valid_after_utc > datetime.now(timezone.utc)
+
+
 def test_hsmca_renew_signals_the_pid_file_process(served: Server, tmp_path: Path):
     crt, key = issue(served, "signal.corp")
     ready, got = tmp_path / "ready", tmp_path / "got-signal"
