@@ -183,7 +183,7 @@ def verify_token(token: str, key: PublicKey, algorithms: list[str] | None = None
         tok = jwt.decode(token, key, algorithms=algs, registry=_registry(algs))
     except JoseError as exc:
         raise JOSEError(f"token signature is not valid: {exc.error or exc}") from None
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: joserfc on a header such as `"crit": null`
         raise JOSEError(f"malformed token: {exc}") from None
     return dict(tok.header), dict(tok.claims)
 

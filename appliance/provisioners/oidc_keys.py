@@ -141,7 +141,11 @@ def parse_key_set(data: dict[str, Any], url: str) -> list[ProviderKey]:
 
 
 class ProviderKeys:
-    """One provider's discovery document and key set, shared by the threads of one worker."""
+    """One provider's discovery document and key set, shared by the threads of one worker.
+
+    The lock guards the fields only and is never held while fetching: one thread fetches, the others go on with
+    the keys already held (or a 503 when none are), so a provider that hangs holds up one request, not the pool.
+    """
 
     def __init__(self, configuration_endpoint: str, *, tenant_id: str | None = None,
                  clock: Any = time.monotonic) -> None:
@@ -153,49 +157,63 @@ class ProviderKeys:
         self._keys: list[ProviderKey] = []
         self._expires = 0.0
         self._last_attempt: float | None = None
+        self._fetching = False
 
     def discovery(self) -> Discovery:
         """The discovery document, fetched once (again, after a failure, at most every REFETCH_AT_MOST_EVERY)."""
         with self._lock:
-            return self._discovery_locked()
-
-    def _discovery_locked(self) -> Discovery:
-        if self._discovery is None:
+            if self._discovery is not None:
+                return self._discovery
             now = self._clock()
-            if self._last_attempt is not None and now - self._last_attempt < REFETCH_AT_MOST_EVERY:
-                raise ServiceUnavailable(f"the OpenID provider's discovery document {self.url} could not be "
-                                         "fetched recently; try again shortly")
-            self._last_attempt = now
-            try:
-                data, _ = fetch_json(self.url, "the discovery document")
-                self._discovery = parse_discovery(data, self.url, self.tenant_id)
-            except ProviderError as exc:
-                raise ServiceUnavailable(f"OpenID provider unavailable: {exc}") from None
-            self._last_attempt = None  # the key set's first fetch is not a refetch
-        return self._discovery
+            if self._fetching or (self._last_attempt is not None
+                                  and now - self._last_attempt < REFETCH_AT_MOST_EVERY):
+                raise ServiceUnavailable(f"the OpenID provider's discovery document {self.url} is being fetched "
+                                         "or could not be fetched recently; try again shortly")
+            self._fetching, self._last_attempt = True, now
+        try:
+            data, _ = fetch_json(self.url, "the discovery document")
+            found = parse_discovery(data, self.url, self.tenant_id)
+        except ProviderError as exc:
+            raise ServiceUnavailable(f"OpenID provider unavailable: {exc}") from None
+        finally:
+            with self._lock:
+                self._fetching = False
+        with self._lock:
+            self._discovery, self._last_attempt = found, None  # the key set's first fetch is not a refetch
+        return found
 
     def keys(self, kid: str | None) -> list[ProviderKey]:
         """The keys a token with this `kid` may be signed with (all of them for a token without one)."""
+        jwks_uri = self.discovery().jwks_uri
         with self._lock:
-            discovery = self._discovery_locked()
             now = self._clock()
             stale = now >= self._expires
             missing = kid is not None and not any(k.kid == kid for k in self._keys)
             recent = self._last_attempt is not None and now - self._last_attempt < REFETCH_AT_MOST_EVERY
-            if stale or (missing and not recent):
-                self._refresh(discovery.jwks_uri, now)
-            return [k for k in self._keys if kid is None or k.kid is None or k.kid == kid]
-
-    def _refresh(self, url: str, now: float) -> None:
-        self._last_attempt = now
+            if self._fetching or not (stale or (missing and not recent)):
+                if not self._keys:
+                    raise ServiceUnavailable("the OpenID provider's key set is being fetched; try again shortly")
+                return self._matching(kid)
+            self._fetching, self._last_attempt = True, now
         try:
-            data, max_age = fetch_json(url, "the key set")
-            keys = parse_key_set(data, url)
+            data, max_age = fetch_json(jwks_uri, "the key set")
+            keys = parse_key_set(data, jwks_uri)
         except ProviderError as exc:
-            if not self._keys:
-                raise ServiceUnavailable(f"OpenID provider unavailable: {exc}") from None
-            self._expires = now + REFETCH_AT_MOST_EVERY  # keep the keys we have; try again later
-            return
-        self._keys = keys
+            with self._lock:
+                self._fetching = False
+                if not self._keys:
+                    raise ServiceUnavailable(f"OpenID provider unavailable: {exc}") from None
+                self._expires = now + REFETCH_AT_MOST_EVERY  # keep the keys we have; try again later
+                return self._matching(kid)
+        except BaseException:
+            with self._lock:
+                self._fetching = False
+            raise
         age = DEFAULT_MAX_AGE if max_age is None else max_age
-        self._expires = now + min(max(age, MIN_MAX_AGE), MAX_MAX_AGE)
+        with self._lock:
+            self._keys, self._fetching = keys, False
+            self._expires = now + min(max(age, MIN_MAX_AGE), MAX_MAX_AGE)
+            return self._matching(kid)
+
+    def _matching(self, kid: str | None) -> list[ProviderKey]:
+        return [k for k in self._keys if kid is None or k.kid is None or k.kid == kid]

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +63,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     added = hsmca(ca, "provisioner", "add", "sso", "--type", "OIDC", "--client-id", CLIENT, "--client-secret",
                   SECRET, "--configuration-endpoint", idp.issuer, "--domain", "example.com", "--group", "ops")
     assert f"for issuer {idp.issuer}" in added.stdout, added.stdout
+    # A provider that accepts connections and never answers (the kernel completes the handshake for the backlog).
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(64)
+    ca.edit_config(lambda cfg: cfg["authority"]["provisioners"].append({
+        "type": "OIDC", "name": "stuck", "clientID": "stuck-client",
+        "configurationEndpoint": f"http://127.0.0.1:{stuck.getsockname()[1]}"}))
     server = start_server(ca, workers=1)  # one worker: one key cache, so the provider's counters are exact
     try:
         yield World(ca, server, idp)
     finally:
         server.stop()
         idp.stop()
+        stuck.close()
 
 
 def id_token(idp: IdP, client: str, secret: str, login: str) -> str:
@@ -162,7 +172,7 @@ def test_an_e_mail_the_provider_did_not_verify_is_refused(world: World) -> None:
 def test_a_token_for_another_client_id_is_refused(world: World) -> None:
     ott = id_token(world.idp, "other-app", "other", "alice")
     assert_refused(world, ott, "alice@example.com", 401, "the token's audience 'other-app' is none of the OIDC "
-                                                         "client ids ['hsmca-cli']")
+                                                         "client ids ['hsmca-cli', 'stuck-client']")
 
 
 def test_an_id_token_is_used_once_and_the_csr_cannot_ask_for_more(world: World) -> None:
@@ -218,3 +228,34 @@ def test_adding_a_provisioner_whose_provider_cannot_be_reached_fails_plainly(wor
     done = hsmca(world.ca, "provisioner", "add", "plain", "--type", "OIDC", "--client-id", "x",
                  "--configuration-endpoint", "http://idp.example.com", check=False)
     assert done.returncode == 1 and "https URL (http only on a loopback address)" in done.stderr, done.stderr
+
+
+def test_a_provider_that_hangs_holds_up_one_request_and_stalls_no_one(world: World) -> None:
+    """Tokens for a provisioner whose provider never answers: one request waits for the fetch's timeout, the others
+    get a 503 at once, and other clients (a JWK token here) are served meanwhile."""
+    from tests.integration.signing import sign_bodies
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "k"}, private=True)
+    now = int(time.time())
+
+    def stuck(i: int) -> tuple[int, str, float]:
+        token = jose.sign_token(key, {"iss": "https://idp", "aud": "stuck-client", "sub": "x", "iat": now,
+                                      "exp": now + 300, "nonce": f"stuck-{i}"}, kid="k")
+        started = time.monotonic()
+        resp = sign(world.server, token, "x@example.com")
+        return resp.status_code, resp.json()["message"], time.monotonic() - started
+
+    body = sign_bodies(world.server, ["bystander.internal"])[0]
+    with ThreadPoolExecutor(8) as pool:
+        waiting = [pool.submit(stuck, i) for i in range(6)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        resp = world.server.post("/1.0/sign", json=body)
+        bystander = time.monotonic() - started
+        results = [f.result(timeout=60) for f in waiting]
+    assert resp.status_code == 201, resp.text
+    assert bystander < 3, f"a JWK request took {bystander:.1f} s while the provider hung"
+    assert all(status == 503 for status, _, _ in results), results
+    slow = [r for r in results if r[2] > 2]
+    assert len(slow) <= 1 and all("cannot fetch the discovery document" in r[1] for r in slow), results
+    assert sum("being fetched" in message for _, message, _ in results) >= 5, results

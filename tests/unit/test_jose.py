@@ -79,3 +79,17 @@ def test_rsa_and_ed25519_keys_have_their_own_algorithms():
 def test_peek_rejects_garbage(token):
     with pytest.raises(jose.JOSEError):
         jose.peek(token)
+
+
+@pytest.mark.parametrize("header", [{"crit": None}, {"crit": 5}, {"crit": [None]}, {"x5cInsecure": None}])
+def test_a_header_joserfc_chokes_on_is_a_malformed_token(header):
+    """Found by fuzzing: joserfc raised TypeError on `"crit": null`, which reached the client as a 500."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    key = RSAKey.generate_key(2048, private=True)
+    signing_input = f"{_b64({'alg': 'RS256', **header})}.{_b64({'sub': 'x'})}"
+    signature = key.private_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    token = f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    with pytest.raises(jose.JOSEError):
+        jose.verify_token(token, RSAKey.import_key(key.as_dict(private=False)))

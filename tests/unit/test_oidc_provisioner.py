@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from joserfc.jwk import ECKey, RSAKey
 from pydantic import ValidationError
 
 from appliance.config import CAConfig, OIDCProvisionerConfig
-from appliance.errors import BadRequest, ServiceUnavailable, Unauthorized
+from appliance.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
 from appliance.provisioners import Provisioners, jose
 from appliance.provisioners import oidc_keys as keys_module
 from appliance.provisioners.base import TokenCredential
@@ -63,9 +65,9 @@ class Provider:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 for i in range(0, len(body), 4096):
+                    time.sleep(provider.delay)
                     self.wfile.write(body[i:i + 4096])
                     self.wfile.flush()
-                    time.sleep(provider.delay)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -302,3 +304,64 @@ def test_a_nested_token_is_a_400_not_a_crash(provider: Provider) -> None:
     nested = base64.urlsafe_b64encode(b"[" * 100_000).rstrip(b"=").decode()
     with pytest.raises(BadRequest, match="nested too deeply"):
         OIDCProvisioner(config(provider)).authorize(credential(f"{nested}.{nested}.x"), now())
+
+
+def test_a_slow_provider_holds_up_one_request_not_the_others(provider: Provider) -> None:
+    """The fetch happens outside the lock: while one request waits for the provider, the others use the keys held
+    (or get a 503 at once when none are), instead of queueing behind it."""
+    clock = [0.0]
+    keys = ProviderKeys(provider.issuer, clock=lambda: clock[0])
+    p = OIDCProvisioner(config(provider), keys=keys)
+    p.authorize(credential(provider.id_token()), now())
+    clock[0] += 10_000  # the cached key set has expired: the next request refetches it
+    provider.delay = 1.5  # and the provider answers slowly
+    slow = threading.Thread(target=p.authorize, args=(credential(provider.id_token()), now()))
+    slow.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    p.authorize(credential(provider.id_token()), now())  # the keys held, at once
+    assert time.monotonic() - started < 0.5
+    cold = OIDCProvisioner(config(provider), keys=ProviderKeys(provider.issuer))
+    racing = threading.Thread(target=cold.authorize, args=(credential(provider.id_token()), now()))
+    racing.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="being fetched"):
+        cold.authorize(credential(provider.id_token()), now())
+    assert time.monotonic() - started < 0.5
+    slow.join(10)
+    racing.join(10)
+
+
+CLAIM_VALUES = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                         st.floats(allow_nan=True), st.text(max_size=40),
+                         st.lists(st.text(max_size=10), max_size=3), st.dictionaries(st.text(max_size=5),
+                                                                                     st.integers(), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(claims=st.dictionaries(st.sampled_from(["iss", "aud", "azp", "sub", "iat", "exp", "nbf", "email",
+                                               "email_verified", "nonce", "groups"]), CLAIM_VALUES, max_size=6),
+       header=st.dictionaries(st.sampled_from(["kid", "typ", "crit", "x5c"]), CLAIM_VALUES, max_size=2))
+def test_hostile_claims_get_a_reason_never_a_crash(provider: Provider, claims: dict[str, Any],
+                                                   header: dict[str, Any]) -> None:
+    """Tokens as an attacker writes them, byte by byte (RS256 by the provider's own key, any header and claims):
+    a 400/401/403 with a reason, never another exception."""
+    p = OIDCProvisioner(config(provider, domains=["example.com"], groups=["ops"]))
+    full_header = {"alg": "RS256", "kid": "k1", **header}
+    body = {"iss": provider.issuer, "aud": CLIENT, "sub": "u", "iat": int(time.time()), "exp": int(time.time()) + 60,
+            **claims}
+    signing_input = f"{b64(json.dumps(full_header).encode())}.{b64(json.dumps(body).encode())}"
+    private = provider.keys[0].private_key
+    assert isinstance(private, rsa.RSAPrivateKey)
+    signature = private.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    try:
+        p.authorize(credential(f"{signing_input}.{b64(signature)}"), now())
+    except (Unauthorized, BadRequest, Forbidden):
+        pass
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
