@@ -36,7 +36,8 @@ def main() -> None:
     Offline:      hsmca ceremony plan|root|sign-intermediate|verify
     Get certs:    hsmca bootstrap, hsmca certificate, hsmca token, hsmca renew, hsmca rekey
     Revocation:   hsmca revoke, hsmca crl
-    Provisioners: hsmca provisioner add|list|remove|template (ACME, X5C, K8sSA), hsmca acme eab
+    Provisioners: hsmca provisioner add|update|list|remove|template (JWK, ACME, OIDC, X5C, K8sSA),
+                  hsmca acme eab
     Templates:    hsmca template render
     Look inside:  hsmca inspect, hsmca ocsp
     Operations:   hsmca backup, hsmca restore (database, audit trail, configuration), hsmca db migrate

@@ -5,17 +5,21 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from appliance.cli.common import fail
+from appliance.cli.provisioner_fields import apply_flags, given_flags, type_options
 from appliance.config import (
     ACMEProvisionerConfig,
+    AnyProvisionerConfig,
     CAConfig,
     ConfigError,
     K8sSAProvisionerConfig,
     OIDCProvisionerConfig,
+    ProvisionerConfig,
     X5CProvisionerConfig,
     default_config_path,
     load_config,
@@ -28,129 +32,58 @@ CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False,
 
 @click.group()
 def provisioner() -> None:
-    """Add, list and remove provisioners in ca.json."""
+    """Add, update, list and remove provisioners in ca.json."""
 
 
-TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA", "oidc": "OIDC"}
+TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA", "oidc": "OIDC", "jwk": "JWK"}
+ModelType = type[ProvisionerConfig | ACMEProvisionerConfig | X5CProvisionerConfig | K8sSAProvisionerConfig
+                 | OIDCProvisionerConfig]
+MODELS: dict[str, ModelType] = {"JWK": ProvisionerConfig, "ACME": ACMEProvisionerConfig, "X5C": X5CProvisionerConfig,
+                                "K8sSA": K8sSAProvisionerConfig, "OIDC": OIDCProvisionerConfig}
+REQUIRED = {"X5C": ("--x5c-root FILE (the roots its tokens' chains verify to)", "roots"),
+            "K8sSA": ("--public-key FILE (the cluster's service-account key(s))", "publicKeys"),
+            "OIDC": ("--client-id and --configuration-endpoint", "clientID", "configurationEndpoint")}
 
 
 @provisioner.command("add")
 @click.argument("name")
 @click.option("--type", "kind", type=click.Choice(sorted(TYPES.values()), case_sensitive=False), default="ACME",
-              show_default=True, help="Provisioner type (JWK provisioners are made by `hsmca init`).")
-@click.option("--http01-port", type=int, help="ACME: port the http-01 validator connects to [default: 80].")
-@click.option("--tlsalpn01-port", type=int, help="ACME: port the tls-alpn-01 validator connects to [default: 443].")
-@click.option("--resolver", "resolvers", multiple=True, metavar="HOST:PORT",
-              help="ACME: DNS resolver for validation (repeatable) [default: the system's].")
-@click.option("--challenge", "challenges", multiple=True, type=click.Choice(["http-01", "dns-01", "tls-alpn-01"]),
-              help="ACME: challenge type offered (repeatable) [default: all three].")
-@click.option("--terms-of-service", help="ACME: URL of the terms of service, shown in the directory's meta.")
-@click.option("--x5c-root", "--x5c-roots", "x5c_root", type=click.Path(dir_okay=False, path_type=Path),
-              help="X5C: PEM file of the root certificate(s) a token's x5c chain must verify to.")
-@click.option("--public-key", "public_key", type=click.Path(dir_okay=False, path_type=Path),
-              help="K8sSA: PEM file of the cluster's service-account public key(s) (or certificates).")
-@click.option("--issuer", "issuers", multiple=True,
-              help="K8sSA: an `iss` bound service-account tokens may have (repeatable) [default: any].")
-@click.option("--audience", "audiences", multiple=True,
-              help="K8sSA: an `aud` bound tokens may have besides this CA's URLs (repeatable).")
-@click.option("--client-id", help="OIDC: the client id registered at the OpenID provider (tokens' audience).")
-@click.option("--client-secret", help="OIDC: its client secret (published to clients, as step-ca does; "
-                                      "omit for a public client).")
-@click.option("--configuration-endpoint", help="OIDC: the provider's discovery URL "
-                                               "(https://…/.well-known/openid-configuration).")
-@click.option("--admin", "admins", multiple=True, metavar="EMAIL",
-              help="OIDC: an e-mail whose owner may ask for any name (repeatable).")
-@click.option("--domain", "domains", multiple=True,
-              help="OIDC: an e-mail domain allowed to get certificates (repeatable) [default: any].")
-@click.option("--group", "groups", multiple=True,
-              help="OIDC: a group (the ID token's `groups`) allowed to get certificates (repeatable) [default: any].")
-@click.option("--listen-address", metavar="HOST:PORT",
-              help="OIDC: the loopback address clients listen on for the provider's redirect [default: any port].")
-@click.option("--tenant-id", help="OIDC (Azure): replaces {tenantid} in the provider's issuer.")
+              show_default=True, help="Provisioner type.")
+@type_options(updating=False)
 @click.option("--x509-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A certificate template (Jinja2; see the README), checked now and stored in ca.json.")
 @click.option("--x509-template-data", "template_data_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A JSON object the template sees as `data`.")
 @CONFIG
-def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | None, resolvers: tuple[str, ...],
-        challenges: tuple[str, ...], terms_of_service: str | None, x5c_root: Path | None, public_key: Path | None,
-        issuers: tuple[str, ...], audiences: tuple[str, ...], client_id: str | None, client_secret: str | None,
-        configuration_endpoint: str | None, admins: tuple[str, ...], domains: tuple[str, ...],
-        groups: tuple[str, ...], listen_address: str | None, tenant_id: str | None, template_file: Path | None,
-        template_data_file: Path | None, config_path: Path | None) -> None:
+def add(name: str, kind: str, template_file: Path | None, template_data_file: Path | None,
+        config_path: Path | None, **values: Any) -> None:
     """Add provisioner NAME: ACME (served at /acme/NAME/directory), X5C (--x5c-root FILE: a certificate chaining
-    to these roots vouches), K8sSA (--public-key FILE: Kubernetes service-account tokens) or OIDC (--client-id,
-    --configuration-endpoint: single sign-on; the provider's discovery document is fetched now to check it)."""
+    to these roots vouches), K8sSA (--public-key FILE: Kubernetes service-account tokens), OIDC (--client-id,
+    --configuration-endpoint: single sign-on; the provider's discovery document is fetched now to check it) or
+    JWK (one-time tokens signed by the provisioner's key: --create a key pair, the default, or --public-key FILE).
+    Claims flags (--x509-max-dur, --disable-renewal, …) set the provisioner's own claims."""
     kind = TYPES[kind.lower()]
     path = config_path or default_config_path()
     config = _load(path)
     if any(p.name == name for p in config.authority.provisioners):
         fail(f"{path}: a provisioner named {name!r} exists already")
-    given = {"--http01-port": http01_port, "--tlsalpn01-port": tlsalpn01_port, "--resolver": resolvers,
-             "--challenge": challenges, "--terms-of-service": terms_of_service, "--x5c-root": x5c_root,
-             "--public-key": public_key, "--issuer": issuers, "--audience": audiences, "--client-id": client_id,
-             "--client-secret": client_secret, "--configuration-endpoint": configuration_endpoint,
-             "--admin": admins, "--domain": domains, "--group": groups, "--listen-address": listen_address,
-             "--tenant-id": tenant_id}
-    allowed = {"ACME": {"--http01-port", "--tlsalpn01-port", "--resolver", "--challenge", "--terms-of-service"},
-               "X5C": {"--x5c-root"}, "K8sSA": {"--public-key", "--issuer", "--audience"},
-               "OIDC": {"--client-id", "--client-secret", "--configuration-endpoint", "--admin", "--domain",
-                        "--group", "--listen-address", "--tenant-id"}}[kind]
-    foreign = [flag for flag, value in given.items() if value not in (None, ()) and flag not in allowed]
-    if foreign:
-        fail(f"{', '.join(foreign)} do{'es' if len(foreign) == 1 else ''} not apply to a {kind} provisioner")
-    fields: dict[str, object] = {"type": kind, "name": name}
-    if kind == "ACME":
-        for key, value in (("http01Port", http01_port), ("tlsalpn01Port", tlsalpn01_port),
-                           ("termsOfService", terms_of_service)):
-            if value is not None:
-                fields[key] = value
-        if resolvers:
-            fields["resolvers"] = list(resolvers)
-        if challenges:
-            fields["challenges"] = list(dict.fromkeys(challenges))
-    elif kind == "X5C":
-        if x5c_root is None:
-            fail("an X5C provisioner needs --x5c-root FILE (the roots its tokens' chains verify to)")
-        fields["roots"] = _x5c_roots(x5c_root)
-    elif kind == "OIDC":
-        if not client_id or not configuration_endpoint:
-            fail("an OIDC provisioner needs --client-id and --configuration-endpoint")
-        if any(getattr(p, "clientID", None) == client_id for p in config.authority.provisioners):
-            fail(f"{path}: an OIDC provisioner for client id {client_id!r} exists already (an ID token names its "
-                 "provisioner by client id)")
-        fields.update({"clientID": client_id, "clientSecret": client_secret or "",
-                       "configurationEndpoint": configuration_endpoint})
-        for key, values in (("admins", admins), ("domains", domains), ("groups", groups)):
-            if values:
-                fields[key] = list(dict.fromkeys(values))
-        for key, value in (("listenAddress", listen_address), ("tenantID", tenant_id)):
-            if value:
-                fields[key] = value
-    else:
-        if public_key is None:
-            fail("a K8sSA provisioner needs --public-key FILE (the cluster's service-account key(s))")
-        if any(p.type == "K8sSA" for p in config.authority.provisioners):
-            fail(f"{path}: there is a K8sSA provisioner already, and a service-account token cannot name one of "
-                 "two (step-ca allows one too)")
-        fields["publicKeys"] = _k8s_keys(public_key)
-        if issuers:
-            fields["issuers"] = list(dict.fromkeys(issuers))
-        if audiences:
-            fields["audiences"] = list(dict.fromkeys(audiences))
+    given_flags(kind, values)
+    fields = apply_flags(kind, {"type": kind, "name": name}, values, _read_file)
+    for needed, *keys in [REQUIRED[kind]] if kind in REQUIRED else []:
+        if any(not fields.get(k) for k in keys):
+            fail(f"a{'n' if kind[0] in 'AOX' else ''} {kind} provisioner needs {needed}")
+    if kind == "JWK":
+        fields.update(_jwk_key(values["create"], values["public_key"], values["password_file"], required=True))
+    if kind == "K8sSA" and any(p.type == "K8sSA" for p in config.authority.provisioners):
+        fail(f"{path}: there is a K8sSA provisioner already, and a service-account token cannot name one of two "
+             "(step-ca allows one too)")
     options = _template_options(template_file, template_data_file)
     if options:
         fields["options"] = options
-    models: dict[str, type[ACMEProvisionerConfig | X5CProvisionerConfig | K8sSAProvisionerConfig
-                           | OIDCProvisionerConfig]] = {
-        "ACME": ACMEProvisionerConfig, "X5C": X5CProvisionerConfig, "K8sSA": K8sSAProvisionerConfig,
-        "OIDC": OIDCProvisionerConfig}
-    try:
-        new = models[kind].model_validate(fields)
-    except ValidationError as exc:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
-    if isinstance(new, OIDCProvisionerConfig):
-        issuer = _check_provider(new)
+    new = _validated(kind, fields)
+    _unique_client_id(config, new, path)
+    _check_claims(config, new)
+    issuer = _check_provider(new) if isinstance(new, OIDCProvisionerConfig) else ""
     config.authority.provisioners.append(new)
     _check_templates(config)
     save_config(config, path)
@@ -158,16 +91,122 @@ def add(name: str, kind: str, http01_port: int | None, tlsalpn01_port: int | Non
         from appliance.ca.urls import api_url
 
         click.echo(f"Added ACME provisioner {name!r}: directory at {api_url(config)}/acme/{name}/directory")
-    elif kind == "OIDC":
-        click.echo(f"Added OIDC provisioner {name!r} for issuer {issuer}: `hsmca certificate EMAIL CRT KEY "
-                   f"--provisioner {name}` signs in through the provider")
-    elif kind == "X5C":
-        click.echo(f"Added X5C provisioner {name!r}: `hsmca certificate SUBJECT CRT KEY --provisioner {name} "
-                   "--x5c-cert FILE --x5c-key FILE`")
     else:
-        click.echo(f"Added K8sSA provisioner {name!r}: `hsmca certificate SUBJECT CRT KEY --provisioner {name} "
-                   "--k8ssa-token-path FILE`")
+        how = {"OIDC": f"signs in at {issuer}", "X5C": "--x5c-cert FILE --x5c-key FILE",
+               "K8sSA": "--k8ssa-token-path FILE",
+               "JWK": "--provisioner-key FILE" if values["public_key"] else "--password-file FILE"}[kind]
+        click.echo(f"Added {kind} provisioner {name!r}: `hsmca certificate SUBJECT CRT KEY --provisioner {name}` "
+                   f"({how})")
     click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+@provisioner.command("update")
+@click.argument("name")
+@type_options(updating=True)
+@CONFIG
+def update(name: str, config_path: Path | None, **values: Any) -> None:
+    """Change provisioner NAME in ca.json with the flags `add` takes for its type: a value replaces, a list flag
+    (--domain, --admin, --issuer, …) adds and --remove-… removes, a file flag reads the file again; --create
+    (JWK) makes a new key pair. Templates: `hsmca provisioner template`. Running servers pick it up on SIGHUP."""
+    path = config_path or default_config_path()
+    config = _load(path)
+    index = next((i for i, p in enumerate(config.authority.provisioners) if p.name == name), None)
+    if index is None:
+        fail(f"{path}: no provisioner named {name!r}")
+    old = config.authority.provisioners[index]
+    given = given_flags(old.type, values)
+    if not given and not any(values.get(k) is not None for k in (
+            "x509_min_dur", "x509_max_dur", "x509_default_dur", "disable_renewal", "allow_renewal_after_expiry")):
+        fail("nothing to change: give the flags to change (see --help)")
+    fields = apply_flags(old.type, old.model_dump(mode="json", exclude_none=True), values, _read_file)
+    if old.type == "JWK":
+        fields.update(_jwk_key(values["create"], values["public_key"], values["password_file"], required=False))
+        if values["public_key"]:
+            fields.pop("encryptedKey", None)  # the old encrypted key belongs to the old key
+    new = _validated(old.type, fields)
+    config.authority.provisioners[index] = new
+    _unique_client_id(config, new, path)
+    _check_claims(config, new)
+    if isinstance(new, OIDCProvisionerConfig) and any(
+            f in given for f in ("--client-id", "--configuration-endpoint", "--tenant-id")):
+        _check_provider(new)
+    _check_templates(config)
+    save_config(config, path)
+    click.echo(f"Updated {old.type} provisioner {name!r} ({', '.join(given) or 'claims'})")
+    click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+def _validated(kind: str, fields: dict[str, Any]) -> AnyProvisionerConfig:
+    try:
+        return MODELS[kind].model_validate(fields)
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                       + (f" (got {e['input']!r})" if isinstance(e.get("input"), str | int) else "")
+                       for e in exc.errors()))
+
+
+def _check_claims(config: CAConfig, new: AnyProvisionerConfig) -> None:
+    """The provisioner's claims merged over the authority's, as the server will merge them (a maximum below the
+    default lifetime, say, would make the server refuse the whole ca.json)."""
+    from policy import Policy, PolicyConfigError
+
+    auth = config.authority
+    try:
+        Policy.from_config(auth.policy, auth.claims, new.name, new.policy, new.claims)
+    except PolicyConfigError as exc:
+        fail(f"{exc} (set --x509-default-dur too, or change the authority's claims)")
+
+
+def _unique_client_id(config: CAConfig, new: AnyProvisionerConfig, path: Path) -> None:
+    """An ID token names its provisioner by client id: two OIDC provisioners cannot share one."""
+    if isinstance(new, OIDCProvisionerConfig) and sum(
+            getattr(p, "clientID", None) == new.clientID for p in config.authority.provisioners if p is not new) > 0:
+        fail(f"{path}: an OIDC provisioner for client id {new.clientID!r} exists already (an ID token names its "
+             "provisioner by client id)")
+
+
+def _read_file(field: str, path: Path) -> str:
+    return _x5c_roots(path) if field == "roots" else _k8s_keys(path)
+
+
+def _jwk_key(create: bool, public_key: Path | None, password_file: Path | None, *,
+             required: bool) -> dict[str, object]:
+    """`key` (and `encryptedKey` for a key made here) of a JWK provisioner, as step-ca stores them."""
+    from appliance.cli.common import password_from
+    from appliance.provisioners import jose
+
+    if create and public_key is not None:
+        fail("give --create or --public-key, not both")
+    if public_key is not None:
+        key = _public_key_file(public_key)
+        return {"key": jose.public_jwk(key)}
+    if not (create or required):
+        return {}
+    made = jose.generate_provisioner_key()
+    password = password_from(password_file, "password to encrypt the provisioner key", confirm=True)
+    return {"key": jose.public_jwk(made), "encryptedKey": jose.encrypt_jwk(made, password)}
+
+
+def _public_key_file(path: Path) -> Any:
+    """A public JWK (JSON) or PEM public key from a file; a private key is refused (ca.json holds public keys)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from appliance.provisioners import jose
+
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {path}: {exc}")
+    try:
+        if text.lstrip().startswith("{"):
+            key = jose.import_jwk(json.loads(text))
+            if key.is_private:
+                fail(f"{path} holds a private key: give the public key (ca.json holds public keys only)")
+            return key
+        return jose.import_public_key(load_pem_public_key(text.encode()))
+    except (ValueError, UnsupportedAlgorithm, jose.JOSEError) as exc:
+        fail(f"{path}: not a public JWK or PEM public key: {exc}")
 
 
 def _check_provider(config: OIDCProvisionerConfig) -> str:
@@ -248,20 +287,6 @@ def remove(name: str, config_path: Path | None) -> None:
 
 @provisioner.command("template")
 @click.argument("name")
-@click.option("--client-id", help="OIDC: the client id registered at the OpenID provider (tokens' audience).")
-@click.option("--client-secret", help="OIDC: its client secret (published to clients, as step-ca does; "
-                                      "omit for a public client).")
-@click.option("--configuration-endpoint", help="OIDC: the provider's discovery URL "
-                                               "(https://…/.well-known/openid-configuration).")
-@click.option("--admin", "admins", multiple=True, metavar="EMAIL",
-              help="OIDC: an e-mail whose owner may ask for any name (repeatable).")
-@click.option("--domain", "domains", multiple=True,
-              help="OIDC: an e-mail domain allowed to get certificates (repeatable) [default: any].")
-@click.option("--group", "groups", multiple=True,
-              help="OIDC: a group (the ID token's `groups`) allowed to get certificates (repeatable) [default: any].")
-@click.option("--listen-address", metavar="HOST:PORT",
-              help="OIDC: the loopback address clients listen on for the provider's redirect [default: any port].")
-@click.option("--tenant-id", help="OIDC (Azure): replaces {tenantid} in the provider's issuer.")
 @click.option("--x509-template", "template_file", type=click.Path(dir_okay=False, path_type=Path),
               help="The certificate template (Jinja2; see the README), checked now and stored in ca.json.")
 @click.option("--x509-template-data", "template_data_file", type=click.Path(dir_okay=False, path_type=Path),

@@ -62,7 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ca = make_ca(base / "ca")
     added = hsmca(ca, "provisioner", "add", "sso", "--type", "OIDC", "--client-id", CLIENT, "--client-secret",
                   SECRET, "--configuration-endpoint", idp.issuer, "--domain", "example.com", "--group", "ops")
-    assert f"for issuer {idp.issuer}" in added.stdout, added.stdout
+    assert f"(signs in at {idp.issuer})" in added.stdout, added.stdout
     # A provider that accepts connections and never answers (the kernel completes the handshake for the backlog).
     stuck = socket.socket()
     stuck.bind(("127.0.0.1", 0))
