@@ -50,6 +50,7 @@ class _Redirect(BaseHTTPRequestHandler):
     """Takes the provider's redirect: the code (for our state) or the provider's error."""
 
     server: _Listener
+    timeout = 5  # a connection that sends nothing cannot hold the one-at-a-time listener
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         query = parse_qs(urlsplit(self.path).query)
