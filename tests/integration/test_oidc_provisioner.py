@@ -110,8 +110,13 @@ def assert_refused(world: World, ott: str, subject: str, status: int, message: s
 def run_certificate(world: World, login: str, subject: str, name: str) -> subprocess.CompletedProcess[str]:
     """`hsmca certificate --provisioner sso`, signing in as `login` where the CLI says to."""
     crt, key = world.ca.base / f"{name}.crt", world.ca.base / f"{name}.key"
-    proc = subprocess.Popen([HSMCA, "certificate", subject, str(crt), str(key), "--provisioner", "sso",
-                             "--ca-url", world.server.url, "--root", str(world.ca.root), "--force"],
+    return run_signing_in(world, login, "certificate", subject, str(crt), str(key), "--force")
+
+
+def run_signing_in(world: World, login: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """An `hsmca` command with `--provisioner sso`, the test acting as the browser the printed URL is opened in."""
+    proc = subprocess.Popen([HSMCA, *args, "--provisioner", "sso",
+                             "--ca-url", world.server.url, "--root", str(world.ca.root)],
                             cwd=world.ca.base, env={**world.ca.env(), "BROWSER": "", "DISPLAY": ""},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -259,3 +264,13 @@ def test_a_provider_that_hangs_holds_up_one_request_and_stalls_no_one(world: Wor
     slow = [r for r in results if r[2] > 2]
     assert len(slow) <= 1 and all("cannot fetch the discovery document" in r[1] for r in slow), results
     assert sum("being fetched" in message for _, message, _ in results) >= 5, results
+
+
+def test_hsmca_token_signs_in_and_prints_the_id_token(world: World) -> None:
+    done = run_signing_in(world, "alice", "token", "alice@example.com")
+    assert done.returncode == 0, done.stderr
+    header, claims = jose.peek(done.stdout.strip())
+    assert claims["aud"] == CLIENT and claims["email"] == "alice@example.com" and claims["iss"] == world.idp.issuer
+    assert len(claims["nonce"]) >= 32  # the CLI's own nonce, which it checked
+    resp = sign(world.server, done.stdout.strip(), "alice@example.com")
+    assert resp.status_code == 201, resp.text

@@ -365,3 +365,40 @@ def b64(data: bytes) -> str:
     import base64
 
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_the_provider_is_reached_through_the_proxy_variables(provider: Provider,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY/HTTPS_PROXY are honoured (an appliance reaches the provider only through its proxy): a small
+    forward proxy here relays the discovery document and the key set, and counts them."""
+    import urllib.request
+
+    relayed: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            relayed.append(self.path)  # an absolute URI, as clients send to a forward proxy
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(self.path, timeout=5) as upstream:
+                body = upstream.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        OIDCProvisioner(config(provider)).authorize(credential(provider.id_token()), now())
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert relayed == [f"{provider.issuer}/.well-known/openid-configuration", f"{provider.issuer}/jwks"]
