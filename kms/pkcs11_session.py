@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -247,7 +248,12 @@ class TokenSession:
 
     def _token(self, m: pm.LoadedModule, *, rescan_if_missing: bool) -> Any:
         matches = self._matching_tokens(m)
-        if not matches and rescan_if_missing:
+        # Rescan when the token is not there: it may have been made since the module loaded, or (SoftHSM) another
+        # process was rewriting the token's files while this one read them, which hides the token for a moment.
+        for pause in (0.0, 0.05, 0.2) if rescan_if_missing else ():
+            if matches:
+                break
+            time.sleep(pause)
             m = pm.rescan(self.module)
             self._generation = m.generation
             matches = self._matching_tokens(m)
