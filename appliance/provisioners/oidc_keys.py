@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
-
 from appliance.config import provider_url
 from appliance.errors import ServiceUnavailable
 from appliance.provisioners import jose
@@ -54,6 +52,8 @@ def discovery_url(configuration_endpoint: str) -> str:
 
 def fetch_json(url: str, what: str) -> tuple[dict[str, Any], float | None]:
     """GET a JSON object within the bounds; (object, max-age seconds or None). ProviderError saying why not."""
+    import requests  # here: a CA without OIDC provisioners never loads it (4 MiB in every worker)
+
     try:
         with requests.get(url, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), stream=True,
                           headers={"Accept": "application/json"}, allow_redirects=False) as resp:
