@@ -12,13 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from appliance.certutil import CertificateFileError, fingerprint, load_certificates
-from appliance.cli.common import fail, password_from
+from appliance.cli.common import PathType, fail, password_from
 
 if TYPE_CHECKING:
     from appliance.client.http import CAClient
-
-PathType = click.Path(dir_okay=False, path_type=Path)
-
 
 @dataclass(frozen=True)
 class CAOptions:

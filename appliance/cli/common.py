@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from appliance.config import CAConfig
     from appliance.store import Store
 
+PathType = click.Path(dir_okay=False, path_type=Path)  # a file argument or option
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"error: {message}", err=True)

@@ -13,9 +13,7 @@ from typing import Any
 
 import click
 
-from appliance.cli.common import fail
-
-PathType = click.Path(dir_okay=False, path_type=Path)
+from appliance.cli.common import PathType, fail
 
 
 @dataclass(frozen=True)

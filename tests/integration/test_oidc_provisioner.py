@@ -21,19 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import RSAKey
 
-from appliance.client.keys import build_csr
 from appliance.provisioners import jose
 from appliance.provisioners.oidc_keys import REFETCH_AT_MOST_EVERY
-from appliance.store import Store
 from tests.integration import oidc_idp
 from tests.integration.conftest import HSMCA, DevCA, Server, hsmca, make_ca, openssl_verify_chain, start_server
 from tests.integration.oidc_idp import IdP, browser_login, code_flow_id_token, native_client, start_idp
+from tests.integration.refusals import assert_refused, counts, sign
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(oidc_idp.available() is not None,
                                                     reason=oidc_idp.available() or "")]
@@ -83,28 +80,6 @@ def id_token(idp: IdP, client: str, secret: str, login: str) -> str:
     """An ID token from the provider's real endpoints; each sign-in has its own nonce, as the CLI's do (the CA
     spends an ID token by its nonce)."""
     return code_flow_id_token(idp, client, secret, login, nonce=secrets.token_urlsafe(16))
-
-
-def counts(ca: DevCA) -> dict[str, int]:
-    with Store.from_config(ca.config.db.model_dump(), ca.base) as store:
-        return {str(k): v for k, v in store.certificates.count_by_status().items()}
-
-
-def sign(server: Server, ott: str, subject: str) -> requests.Response:
-    csr = build_csr(ec.generate_private_key(ec.SECP256R1()), subject, [subject])
-    return server.post("/1.0/sign", json={"csr": csr.public_bytes(PEM).decode(), "ott": ott})
-
-
-def assert_refused(world: World, ott: str, subject: str, status: int, message: str) -> None:
-    before, events = counts(world.ca), len(world.ca.audit_events())
-    resp = sign(world.server, ott, subject)
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["status"] == status and message in body["message"], body
-    assert counts(world.ca) == before
-    new = world.ca.audit_events()[events:]
-    assert len(new) == 1 and new[0]["decision"] == "denied" and new[0]["status"] == status, new
-    assert "eyJ" not in json.dumps(new)  # no token in the audit trail
 
 
 def run_certificate(world: World, login: str, subject: str, name: str) -> subprocess.CompletedProcess[str]:

@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from appliance.client.keys import build_csr
 from appliance.provisioners import jose
-from appliance.store import Store
 from tests.integration.conftest import DevCA, Server, hsmca, make_ca, openssl_verify_chain, start_server
+from tests.integration.refusals import assert_refused, counts, sign
 
 NOW = datetime.now(timezone.utc)
 CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -192,32 +190,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         server.stop()
 
 
-def counts(ca: DevCA) -> dict[str, int]:
-    with Store.from_config(ca.config.db.model_dump(), ca.base) as store:
-        return {str(k): v for k, v in store.certificates.count_by_status().items()}
-
-
-def sign(server: Server, ott: str, subject: str, sans: list[str] | None = None, **extra: str) -> requests.Response:
-    csr = build_csr(ec.generate_private_key(ec.SECP256R1()), subject, sans if sans is not None else [subject])
-    return server.post("/1.0/sign", json={"csr": csr.public_bytes(PEM).decode(), "ott": ott, **extra})
-
-
 def leaf_of(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificates(path.read_bytes())[0]
-
-
-def assert_refused(world: World, ott: str, subject: str, status: int, message: str) -> None:
-    before, events = counts(world.ca), len(world.ca.audit_events())
-    resp = sign(world.server, ott, subject)
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["status"] == status and message in body["message"], body
-    assert "Traceback" not in resp.text
-    assert counts(world.ca) == before
-    new = world.ca.audit_events()[events:]
-    assert len(new) == 1 and new[0]["decision"] == "denied" and new[0]["status"] == status, new
-    assert new[0]["request_id"] == body["requestId"]
-    assert "eyJ" not in json.dumps(new)  # no token in the audit trail
 
 
 def certificate(world: World, subject: str, name: str, *args: str) -> Path:
