@@ -6,7 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HSMCA_PATH ?= $(HOME)/.hsmca
 export HSMCA_PATH
-APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables systemd
+APT_PACKAGES := softhsm2 opensc openssl p11-kit p11-kit-modules lego curl iproute2 packer shellcheck nftables systemd \
+	openssh-client openssh-server
 PYTEST_ARGS ?=
 
 .PHONY: run test bench lint deps venv node-deps clean image-deps image image-check image-repro image-boot

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import load_pem_public_key, load_ssh_public_key
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from appliance.atomic_file import write_atomically
@@ -569,6 +569,41 @@ class CertificateURLs(_Strict):
         return v
 
 
+class SSHConfig(_Strict):
+    """step-ca's `ssh` block, with hsmca's keys as KMS URIs (merged with `kms.uri` like the intermediate's):
+    `userKey` signs user certificates, `hostKey` host certificates. `federatedUserKeys`/`federatedHostKeys`
+    (hsmca) are CA public keys (`ssh-ed25519 AAAA…` lines) still published by `/ssh/roots` and `/ssh/federation`
+    after a rotation, until relying parties have the new key and the old one is retired."""
+
+    userKey: str | None = None
+    hostKey: str | None = None
+    federatedUserKeys: list[str] = Field(default_factory=list)
+    federatedHostKeys: list[str] = Field(default_factory=list)
+    # step-ca's, accepted and not used: hsmca adds no principal and runs no command on the host.
+    addUserPrincipal: str | None = None
+    addUserCommand: str | None = None
+
+    @field_validator("userKey", "hostKey")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_key_uri(v)
+            except InvalidKeyURI as exc:
+                raise ValueError(f"not a key URI: {exc}") from None
+        return v
+
+    @field_validator("federatedUserKeys", "federatedHostKeys")
+    @classmethod
+    def _lines(cls, v: list[str]) -> list[str]:
+        for line in v:
+            try:
+                load_ssh_public_key(line.encode())
+            except (ValueError, UnsupportedAlgorithm) as exc:
+                raise ValueError(f"{line[:40]!r}… is not an SSH public key line: {exc}") from None
+        return v
+
+
 class CAConfig(_Strict):
     root: str
     # The first intermediate (step-ca's fields). Intermediates live in the database; these are
@@ -594,6 +629,7 @@ class CAConfig(_Strict):
     crl: CRLConfig = Field(default_factory=CRLConfig)
     certificateURLs: CertificateURLs = Field(default_factory=CertificateURLs)
     ocsp: OCSPConfig = Field(default_factory=OCSPConfig)
+    ssh: SSHConfig | None = None
     _base_dir: Path | None = PrivateAttr(default=None)
 
     @field_validator("address", "httpAddress")

@@ -21,7 +21,7 @@ Details: `policy.names` (normalisation), `policy.rules` (matching), `policy.name
 
 from policy.config import Claims, KeyPolicy, NameRules, PolicyConfig, X509Policy
 from policy.duration import format_duration, parse_duration
-from policy.engine import Decision, Policy, PolicyConfigError, Request
+from policy.engine import Decision, Policy, PolicyConfigError, Request, SSHRequest
 from policy.keys import KeyInfo, key_info
 from policy.names import normalize_dns_name
 
@@ -35,6 +35,7 @@ __all__ = [
     "PolicyConfig",
     "PolicyConfigError",
     "Request",
+    "SSHRequest",
     "X509Policy",
     "format_duration",
     "key_info",

@@ -25,6 +25,11 @@ __all__ = [
     "KeyType",
     "NameRules",
     "PolicyConfig",
+    "SSHHostNames",
+    "SSHHostPolicy",
+    "SSHPolicy",
+    "SSHUserNames",
+    "SSHUserPolicy",
     "X509Policy",
     "check_durations",
 ]
@@ -106,6 +111,65 @@ class KeyPolicy(BaseModel):
         return self
 
 
+def _principal(value: object) -> str:
+    """A principal rule: a name as written (exact match), or "*" for any."""
+    if not isinstance(value, str) or not value or value != value.strip() or any(ord(c) < 33 for c in value):
+        raise ValueError(f"a principal rule must be a non-empty name without spaces or control characters, "
+                         f"not {value!r}")
+    return value
+
+
+PrincipalRule = Annotated[str, PlainValidator(_principal)]
+
+
+class SSHUserNames(BaseModel):
+    """step-ca's `policy.ssh.user.allow|deny`: e-mail principals (rules as x509's) and plain principals."""
+
+    model_config = _STRICT
+
+    email: tuple[EmailRuleField, ...] = ()
+    principal: tuple[PrincipalRule, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not (self.email or self.principal)
+
+
+class SSHHostNames(BaseModel):
+    """step-ca's `policy.ssh.host.allow|deny`: DNS and IP principals (rules as x509's) and plain principals."""
+
+    model_config = _STRICT
+
+    dns: tuple[DnsRuleField, ...] = ()
+    ip: tuple[IpRuleField, ...] = ()
+    principal: tuple[PrincipalRule, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not (self.dns or self.ip or self.principal)
+
+
+class SSHUserPolicy(BaseModel):
+    model_config = _STRICT
+
+    allow: SSHUserNames = SSHUserNames()
+    deny: SSHUserNames = SSHUserNames()
+
+
+class SSHHostPolicy(BaseModel):
+    model_config = _STRICT
+
+    allow: SSHHostNames = SSHHostNames()
+    deny: SSHHostNames = SSHHostNames()
+
+
+class SSHPolicy(BaseModel):
+    """step-ca's `policy.ssh`: rules for the principals of user and of host certificates."""
+
+    model_config = _STRICT
+
+    user: SSHUserPolicy | None = None
+    host: SSHHostPolicy | None = None
+
+
 class PolicyConfig(BaseModel):
     """The `policy` object of the authority or of a provisioner. A missing part restricts nothing
     at a provisioner; at the authority the engine substitutes the defaults (see `policy.engine`)."""
@@ -113,6 +177,7 @@ class PolicyConfig(BaseModel):
     model_config = _STRICT
 
     x509: X509Policy | None = None
+    ssh: SSHPolicy | None = None
     keys: KeyPolicy | None = None
 
 

@@ -14,20 +14,21 @@ intersected but overridden field by field: built-in defaults < authority < provi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from policy.config import Claims, KeyPolicy, PolicyConfig, X509Policy
+from policy.config import Claims, KeyPolicy, PolicyConfig, SSHPolicy, X509Policy
 from policy.keys import KeyInfo, key_reasons
 from policy.name_checks import name_reasons
 from policy.names import IPAddress
+from policy.ssh_checks import classify, ssh_name_reasons
 from policy.subjects import build_subjects, quote
 from policy.validity import TlsLimits, decide_validity, merge_claims
 
-__all__ = ["Decision", "Level", "Policy", "PolicyConfigError", "Request"]
+__all__ = ["Decision", "Level", "Policy", "PolicyConfigError", "Request", "SSHRequest"]
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -76,6 +77,18 @@ class Decision:
     not_after: datetime
 
 
+@dataclass(frozen=True, kw_only=True)
+class SSHRequest:
+    """What an SSH certificate would contain; times are timezone-aware."""
+
+    cert_type: Literal["user", "host"]
+    principals: tuple[str, ...]
+    key: KeyInfo
+    valid_after: datetime | None = None
+    valid_before: datetime | None = None
+    now: datetime
+
+
 @dataclass(frozen=True)
 class Level:
     """One level of rules; `None` parts restrict nothing."""
@@ -83,6 +96,7 @@ class Level:
     label: str
     x509: X509Policy | None
     keys: KeyPolicy | None
+    ssh: SSHPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,7 @@ class Policy:
 
     levels: tuple[Level, ...]
     limits: TlsLimits
+    ssh_limits: Mapping[str, TlsLimits] = field(default_factory=dict)  # "user"/"host" → merged SSH claims
 
     @classmethod
     def from_config(
@@ -107,19 +122,22 @@ class Policy:
         """
         provisioner = f"provisioner {quote(provisioner_name)}" if provisioner_name else "provisioner"
         authority_cfg = _load(PolicyConfig, authority_policy, "authority policy") or PolicyConfig()
-        levels = [Level("authority policy", authority_cfg.x509 or X509Policy(), authority_cfg.keys or KeyPolicy())]
+        levels = [Level("authority policy", authority_cfg.x509 or X509Policy(), authority_cfg.keys or KeyPolicy(),
+                        authority_cfg.ssh)]
         provisioner_cfg = _load(PolicyConfig, provisioner_policy, f"{provisioner} policy")
         if provisioner_cfg is not None:
-            levels.append(Level(f"{provisioner} policy", provisioner_cfg.x509, provisioner_cfg.keys))
+            levels.append(Level(f"{provisioner} policy", provisioner_cfg.x509, provisioner_cfg.keys,
+                                provisioner_cfg.ssh))
         claims = [
             ("authority", _load(Claims, authority_claims, "authority claims")),
             (provisioner, _load(Claims, provisioner_claims, f"{provisioner} claims")),
         ]
         try:
             limits = merge_claims(claims)
+            ssh_limits = {"user": merge_claims(claims, "UserSSHCert"), "host": merge_claims(claims, "HostSSHCert")}
         except ValueError as exc:
             raise PolicyConfigError(str(exc)) from None
-        return cls(tuple(levels), limits)
+        return cls(tuple(levels), limits, ssh_limits)
 
     def evaluate(self, request: Request) -> Decision:
         """Judge `request` against every level and the claims; never raises for a bad name."""
@@ -132,6 +150,23 @@ class Policy:
         not_before, not_after, window = decide_validity(self.limits, request.now, request.not_before, request.not_after)
         unique = tuple(dict.fromkeys(reasons + window))
         return Decision(allowed=not unique, reasons=unique, not_before=not_before, not_after=not_after)
+
+
+    def evaluate_ssh(self, request: SSHRequest) -> Decision:
+        """Judge an SSH certificate: its principals against every level's `ssh` rules, its key against `keys`,
+        its validity against the SSH claims of its type (validAfter/validBefore as notBefore/notAfter)."""
+        principals, reasons = classify(request.cert_type, request.principals)
+        for level in self.levels:
+            if level.ssh is not None:
+                reasons += ssh_name_reasons(level.label, level.ssh, request.cert_type, principals)
+            if level.keys is not None:
+                reasons += key_reasons(level.label, level.keys, request.key)
+        limits = self.ssh_limits.get(request.cert_type)
+        if limits is None:
+            limits = merge_claims([], "UserSSHCert" if request.cert_type == "user" else "HostSSHCert")
+        after, before, window = decide_validity(limits, request.now, request.valid_after, request.valid_before)
+        unique = tuple(dict.fromkeys(reasons + window))
+        return Decision(allowed=not unique, reasons=unique, not_before=after, not_after=before)
 
 
 def _load(model: type[_Model], data: Mapping[str, object] | _Model | None, where: str) -> _Model | None:

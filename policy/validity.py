@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from policy.config import Claims, check_durations
 from policy.duration import format_duration
 
-__all__ = ["BACKDATE", "DEFAULT_CLAIMS", "Limit", "TlsLimits", "decide_validity", "merge_claims"]
+__all__ = ["BACKDATE", "DEFAULT_CLAIMS", "DEFAULT_SSH_CLAIMS", "CertKind", "Limit", "TlsLimits", "decide_validity",
+           "merge_claims"]
 
 BACKDATE = timedelta(minutes=1)
 # step-ca's GlobalProvisionerClaims for TLS certificates.
@@ -41,24 +43,35 @@ class TlsLimits:
     default: Limit
 
 
-def merge_claims(layers: list[tuple[str, Claims | None]]) -> TlsLimits:
-    """Merge field by field, later layers winning; `layers` is [(label, claims)], outermost first.
+# step-ca's defaults for SSH certificates (its GlobalProvisionerClaims).
+DEFAULT_SSH_CLAIMS = {
+    "minUserSSHCertDuration": timedelta(minutes=5),
+    "maxUserSSHCertDuration": timedelta(hours=24),
+    "defaultUserSSHCertDuration": timedelta(hours=16),
+    "minHostSSHCertDuration": timedelta(minutes=5),
+    "maxHostSSHCertDuration": timedelta(hours=1680),
+    "defaultHostSSHCertDuration": timedelta(hours=720),
+}
+CertKind = Literal["TLSCert", "UserSSHCert", "HostSSHCert"]
+
+
+def merge_claims(layers: list[tuple[str, Claims | None]], kind: CertKind = "TLSCert") -> TlsLimits:
+    """Merge field by field, later layers winning; `layers` is [(label, claims)], outermost first. `kind` says
+    which durations: TLS certificates' (the default) or SSH user or host certificates'.
 
     Raises ValueError naming the fields when the merged limits contradict each other.
     """
-    merged = {name: Limit(value, f"built-in default {name}") for name, value in DEFAULT_CLAIMS.items()}
+    names = (f"min{kind}Duration", f"max{kind}Duration", f"default{kind}Duration")
+    defaults = {**DEFAULT_CLAIMS, **DEFAULT_SSH_CLAIMS}
+    merged = {name: Limit(defaults[name], f"built-in default {name}") for name in names}
     for label, claims in layers:
         if claims is None:
             continue
-        values = {
-            "minTLSCertDuration": claims.minTLSCertDuration,
-            "maxTLSCertDuration": claims.maxTLSCertDuration,
-            "defaultTLSCertDuration": claims.defaultTLSCertDuration,
-        }
-        for name, value in values.items():
+        for name in names:
+            value = getattr(claims, name)
             if value is not None:
                 merged[name] = Limit(value, f"{label} claims.{name}")
-    limits = TlsLimits(merged["minTLSCertDuration"], merged["maxTLSCertDuration"], merged["defaultTLSCertDuration"])
+    limits = TlsLimits(merged[names[0]], merged[names[1]], merged[names[2]])
     try:
         check_durations(
             {

@@ -6,7 +6,7 @@ from typing import Any
 
 import falcon
 
-from appliance.api import ca, crl, errors, renew, revoke, sign
+from appliance.api import ca, crl, errors, renew, revoke, sign, ssh
 from appliance.api.acme import add_acme_routes
 from appliance.api.metrics import Metrics, RequestMetrics
 from appliance.api.middleware import BodyLimit, RequestContext
@@ -46,6 +46,9 @@ def create_app(authority: Authority) -> falcon.App:
         app.add_route(f"{p}/renew", renew.Renew(authority))
         app.add_route(f"{p}/rekey", renew.Rekey(authority))
         app.add_route(f"{p}/metrics", Metrics())
+        app.add_route(f"{p}/ssh/sign", ssh.SSHSign(authority))
+        app.add_route(f"{p}/ssh/roots", ssh.SSHKeys(authority))
+        app.add_route(f"{p}/ssh/federation", ssh.SSHKeys(authority))
     add_ocsp_routes(app, authority.ocsp.respond, PREFIXES)
     add_acme_routes(app, authority)
     return app

@@ -61,7 +61,8 @@ def _resolve(ca_url: str | None, root: Path | None, provisioner: str, password_f
     return CAOptions(url, root_path, provisioner, password_file, provisioner_key)
 
 
-def _mint(o: CAOptions, subject: str, sans: list[str], endpoint: str = "sign") -> str:
+def _mint(o: CAOptions, subject: str, sans: list[str], endpoint: str = "sign",
+          extra: dict[str, Any] | None = None) -> str:
     """A one-time token for `/1.0/<endpoint>` (sign, revoke), signed with the provisioner key."""
     from appliance.client.http import CAClient
     from appliance.client.tokens import WrongProvisionerType, find_provisioner, provisioner_key, sign_token
@@ -77,7 +78,7 @@ def _mint(o: CAOptions, subject: str, sans: list[str], endpoint: str = "sign") -
     encrypted = o.provisioner_key is None or not o.provisioner_key.read_text().lstrip().startswith("{")
     password = password_from(o.password_file, "provisioner password") if encrypted else None
     kid, key = provisioner_key(client, o.provisioner, password, o.provisioner_key, found)
-    return sign_token(key, kid, o.provisioner, subject, sans, f"{client.ca_url}/1.0/{endpoint}", root_fp)
+    return sign_token(key, kid, o.provisioner, subject, sans, f"{client.ca_url}/1.0/{endpoint}", root_fp, extra)
 
 
 @dataclass(frozen=True)

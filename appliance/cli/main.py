@@ -21,6 +21,7 @@ from appliance.cli import appliance as appliance_command
 from appliance.cli import audit as audit_command
 from appliance.cli import backup as backup_command
 from appliance.cli import ocsp as ocsp_command
+from appliance.cli import ssh as ssh_command
 from ceremony.cli import ceremony
 
 
@@ -38,6 +39,7 @@ def main() -> None:
     Revocation:   hsmca revoke, hsmca crl
     Provisioners: hsmca provisioner add|update|list|remove|template (JWK, ACME, OIDC, X5C, K8sSA),
                   hsmca acme eab
+    SSH:          hsmca ssh init-ca|certificate|roots
     Templates:    hsmca template render
     Look inside:  hsmca inspect, hsmca ocsp
     Operations:   hsmca backup, hsmca restore (database, audit trail, configuration), hsmca db migrate
@@ -60,6 +62,7 @@ main.add_command(audit_command.audit)
 main.add_command(backup_command.backup)
 main.add_command(backup_command.restore)
 main.add_command(appliance_command.appliance)
+main.add_command(ssh_command.ssh)
 
 
 if __name__ == "__main__":

@@ -76,10 +76,12 @@ def _need(password: bytes | None) -> bytes:
 
 
 def sign_token(key: jose.PublicKey, kid: str, provisioner: str, subject: str, sans: list[str],
-               audience: str, root_fingerprint: str | None) -> str:
+               audience: str, root_fingerprint: str | None, extra: dict[str, Any] | None = None) -> str:
+    """A JWK provisioner's one-time token (`extra`: more claims, such as step's `step.ssh`)."""
     now = int(time.time())
-    claims = {"iss": provisioner, "sub": subject, "aud": audience, "sans": sans,
-              "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME, "jti": secrets.token_hex(32)}
+    claims: dict[str, Any] = {"iss": provisioner, "sub": subject, "aud": audience, "sans": sans,
+                              "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME, "jti": secrets.token_hex(32),
+                              **(extra or {})}
     if root_fingerprint:
         claims["sha"] = root_fingerprint
     return jose.sign_token(key, claims, kid=kid)

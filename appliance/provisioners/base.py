@@ -47,6 +47,23 @@ class TokenCredential:
         return provisioners.for_token(self.token)
 
 
+@dataclass(frozen=True)
+class SSHSignCredential:
+    """A token with step's `step.ssh` claim and what `POST /1.0/ssh/sign` asked for (step's field names)."""
+
+    token: str
+    public_key: Any  # an SSH-capable public key (EC, RSA, Ed25519)
+    audiences: frozenset[str]
+    cert_type: str = ""
+    key_id: str = ""
+    principals: tuple[str, ...] = ()
+    valid_after: str | None = None
+    valid_before: str | None = None
+
+    def locate(self, provisioners: Provisioners) -> Provisioner:
+        return provisioners.for_token(self.token)
+
+
 class Provisioner(Protocol):
     """Proves who is asking and says what they asked for; never signs, stores or audits (the pipeline does)."""
 

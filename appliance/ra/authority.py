@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate, SSHCertPublicKeyTypes
 
 from appliance import metrics
 from appliance.audit import AuditEvent, AuditLog, JsonLinesAudit
@@ -22,12 +24,13 @@ from appliance.audit.seal import Checkpoint
 from appliance.audit.setup import open_audit
 from appliance.ca.active import ActiveIssuer
 from appliance.ca.issuer import Issuer
+from appliance.ca.ssh import SSHCA
 from appliance.certutil import fingerprint, load_certificates
 from appliance.config import CAConfig, TLSOptions
 from appliance.errors import CAError, NotFound, ServiceUnavailable
 from appliance.names import split_sans
 from appliance.provisioners import AuditNote, Provisioners, TokenCredential
-from appliance.provisioners.base import endpoint_audiences, sign_audiences
+from appliance.provisioners.base import SSHSignCredential, endpoint_audiences, sign_audiences
 from appliance.provisioners.internal import AUDIT_KEY, OCSP_RESPONDER, SERVER, InternalCredential
 from appliance.provisioners.x5c import CertificateCredential, RenewalProvisioner, X5CToken
 from appliance.provisioners.x5c import verify as verify_x5c_token
@@ -44,7 +47,20 @@ from policy import Policy
 log = logging.getLogger(__name__)
 _ISSUER_ID = re.compile(r"[0-9a-f]{1,128}")  # an intermediate id: its key identifier in hex
 
-__all__ = ["Authority", "Issued", "RequestContext"]
+__all__ = ["Authority", "Issued", "RequestContext", "SSHSignRequest"]
+
+
+@dataclass(frozen=True)
+class SSHSignRequest:
+    """`POST /1.0/ssh/sign`'s body, parsed (step's field names)."""
+
+    ott: str
+    public_key: SSHCertPublicKeyTypes
+    cert_type: str = ""
+    key_id: str = ""
+    principals: tuple[str, ...] = ()
+    valid_after: str | None = None
+    valid_before: str | None = None
 
 
 class Authority:
@@ -64,7 +80,9 @@ class Authority:
         self.audiences = sign_audiences(config.dnsNames)
         self.rules = Rules(config, self.provisioners.internal)
         self._issuer = issuer
-        self.pipeline = Pipeline(store, audit, self.provisioners, self.rules, self)
+        self.ssh = SSHCA(config)
+        self.ssh_audiences = endpoint_audiences(config.dnsNames, "ssh/sign")
+        self.pipeline = Pipeline(store, audit, self.provisioners, self.rules, self, ssh_ca=self.ssh)
         self.revocations = revocation.Revocations(store, audit, self.provisioners, config)
 
     @classmethod
@@ -115,6 +133,13 @@ class Authority:
              not_after: str | None, ctx: RequestContext) -> Issued:
         """`POST /1.0/sign`: a one-time token and a CSR."""
         return self.issue(TokenCredential(ott, csr, self.audiences, not_before, not_after), ctx, action="x509.sign")
+
+    def sign_ssh(self, request: SSHSignRequest, ctx: RequestContext) -> SSHCertificate:
+        """`POST /1.0/ssh/sign`: a one-time token with `step.ssh` and the public key to certify."""
+        return self.pipeline.issue_ssh(SSHSignCredential(
+            token=request.ott, public_key=request.public_key, audiences=self.ssh_audiences,
+            cert_type=request.cert_type, key_id=request.key_id, principals=request.principals,
+            valid_after=request.valid_after, valid_before=request.valid_before), ctx)
 
     def renew(self, certificate: x509.Certificate, token: X5CToken | None, ctx: RequestContext,
               csr: x509.CertificateSigningRequest | None = None) -> Issued:

@@ -13,7 +13,10 @@ refused before `record` spends its token all the same (no probing the policy wit
 outcome leaves one audit record naming the steps it passed, so an auditor sees that JWK sign, renew,
 rekey, ACME finalize and the CA's own certificates all went the same way.
 
-`Pipeline.issue` is the only caller of `Issuer.record_and_sign` (a test walks the code to keep it so).
+An SSH certificate (`Pipeline.issue_ssh`) takes the same path where it applies: authorize → policy → profile →
+lint → record → sign → issued, the same token spending and the same one audit record (no CSR, no X.509 template).
+The steps of the two kinds (`_x509`, `_ssh`) are the only callers of `Issuer.record_and_sign` and
+`SSHCA.record_and_sign`, and only `_run` runs them (a test walks the code to keep it so).
 """
 
 from __future__ import annotations
@@ -22,15 +25,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
 
 from appliance import metrics
 from appliance.audit import AuditEvent, AuditLog
 from appliance.ca.issuer import Issuer, LeafProfile, key_usage
 from appliance.ca.lint import lint
+from appliance.ca.ssh import SSHCA, USER_EXTENSIONS, SSHProfile
+from appliance.ca.ssh import lint as ssh_lint
 from appliance.certutil import read_extensions
 from appliance.errors import BadRequest, CAError, Forbidden, PolicyDenied, ServiceUnavailable, Unauthorized
 from appliance.names import RequestedNames
@@ -39,12 +45,21 @@ from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest
 from appliance.ra import templates
 from appliance.ra.templates import Template
 from appliance.store import OneTimeToken, Reservation, Store, StoreError, TokenReplayed, as_ca_error
-from policy import Policy, key_info
+from appliance.store.ssh_certificates import SSHReservation
+from policy import Policy, SSHRequest, key_info
 
 log = logging.getLogger(__name__)
 
 STEPS = ("authorize", "csr", "template", "policy", "profile", "lint", "record", "sign", "issued")
 REPLAYED = "token already used (one-time tokens cannot be replayed)"
+_T = TypeVar("_T")
+
+
+def _wire(cert: SSHCertificate) -> bytes:
+    """The certificate's SSH wire blob (what `-cert.pub` holds in base64 after the type)."""
+    import base64
+
+    return base64.b64decode(cert.public_bytes().split()[1])
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,8 @@ class Policies(Protocol):
 
     def template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None: ...
 
+    def ssh_enabled(self, provisioner: Provisioner, request: IssuanceRequest) -> bool: ...
+
 
 @dataclass
 class _Trace:
@@ -106,8 +123,10 @@ class _Trace:
 
 class Pipeline:
     def __init__(self, store: Store, audit: AuditLog, provisioners: Provisioners, policies: Policies,
-                 issuers: Issuers, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 issuers: Issuers, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 ssh_ca: SSHCA | None = None) -> None:
         self.store = store
+        self.ssh_ca = ssh_ca
         self.audit = audit
         self.provisioners = provisioners
         self.policies = policies
@@ -117,6 +136,17 @@ class Pipeline:
     def issue(self, credential: object, ctx: RequestContext, *, action: str,
               note: AuditNote | None = None) -> Issued:
         """Run every step for one credential; the refusal (a CAError) or the certificate, audited either way."""
+        return self._run(credential, ctx, action, note, self._x509)
+
+    def issue_ssh(self, credential: object, ctx: RequestContext, *, action: str = "ssh.sign",
+                  note: AuditNote | None = None) -> SSHCertificate:
+        """The same for an SSH certificate: authorize → policy → profile → lint → record → sign → issued."""
+        return self._run(credential, ctx, action, note, self._ssh)
+
+    def _run(self, credential: object, ctx: RequestContext, action: str, note: AuditNote | None,
+             steps: Callable[[Provisioner, IssuanceRequest, datetime, _Trace, list[int], RequestContext],
+                             tuple[_T, int, str | None]]) -> _T:
+        """Authorize, run the certificate kind's steps, and write the one audit record, whatever happens."""
         note = note or AuditNote()
         trace = _Trace(action, ctx, note)
         recorded: list[int] = []
@@ -128,45 +158,7 @@ class Pipeline:
             trace.provisioner = request.provisioner
             trace.note = _merge(note, request.audit)
             trace.names = request.names
-            try:
-                trace.enter("csr")
-                _check_csr(request)
-                trace.enter("template")
-                template = self.policies.template_for(provisioner, request)
-                if template is not None:
-                    request = templates.apply(request, template.render(
-                        templates.variables(request, provisioner.name, provisioner.type)))
-                    trace.names = request.names
-                trace.enter("policy")
-                decided = self._judge(self.policies.for_request(provisioner, request), request, now)
-                trace.enter("profile")
-                issuer = self._issuer(request)
-                profile = _profile(request, decided, issuer)
-                trace.names = profile.names
-            except CAError:
-                self._spend_refused(request)
-                raise
-
-            def record(serial: int, tbs: bytes) -> None:
-                trace.enter("lint")
-                try:
-                    lint(tbs, issuer.certificate)
-                except CAError:
-                    self._spend_refused(request)
-                    raise
-                trace.enter("record")
-                self._record(serial, tbs, profile, issuer, request, ctx)
-                recorded.append(serial)
-                trace.enter("sign")
-
-            try:
-                cert = issuer.record_and_sign(profile, record)
-            except CAError as exc:
-                if recorded:
-                    self._abandon(recorded[0], exc.message)
-                raise
-            trace.enter("issued")
-            self.store.certificates.mark_issued(cert.serial_number, cert.public_bytes(Encoding.DER))
+            result, serial, issuer_id = steps(provisioner, request, now, trace, recorded, ctx)
         except Exception as exc:
             error = exc if isinstance(exc, CAError) else as_ca_error(exc) if isinstance(exc, StoreError) else None
             status = error.status if error is not None else 500
@@ -178,8 +170,109 @@ class Pipeline:
             exc.step = trace.steps[-1] if trace.steps else None  # type: ignore[attr-defined]
             raise
         metrics.certificate_issued(request.provisioner)
-        write_audit(self.audit, trace.event("allowed", status=201, serial=cert.serial_number, issuer=issuer.id))
-        return Issued(cert, (cert, *issuer.chain))
+        write_audit(self.audit, trace.event("allowed", status=201, serial=serial, issuer=issuer_id))
+        return result
+
+    def _x509(self, provisioner: Provisioner, request: IssuanceRequest, now: datetime, trace: _Trace,
+              recorded: list[int], ctx: RequestContext) -> tuple[Issued, int, str | None]:
+        if request.ssh is not None:
+            raise BadRequest("an SSH certificate request goes to /1.0/ssh/sign")
+        try:
+            trace.enter("csr")
+            _check_csr(request)
+            trace.enter("template")
+            template = self.policies.template_for(provisioner, request)
+            if template is not None:
+                request = templates.apply(request, template.render(
+                    templates.variables(request, provisioner.name, provisioner.type)))
+                trace.names = request.names
+            trace.enter("policy")
+            decided = self._judge(self.policies.for_request(provisioner, request), request, now)
+            trace.enter("profile")
+            issuer = self._issuer(request)
+            profile = _profile(request, decided, issuer)
+            trace.names = profile.names
+        except CAError:
+            self._spend_refused(request)
+            raise
+
+        def record(serial: int, tbs: bytes) -> None:
+            trace.enter("lint")
+            try:
+                lint(tbs, issuer.certificate)
+            except CAError:
+                self._spend_refused(request)
+                raise
+            trace.enter("record")
+            self._record(serial, tbs, profile, issuer, request, ctx)
+            recorded.append(serial)
+            trace.enter("sign")
+
+        try:
+            cert = issuer.record_and_sign(profile, record)
+        except CAError as exc:
+            if recorded:
+                self._abandon(recorded[0], exc.message)
+            raise
+        trace.enter("issued")
+        self.store.certificates.mark_issued(cert.serial_number, cert.public_bytes(Encoding.DER))
+        return Issued(cert, (cert, *issuer.chain)), cert.serial_number, issuer.id
+
+    def _ssh(self, provisioner: Provisioner, request: IssuanceRequest, now: datetime, trace: _Trace,
+             recorded: list[int], ctx: RequestContext) -> tuple[SSHCertificate, int, str | None]:
+        ssh = request.ssh
+        if ssh is None:
+            raise BadRequest("not an SSH certificate request")
+        trace.names = None  # the audit record lists the principals (the request's audit note), not X.509 names
+        if self.ssh_ca is None:
+            raise BadRequest("this CA signs no SSH certificates")
+        ssh_ca = self.ssh_ca
+        try:
+            trace.enter("policy")
+            if not self.policies.ssh_enabled(provisioner, request):
+                raise Forbidden(f"provisioner {request.provisioner!r} may not sign SSH certificates "
+                                "(claims.enableSSHCA is not true for it or the authority)")
+            policy = self.policies.for_request(provisioner, request)
+            decision = policy.evaluate_ssh(SSHRequest(
+                cert_type=ssh.cert_type, principals=tuple(ssh.principals), key=key_info(request.public_key),
+                valid_after=request.window.not_before, valid_before=request.window.not_after, now=now))
+            if not decision.allowed:
+                raise PolicyDenied("; ".join(decision.reasons), reasons=decision.reasons)
+            trace.enter("profile")
+            extensions = dict(ssh.extensions) if ssh.extensions or ssh.cert_type == "host" else \
+                {name: "" for name in USER_EXTENSIONS}
+            profile = SSHProfile(cert_type=ssh.cert_type, key_id=ssh.key_id, principals=tuple(ssh.principals),
+                                 public_key=request.public_key,  # type: ignore[arg-type]
+                                 valid_after=decision.not_before, valid_before=decision.not_after,
+                                 critical_options=dict(ssh.critical_options), extensions=extensions)
+            trace.enter("lint")
+            ssh_lint(profile)
+        except CAError:
+            self._spend_refused(request)
+            raise
+
+        def record(serial: int, ca_key: str, tbs: bytes) -> None:
+            trace.enter("record")
+            try:
+                self.store.ssh.reserve(SSHReservation(
+                    serial=serial, cert_type=profile.cert_type, key_id=profile.key_id, principals=profile.principals,
+                    valid_after=profile.valid_after, valid_before=profile.valid_before,
+                    provisioner=request.provisioner, ca_key=ca_key, tbs=tbs, request_id=ctx.request_id),
+                    request.token)
+            except TokenReplayed:
+                raise Unauthorized(REPLAYED) from None
+            recorded.append(serial)
+            trace.enter("sign")
+
+        try:
+            cert = ssh_ca.record_and_sign(profile, record)
+        except CAError as exc:
+            if recorded:
+                self.store.ssh.mark_abandoned(recorded[0], exc.message[:1000])
+            raise
+        trace.enter("issued")
+        self.store.ssh.mark_issued(cert.serial, _wire(cert))
+        return cert, cert.serial, None
 
     def _judge(self, policy: Policy, request: IssuanceRequest, now: datetime) -> tuple[datetime, datetime]:
         window = request.window

@@ -22,6 +22,7 @@ class Rules:
     def __init__(self, config: CAConfig, internal: Provisioner) -> None:
         auth = config.authority
         self._authority = (_dump(auth.policy), _dump(auth.claims))
+        self._authority_claims = auth.claims
         self._policies = {p.name: self._policy(p.name, p.policy, p.claims) for p in auth.provisioners}
         self._authority_only = self._policy(None, None, None)
         self._internal_provisioner = internal
@@ -45,6 +46,13 @@ class Rules:
     def template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None:
         """The provisioner's certificate template; renewals repeat the certificate they replace, untemplated."""
         return self._templates.get(provisioner.name)
+
+    def ssh_enabled(self, provisioner: Provisioner, request: IssuanceRequest) -> bool:
+        """step-ca's `enableSSHCA` claim: the provisioner's where it sets one, else the authority's; off by default."""
+        own = getattr(provisioner, "claims", None)
+        if own is not None and own.enableSSHCA is not None:
+            return bool(own.enableSSHCA)
+        return bool(self._authority_claims is not None and self._authority_claims.enableSSHCA)
 
     def policy_for(self, provisioner: str) -> Policy | None:
         """The policy a provisioner's certificates are judged by (None for an unknown name)."""

@@ -19,6 +19,7 @@ from .records import (
 
 # 20 octets hold a serial below 2**159, which has 48 decimal digits.
 SERIAL_LENGTH = 48
+SSH_SERIAL_LENGTH = 20  # an SSH certificate's serial is a uint64
 STATUS_LENGTH = 16
 
 # Explicit names so that later migrations can address constraints on every backend.
@@ -138,6 +139,34 @@ intermediates = sa.Table(
 
 # A CRL of a million entries is ~45 MB: LONGBLOB on MySQL (MariaDB's max_allowed_packet must exceed it).
 LONG_BLOB = sa.LargeBinary(2**32 - 1).with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+# SSH certificates (OpenSSH PROTOCOL.certkeys): reserved with the to-be-signed body before the KMS signs, as
+# X.509 ones are; `ca_key` is the SHA-256 (hex) of the signing CA key's SSH blob, which a KRL is built per. A
+# revocation is kept on the row itself: the KRL lists serials per CA key, nothing more.
+ssh_certificates = sa.Table(
+    "ssh_certificates",
+    metadata,
+    sa.Column("serial", sa.String(SSH_SERIAL_LENGTH), primary_key=True),
+    sa.Column("cert_type", sa.String(8), nullable=False),
+    sa.Column("key_id", sa.Text(), nullable=False),
+    sa.Column("principals", sa.JSON(), nullable=False),
+    sa.Column("valid_after", UTCDateTime(), nullable=False),
+    sa.Column("valid_before", UTCDateTime(), nullable=False),
+    sa.Column("provisioner", sa.String(MAX_NAME_LENGTH), nullable=False),
+    sa.Column("ca_key", sa.String(64), nullable=False),
+    sa.Column("tbs", BLOB, nullable=False),
+    sa.Column("certificate", BLOB, nullable=True),
+    sa.Column("status", sa.String(STATUS_LENGTH), nullable=False),
+    sa.Column("reserved_at", UTCDateTime(), nullable=False),
+    sa.Column("issued_at", UTCDateTime(), nullable=True),
+    sa.Column("status_reason", sa.Text(), nullable=True),
+    sa.Column("request_id", sa.String(MAX_REQUEST_ID_LENGTH), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("revocation_reason", sa.Text(), nullable=True),
+    sa.Index("ix_ssh_certificates_revoked_at", "revoked_at"),
+    sa.Index("ix_ssh_certificates_status_reserved_at", "status", "reserved_at"),
+    **MYSQL_TABLE_ARGS,
+)
 
 # One row per revoked certificate (a certificate's own row keeps its issuance status). `not_after` lets a
 # CRL leave out entries for certificates long expired, and the issuer index streams one CRL's entries.

@@ -27,6 +27,7 @@ from .intermediates import IntermediateStore
 from .leases import LeaseStore
 from .ocsp import OCSPStore
 from .revocations import RevocationStore
+from .ssh_certificates import SSHCertificateStore
 from .tokens import TokenStore
 from .urls import backend_of, normalise_url, url_from_config
 from .writelock import SQLiteWriteLock
@@ -58,6 +59,7 @@ class Store:
         self.ocsp = OCSPStore(self._read, self._write)
         self.acme = ACMEStore(self._read, self._write)  # ACME accounts, nonces, orders (see acme.py)
         self.audit_checkpoints = AuditCheckpointStore(self._read, self._write)  # signed audit chain heads
+        self.ssh = SSHCertificateStore(self._read, self._write)  # SSH certificates and their revocations
 
     @property
     def _write_lock(self) -> AbstractContextManager[Any]:

@@ -184,7 +184,7 @@ def test_migrate_from_empty_and_check_schema(server: Server) -> None:
         store.migrate()
         store.check_schema()
         store.migrate()  # repeatable
-        assert store.schema_revision() == head_revision() == "0005"
+        assert store.schema_revision() == head_revision() == "0006"
 
 
 def test_check_schema_refuses_unknown_revision(server: Server) -> None:

@@ -142,7 +142,7 @@ def test_migration_0005_upgrades_from_0004_and_downgrades(server: Server) -> Non
     _alembic(url, "upgrade", "0004")
     with Store(url) as s:
         s.migrate()
-        assert s.schema_revision() == head_revision() == "0005"
+        assert s.schema_revision() == head_revision()
         s.check_schema()
         s.audit_checkpoints.add(cp("a", 1))
     assert _diff(url) == []

@@ -1,0 +1,80 @@
+"""step-ca's SSH API: `POST /ssh/sign` around `Authority.sign_ssh`, and the CA keys (`/ssh/roots`,
+`/ssh/federation`). A certificate is answered as the base64 of its SSH wire blob (`crt`), as step-ca does."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import falcon
+
+from appliance.api.middleware import read_json_object, remote_addr
+from appliance.api.sign import MAX_OTT_LENGTH
+from appliance.ca.ssh import MAX_PRINCIPALS, blob_of, load_public_key
+from appliance.errors import BadRequest, CAError, NotFound
+from appliance.ra.authority import Authority, RequestContext, SSHSignRequest
+
+MAX_PUBLIC_KEY_LENGTH = 16 * 1024
+
+
+def _text(body: dict[str, Any], name: str, limit: int = 1024) -> str:
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"field {name!r} must be a string")
+    if len(value) > limit:
+        raise BadRequest(f"field {name!r} is longer than {limit} characters")
+    return value
+
+
+def parse_sign(body: dict[str, Any]) -> SSHSignRequest:
+    ott = _text(body, "ott", MAX_OTT_LENGTH)
+    if not ott:
+        raise BadRequest("missing ott")
+    key_text = _text(body, "publicKey", MAX_PUBLIC_KEY_LENGTH)
+    if not key_text:
+        raise BadRequest("missing publicKey")
+    principals = body.get("principals") or []
+    if not isinstance(principals, list) or not all(isinstance(p, str) and p for p in principals):
+        raise BadRequest("field 'principals' must be a list of non-empty strings")
+    if len(principals) > MAX_PRINCIPALS:
+        raise BadRequest(f"at most {MAX_PRINCIPALS} principals")
+    cert_type = _text(body, "certType")
+    if cert_type not in ("", "user", "host"):
+        raise BadRequest(f"certType must be 'user' or 'host', not {cert_type!r}")
+    return SSHSignRequest(ott=ott, public_key=load_public_key(key_text), cert_type=cert_type,
+                          key_id=_text(body, "keyID"), principals=tuple(dict.fromkeys(principals)),
+                          valid_after=_text(body, "validAfter") or None,
+                          valid_before=_text(body, "validBefore") or None)
+
+
+class SSHSign:
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = RequestContext(request_id=req.context.request_id, remote_addr=remote_addr(req))
+        try:
+            request = parse_sign(read_json_object(req))
+        except CAError as exc:
+            self.authority.reject("ssh.sign", ctx, exc)
+            raise
+        cert = self.authority.sign_ssh(request, ctx)
+        resp.status = 201
+        resp.media = {"crt": cert.public_bytes().split()[1].decode()}
+
+
+class SSHKeys:
+    """`/ssh/roots` and `/ssh/federation`: the user and host CA keys (base64 SSH blobs), the signing key first."""
+
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ssh = self.authority.ssh
+        out = {"userKey": [base64.b64encode(blob_of(line)).decode() for line in ssh.public_lines("user")],
+               "hostKey": [base64.b64encode(blob_of(line)).decode() for line in ssh.public_lines("host")]}
+        if not out["userKey"] and not out["hostKey"]:
+            raise NotFound("this CA has no SSH CA keys (no ssh block in ca.json; `hsmca ssh init-ca` makes them)")
+        resp.media = {k: v for k, v in out.items() if v}

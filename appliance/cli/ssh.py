@@ -1,0 +1,199 @@
+"""`hsmca ssh`: the SSH CA keys (`init-ca`), SSH certificates from the CA (`certificate`), its keys (`roots`)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.cli.client import _client_errors, _mint, _resolve, ca_options
+from appliance.cli.common import PathType, fail
+
+CONFIG = click.option("--config", "config_path", type=PathType,
+                      help="Path to ca.json [default: $HSMCA_PATH/config/ca.json].")
+SPECS = ["EC-P256", "EC-P384", "RSA-3072", "RSA-4096", "Ed25519"]
+
+
+@click.group()
+def ssh() -> None:
+    """SSH certificates: the SSH CA keys, user and host certificates, the CA keys to trust."""
+
+
+@ssh.command("init-ca")
+@click.option("--kty", "spec", type=click.Choice(SPECS, case_sensitive=False), default="EC-P256",
+              show_default=True, help="Key type of the new SSH CA keys (RSA signs with rsa-sha2-512; Ed25519 where "
+                                      "the backend has it).")
+@click.option("--user-key", help="Key URI for the user CA key [default: pkcs11:object=ssh-user-ca-<time>].")
+@click.option("--host-key", help="Key URI for the host CA key [default: pkcs11:object=ssh-host-ca-<time>].")
+@click.option("--rotate", is_flag=True, help="Make new keys even though ca.json has some: the old public keys stay "
+                                             "published (ssh.federated…Keys) until you remove them.")
+@CONFIG
+def init_ca(spec: str, user_key: str | None, host_key: str | None, rotate: bool, config_path: Path | None) -> None:
+    """Make the SSH user and host CA keys in the CA's KMS (non-extractable), name them in ca.json's `ssh` block and
+    switch SSH signing on (`authority.claims.enableSSHCA`). Prints the lines sshd and known_hosts need."""
+    from appliance.audit import AuditEvent
+    from appliance.ca.intermediates import IntermediateError, stored_key_uri
+    from appliance.ca.ssh import public_line
+    from appliance.config import ConfigError, SSHConfig, default_config_path, load_config, save_config
+    from appliance.ra.authority import Authority
+    from kms import KeySpec, KMSError, create_key
+    from policy import Claims
+
+    path = config_path or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+    current = config.ssh or SSHConfig()
+    if (current.userKey or current.hostKey) and not rotate:
+        fail(f"{path} has SSH CA keys already (ssh.userKey/hostKey); --rotate makes new ones")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    config.apply_kms_environment()
+    made: dict[str, tuple[str, str]] = {}
+    try:
+        for kind, given in (("user", user_key), ("host", host_key)):
+            stored = stored_key_uri(given or f"pkcs11:object=ssh-{kind}-ca-{stamp}")
+            key = create_key(config.key_uri(stored), KeySpec.parse(spec))
+            made[kind] = (stored, public_line(key.public_key()))
+    except (KMSError, IntermediateError, ValueError) as exc:
+        fail(f"cannot make the SSH CA keys: {exc}")
+    federated_user, federated_host = list(current.federatedUserKeys), list(current.federatedHostKeys)
+    if rotate:
+        from appliance.ca.ssh import SSHCA
+
+        old = SSHCA(config)
+        federated_user += [line for line in old.public_lines("user") if line not in federated_user]
+        federated_host += [line for line in old.public_lines("host") if line not in federated_host]
+    config.ssh = current.model_copy(update={"userKey": made["user"][0], "hostKey": made["host"][0],
+                                            "federatedUserKeys": federated_user, "federatedHostKeys": federated_host})
+    claims = config.authority.claims.model_dump(exclude_none=True) if config.authority.claims else {}
+    if claims.get("enableSSHCA") is None:
+        config.authority.claims = Claims.model_validate({**claims, "enableSSHCA": True})
+    authority = Authority.from_config(config)
+    try:
+        authority.record(AuditEvent(action="ssh.ca.create", decision="allowed", request_id="cli",
+                                    details={"userKey": made["user"][1], "hostKey": made["host"][1],
+                                             "rotate": rotate}))
+    finally:
+        authority.close()
+    save_config(config, path)
+    click.echo(f"SSH user CA key: {made['user'][0]}\n  {made['user'][1]}")
+    click.echo(f"SSH host CA key: {made['host'][0]}\n  {made['host'][1]}")
+    click.echo("sshd trusts users with:  TrustedUserCAKeys <file holding the user CA line>")
+    click.echo("clients trust hosts with: @cert-authority *.example.com <the host CA line>   (in known_hosts)")
+    click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+def _ssh_public_line(key: Any) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return str(key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode())
+
+
+@ssh.command("certificate")
+@click.argument("key_id")
+@click.argument("key_file", type=PathType)
+@click.option("--host", is_flag=True, help="A host certificate (default: a user certificate).")
+@click.option("--sign", "sign_only", is_flag=True, help="KEY_FILE is an existing public key (.pub): certify it, "
+                                                        "make no key.")
+@click.option("--principal", "principals", multiple=True,
+              help="A principal (user name, or host name/IP) (repeatable) [default: KEY_ID].")
+@click.option("--not-before", help="validAfter: RFC 3339 time or a duration from now.")
+@click.option("--not-after", help="validBefore: RFC 3339 time or a duration from now (e.g. 8h).")
+@click.option("--kty", type=click.Choice(["Ed25519", "EC", "RSA"], case_sensitive=False), default="Ed25519",
+              show_default=True, help="Key type of the new key.")
+@click.option("--no-agent", is_flag=True, help="Do not add a user certificate to the running ssh-agent.")
+@click.option("--force", "-f", is_flag=True, help="Overwrite existing files.")
+@ca_options
+def certificate(key_id: str, key_file: Path, host: bool, sign_only: bool, principals: tuple[str, ...],
+                not_before: str | None, not_after: str | None, kty: str, no_agent: bool, force: bool,
+                ca_url: str | None, root: Path | None, provisioner: str, password_file: Path | None,
+                provisioner_key: Path | None) -> None:
+    """Get an SSH certificate for KEY_ID from the CA: a new key pair in KEY_FILE and KEY_FILE.pub (or, with --sign,
+    the public key KEY_FILE), and the certificate in KEY_FILE-cert.pub. The one-time token is minted from a JWK
+    provisioner's key, as for `hsmca certificate`. A user certificate goes into the running ssh-agent."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        load_ssh_public_key,
+    )
+
+    from appliance.atomic_file import write_atomically
+    from appliance.client.http import CAClient
+
+    cert_type = "host" if host else "user"
+    base = key_file.with_suffix("") if sign_only and key_file.suffix == ".pub" else key_file
+    cert_path = base.with_name(base.name + "-cert.pub")
+    private_key: Any = None
+    if sign_only:
+        try:
+            public_key = load_ssh_public_key(key_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            fail(f"{key_file}: not an SSH public key: {exc}")
+    else:
+        for path in (key_file, key_file.with_name(key_file.name + ".pub")):
+            if path.exists() and not force:
+                fail(f"{path} exists; use --force to overwrite it")
+        kind = kty.lower()
+        private_key = ed25519.Ed25519PrivateKey.generate() if kind == "ed25519" else \
+            ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(65537, 3072)
+        public_key = private_key.public_key()
+    if cert_path.exists() and not force:
+        fail(f"{cert_path} exists; use --force to overwrite it")
+    names = list(dict.fromkeys(principals or (key_id,)))
+    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
+    step = {"certType": cert_type, "keyID": key_id, "principals": names,
+            "validAfter": not_before or "", "validBefore": not_after or ""}
+    blob = _ssh_public_line(public_key).split()[1]
+    try:
+        ott = _mint(o, key_id, names, "ssh/sign", extra={"step": {"ssh": step}})
+        resp = CAClient(o.ca_url, o.root).post_json("/ssh/sign", {
+            "publicKey": blob, "ott": ott, "certType": cert_type, "keyID": key_id, "principals": names,
+            "validAfter": not_before or "", "validBefore": not_after or ""})
+    except _client_errors() as exc:
+        fail(str(exc))
+    crt = str(resp.get("crt", ""))
+    try:
+        cert_blob = base64.b64decode(crt, validate=True)
+        name = cert_blob[4:4 + int.from_bytes(cert_blob[:4], "big")].decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        fail("the CA answered without an SSH certificate")
+    if private_key is not None:
+        write_atomically(key_file, private_key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()),
+                         0o600)
+        key_file.with_name(key_file.name + ".pub").write_text(_ssh_public_line(public_key) + "\n")
+    cert_path.write_text(f"{name} {crt}\n")
+    click.echo(f"Your certificate has been saved in {cert_path}.", err=True)
+    if private_key is not None and not host and not no_agent and os.environ.get("SSH_AUTH_SOCK") \
+            and shutil.which("ssh-add"):
+        done = subprocess.run(["ssh-add", str(key_file)], capture_output=True, text=True, timeout=30)
+        click.echo("The key and certificate were added to the ssh-agent." if done.returncode == 0 else
+                   f"ssh-add failed: {done.stderr.strip()}", err=True)
+
+
+@ssh.command("roots")
+@click.option("--host", is_flag=True, help="The host CA keys (default: the user CA keys).")
+@ca_options
+def roots(host: bool, ca_url: str | None, root: Path | None, provisioner: str, password_file: Path | None,
+          provisioner_key: Path | None) -> None:
+    """Print the CA's SSH user (or --host) CA public keys, one `ssh-… AAAA…` line each: what sshd's
+    TrustedUserCAKeys (or known_hosts' @cert-authority) should hold."""
+    from appliance.client.http import CAClient
+
+    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
+    try:
+        data = CAClient(o.ca_url, o.root).get_json("/ssh/roots")
+    except _client_errors() as exc:
+        fail(str(exc))
+    for blob in data.get("hostKey" if host else "userKey") or []:
+        raw = base64.b64decode(blob)
+        name = raw[4:4 + int.from_bytes(raw[:4], "big")].decode("ascii")
+        click.echo(f"{name} {blob}")

@@ -1,0 +1,201 @@
+"""SSH certificates from HSM-held SSH CA keys, through a real `hsmca serve` (SoftHSM, SQLite, the audit file), used
+by real OpenSSH: sshd trusts hsmca's user CA and presents a host certificate from hsmca; ssh trusts hsmca's host CA
+through one `@cert-authority` line and logs in with a user certificate from hsmca.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_public_identity
+
+import softhsm
+from appliance.client.http import CAClient
+from appliance.client.tokens import provisioner_key, sign_token
+from appliance.store import Store
+from tests.integration import sshd as sshd_harness
+from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, make_ca, start_server
+from tests.integration.refusals import counts
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sshd_harness.available() is not None,
+                                                    reason=sshd_harness.available() or "")]
+USER = "hsmca-alice"
+
+
+@dataclass
+class World:
+    ca: DevCA
+    server: Server
+    base: Path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("ssh")
+    ca = make_ca(base / "ca")
+    made = hsmca(ca, "ssh", "init-ca")
+    assert "SSH user CA key: pkcs11:object=ssh-user-ca-" in made.stdout, made.stdout
+
+    def deny(cfg: dict[str, Any]) -> None:
+        cfg["authority"]["policy"] = {"ssh": {"user": {"deny": {"principal": ["root"]}}}}
+
+    ca.edit_config(deny)
+    server = start_server(ca, workers=1)
+    sshd_harness.ensure_user(USER)
+    try:
+        yield World(ca, server, base)
+    finally:
+        server.stop()
+
+
+def cli(world: World, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return hsmca(world.ca, *args, "--ca-url", world.server.url, "--root", str(world.ca.root),
+                 "--password-file", str(world.ca.password_file), check=check)
+
+
+def keygen_l(cert: Path) -> str:
+    return subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True).stdout
+
+
+def roots(world: World, kind: str) -> str:
+    return cli(world, "ssh", "roots", *(["--host"] if kind == "host" else [])).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def host(world: World) -> Iterator[sshd_harness.Sshd]:
+    """sshd with a host certificate from hsmca, trusting hsmca's user CA."""
+    key = world.base / "ssh_host_key"
+    cli(world, "ssh", "certificate", "host-1", str(key), "--host", "--principal", "127.0.0.1", "--force")
+    (world.base / "user_ca.pub").write_text(roots(world, "user") + "\n")
+    server = sshd_harness.start_sshd(world.base / "sshd", host_key=key,
+                                     host_certificate=key.with_name(key.name + "-cert.pub"),
+                                     trusted_user_ca_keys=world.base / "user_ca.pub")
+    (world.base / "known_hosts").write_text(sshd_harness.known_hosts_line(server.port, roots(world, "host")) + "\n")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_user_logs_in_with_certificates_from_hsmca_on_both_sides(world: World, host: sshd_harness.Sshd) -> None:
+    key = world.base / "alice"
+    before = counts(world.ca)
+    out = cli(world, "ssh", "certificate", "alice@example.com", str(key), "--principal", USER, "--no-agent",
+              "--not-after", "1h", "--force")
+    assert "-cert.pub" in out.stderr
+    cert = key.with_name(key.name + "-cert.pub")
+    shown = keygen_l(cert)
+    assert "ssh-ed25519-cert-v01@openssh.com user certificate" in shown, shown
+    assert 'Key ID: "alice@example.com"' in shown and USER in shown
+    for ext in ("permit-pty", "permit-agent-forwarding", "permit-port-forwarding", "permit-X11-forwarding",
+                "permit-user-rc"):
+        assert ext in shown
+    assert "Signing CA: ECDSA" in shown
+    done = sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts", "echo hello from $(whoami)")
+    assert done.returncode == 0 and done.stdout.strip() == f"hello from {USER}", done.stderr[-2000:]
+    assert counts(world.ca) == before  # SSH certificates are recorded in their own table
+    event = [e for e in world.ca.audit_events() if e["action"] == "ssh.sign"][-1]
+    assert event["decision"] == "allowed" and event["subject"] == "alice@example.com", event
+    assert f"principal:{USER}" in event["sans"] and event["details"]["steps"] == [
+        "authorize", "policy", "profile", "lint", "record", "sign", "issued"]
+
+
+def test_certificates_the_server_or_client_must_refuse(world: World, host: sshd_harness.Sshd) -> None:
+    key = world.base / "bob"
+    cli(world, "ssh", "certificate", "bob", str(key), "--principal", "hsmca-bob", "--no-agent", "--force")
+    cert = key.with_name(key.name + "-cert.pub")
+    refused = sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts")
+    assert refused.returncode == 255, refused  # a certificate for another principal
+    # The host is only trusted through hsmca's host CA: another CA's line in known_hosts refuses it.
+    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+    (world.base / "other_known_hosts").write_text(sshd_harness.known_hosts_line(host.port, other.decode()) + "\n")
+    alice = world.base / "alice"
+    refused = sshd_harness.ssh(host.port, USER, alice, alice.with_name("alice-cert.pub"),
+                               world.base / "other_known_hosts")
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused.stderr[-1500:]
+
+
+def test_rsa_user_key_and_what_ssh_keygen_shows(world: World) -> None:
+    key = world.base / "carol"
+    cli(world, "ssh", "certificate", "carol", str(key), "--kty", "RSA", "--principal", "carol", "--no-agent",
+        "--force")
+    shown = keygen_l(key.with_name("carol-cert.pub"))
+    assert "ssh-rsa-cert-v01@openssh.com user certificate" in shown, shown
+    cert = load_ssh_public_identity(key.with_name("carol-cert.pub").read_bytes())
+    cert.verify_cert_signature()  # type: ignore[union-attr]
+
+
+def _ott(world: World, subject: str, **step: Any) -> str:
+    client = CAClient(world.server.url, world.ca.root)
+    kid, key = provisioner_key(client, "admin", PASSWORD, None)
+    return sign_token(key, kid, "admin", subject, [subject], f"{world.server.url}/1.0/ssh/sign", None,
+                      {"step": {"ssh": step}})
+
+
+def _sign(world: World, ott: str, **body: Any) -> Any:
+    blob = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        Encoding.OpenSSH, PublicFormat.OpenSSH).split()[1].decode()
+    return world.server.post("/1.0/ssh/sign", json={"publicKey": blob, "ott": ott, **body})
+
+
+@pytest.mark.parametrize(("step", "body", "status", "reason"), [
+    ({"principals": ["root"]}, {}, 403, 'ssh.user.deny.principal "root" denies user principal "root"'),
+    ({"principals": ["dave"], "validBefore": "48h"}, {}, 403, "exceeds the maximum 24h0m"),
+    ({"principals": ["dave"]}, {"principals": ["dave", "root"]}, 403, "principals ['root'] are not among the token"),
+    ({"certType": "host", "principals": ["web"]}, {"certType": "user"}, 403, "certType 'user' differs"),
+    ({}, {"publicKey": "AAAA"}, 400, "publicKey is not an SSH public key"),
+])
+def test_refusals_are_audited_and_record_nothing(world: World, step: dict[str, Any], body: dict[str, Any],
+                                                 status: int, reason: str) -> None:
+    with _store(world) as store:
+        before = store.ssh.count_by_status()
+    events = len(world.ca.audit_events())
+    resp = _sign(world, _ott(world, "dave", **step), **body)
+    assert resp.status_code == status and reason in resp.json()["message"], resp.text
+    with _store(world) as store:
+        assert store.ssh.count_by_status() == before
+    new = world.ca.audit_events()[events:]
+    assert len(new) == 1 and new[0]["decision"] == "denied" and new[0]["status"] == status, new
+    assert "eyJ" not in json.dumps(new)
+
+
+def _store(world: World) -> Store:
+    return Store.from_config(world.ca.config.db.model_dump(), world.ca.base)
+
+
+def test_a_token_is_used_once_and_only_for_ssh(world: World) -> None:
+    ott = _ott(world, "erin", principals=["erin"])
+    assert _sign(world, ott).status_code == 201
+    again = _sign(world, ott)
+    assert again.status_code == 401 and "token already used" in again.json()["message"]
+    client = CAClient(world.server.url, world.ca.root)
+    kid, key = provisioner_key(client, "admin", PASSWORD, None)
+    x509_token = sign_token(key, kid, "admin", "erin", ["erin"], f"{world.server.url}/1.0/sign", None)
+    wrong = _sign(world, x509_token)
+    assert wrong.status_code == 401 and "audience" in wrong.json()["message"], wrong.text
+
+
+def test_roots_and_the_keys_stay_in_the_hsm(world: World) -> None:
+    listed = world.server.get("/1.0/ssh/roots").json()
+    assert set(listed) == {"userKey", "hostKey"} and listed == world.server.get("/ssh/federation").json()
+    assert roots(world, "user").split()[1] == listed["userKey"][0]
+    config = json.loads(world.ca.config_path.read_text())
+    assert config["ssh"]["userKey"].startswith("pkcs11:object=ssh-user-ca-")
+    assert config["authority"]["claims"]["enableSSHCA"] is True
+    pin = (world.ca.base / "secrets" / "pin").read_text().strip()
+    out = subprocess.run(["pkcs11-tool", "--module", softhsm.DEFAULT_MODULE, "--token-label", world.ca.token_label,
+                          "--login", "--pin", pin, "--list-objects", "--type", "privkey"], capture_output=True,
+                         text=True, env={"SOFTHSM2_CONF": world.ca.config.kms.environment["SOFTHSM2_CONF"]})
+    assert out.returncode == 0, out.stderr
+    blocks = [b for b in out.stdout.split("Private Key Object") if "ssh-" in b]
+    assert len(blocks) == 2, out.stdout  # the user and the host CA key
+    for block in blocks:
+        assert "sensitive" in block and "never extractable" in block
+        assert "extractable" not in block.replace("never extractable", "")
