@@ -49,6 +49,8 @@ def create_app(authority: Authority) -> falcon.App:
         app.add_route(f"{p}/ssh/sign", ssh.SSHSign(authority))
         app.add_route(f"{p}/ssh/roots", ssh.SSHKeys(authority))
         app.add_route(f"{p}/ssh/federation", ssh.SSHKeys(authority))
+        app.add_route(f"{p}/ssh/revoke", ssh.SSHRevoke(authority))
+        app.add_route(f"{p}/ssh/krl", ssh.SSHKRL(authority))
     add_ocsp_routes(app, authority.ocsp.respond, PREFIXES)
     add_acme_routes(app, authority)
     return app
@@ -70,5 +72,6 @@ def create_http_app(authority: Authority, memo: OCSPMemo | None = None) -> falco
     app.add_route("/crl/{issuer_id}", crl.CRL(authority))
     app.add_route("/intermediate/{issuer_id}.crt", ca.IntermediateFile(authority))
     app.add_route("/metrics", Metrics())
+    app.add_route("/ssh/krl", ssh.SSHKRL(authority))
     add_ocsp_routes(app, memo.answer if memo is not None else authority.ocsp.respond)
     return app

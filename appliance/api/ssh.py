@@ -13,6 +13,7 @@ from appliance.api.sign import MAX_OTT_LENGTH
 from appliance.ca.ssh import MAX_PRINCIPALS, blob_of, load_public_key
 from appliance.errors import BadRequest, CAError, NotFound
 from appliance.ra.authority import Authority, RequestContext, SSHSignRequest
+from appliance.ra.ssh_revoke import parse_ssh_serial
 
 MAX_PUBLIC_KEY_LENGTH = 16 * 1024
 
@@ -78,3 +79,40 @@ class SSHKeys:
         if not out["userKey"] and not out["hostKey"]:
             raise NotFound("this CA has no SSH CA keys (no ssh block in ca.json; `hsmca ssh init-ca` makes them)")
         resp.media = {k: v for k, v in out.items() if v}
+
+
+class SSHRevoke:
+    """`POST /ssh/revoke` (step's body: `serial`, `reasonCode`, `reason`, `passive`, `ott`)."""
+
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = RequestContext(request_id=req.context.request_id, remote_addr=remote_addr(req))
+        try:
+            body = read_json_object(req)
+            serial = parse_ssh_serial(_text(body, "serial", 32))
+            ott = _text(body, "ott", MAX_OTT_LENGTH)
+            if not ott:
+                raise BadRequest("missing ott (an SSH certificate is revoked with a one-time token whose sub is its "
+                                 "serial)")
+            reason = _text(body, "reason", 1000)
+            if body.get("passive", True) is not True:
+                raise BadRequest("only passive revocation is supported (as in step-ca)")
+        except CAError as exc:
+            self.authority.reject("ssh.revoke", ctx, exc)
+            raise
+        self.authority.ssh_revocations.with_token(serial, reason, ott, ctx)
+        resp.media = {"status": "ok"}
+
+
+class SSHKRL:
+    """`GET /ssh/krl`: the Key Revocation List of every revoked SSH certificate (sshd's `RevokedKeys`)."""
+
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data = self.authority.ssh_revocations.krl()
+        resp.content_type = "application/octet-stream"
+        resp.set_header("Cache-Control", "max-age=60")

@@ -197,3 +197,25 @@ def roots(host: bool, ca_url: str | None, root: Path | None, provisioner: str, p
         raw = base64.b64decode(blob)
         name = raw[4:4 + int.from_bytes(raw[:4], "big")].decode("ascii")
         click.echo(f"{name} {blob}")
+
+
+@ssh.command("revoke")
+@click.argument("serial")
+@click.option("--reason", default="", help="Why (kept with the revocation, and in the audit trail).")
+@ca_options
+def revoke(serial: str, reason: str, ca_url: str | None, root: Path | None, provisioner: str,
+           password_file: Path | None, provisioner_key: Path | None) -> None:
+    """Revoke the SSH certificate with this SERIAL (decimal, as `ssh-keygen -L` shows it), with a one-time token
+    from a JWK provisioner. sshd stops accepting it once its `RevokedKeys` holds the CA's KRL (`GET /ssh/krl`)."""
+    from appliance.client.http import CAClient
+
+    if not serial.isdigit():
+        fail(f"SERIAL must be the decimal serial `ssh-keygen -L` shows, not {serial!r}")
+    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
+    try:
+        ott = _mint(o, serial, [], "ssh/revoke")
+        CAClient(o.ca_url, o.root).post_json("/ssh/revoke", {"serial": serial, "ott": ott, "reason": reason,
+                                                             "passive": True})
+    except _client_errors() as exc:
+        fail(str(exc))
+    click.echo(f"SSH certificate {serial} is revoked; sshd refuses it once its RevokedKeys holds {o.ca_url}/ssh/krl")

@@ -37,6 +37,7 @@ from appliance.provisioners.x5c import verify as verify_x5c_token
 from appliance.ra import revoke as revocation
 from appliance.ra.pipeline import Issued, Pipeline, RequestContext, write_audit
 from appliance.ra.rules import Rules
+from appliance.ra.ssh_revoke import SSHRevocations
 from appliance.status.crl import PublishedCRLs
 from appliance.status.ocsp import OCSPResponder
 from appliance.store import CRLRecord, IntermediateRecord, Revoked, Store, StoreError
@@ -83,6 +84,8 @@ class Authority:
         self.ssh = SSHCA(config)
         self.ssh_audiences = endpoint_audiences(config.dnsNames, "ssh/sign")
         self.pipeline = Pipeline(store, audit, self.provisioners, self.rules, self, ssh_ca=self.ssh)
+        self.ssh_revocations = SSHRevocations(store, audit, self.provisioners, self.ssh,
+                                              endpoint_audiences(config.dnsNames, "ssh/revoke"))
         self.revocations = revocation.Revocations(store, audit, self.provisioners, config)
 
     @classmethod

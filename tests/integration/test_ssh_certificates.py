@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_public_identity
 
@@ -68,15 +69,25 @@ def roots(world: World, kind: str) -> str:
     return cli(world, "ssh", "roots", *(["--host"] if kind == "host" else [])).stdout.strip()
 
 
+def fetch_krl(world: World) -> bytes:
+    """The KRL from the plain-HTTP listener, written where sshd's RevokedKeys points (sshd rereads it per login)."""
+    data = requests.get(f"{world.server.http_url}/ssh/krl", timeout=10)
+    assert data.status_code == 200 and data.content.startswith(b"SSHKRL\n\x00"), data.content[:40]
+    (world.base / "revoked.krl").write_bytes(data.content)
+    return data.content
+
+
 @pytest.fixture(scope="module")
 def host(world: World) -> Iterator[sshd_harness.Sshd]:
     """sshd with a host certificate from hsmca, trusting hsmca's user CA."""
     key = world.base / "ssh_host_key"
     cli(world, "ssh", "certificate", "host-1", str(key), "--host", "--principal", "127.0.0.1", "--force")
     (world.base / "user_ca.pub").write_text(roots(world, "user") + "\n")
+    fetch_krl(world)  # nothing revoked yet: an empty KRL, which sshd must still load (it fails closed)
     server = sshd_harness.start_sshd(world.base / "sshd", host_key=key,
                                      host_certificate=key.with_name(key.name + "-cert.pub"),
-                                     trusted_user_ca_keys=world.base / "user_ca.pub")
+                                     trusted_user_ca_keys=world.base / "user_ca.pub",
+                                     revoked_keys=world.base / "revoked.krl")
     (world.base / "known_hosts").write_text(sshd_harness.known_hosts_line(server.port, roots(world, "host")) + "\n")
     try:
         yield server
@@ -199,3 +210,31 @@ def test_roots_and_the_keys_stay_in_the_hsm(world: World) -> None:
     for block in blocks:
         assert "sensitive" in block and "never extractable" in block
         assert "extractable" not in block.replace("never extractable", "")
+
+
+def test_a_revoked_certificate_is_refused_once_sshd_has_the_krl(world: World, host: sshd_harness.Sshd) -> None:
+    key = world.base / "frank"
+    cli(world, "ssh", "certificate", "frank", str(key), "--principal", USER, "--no-agent", "--force")
+    cert = key.with_name("frank-cert.pub")
+    assert sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts").returncode == 0
+    serial = load_ssh_public_identity(cert.read_bytes()).serial  # type: ignore[union-attr]
+    events = len(world.ca.audit_events())
+    out = cli(world, "ssh", "revoke", str(serial), "--reason", "laptop lost")
+    assert f"SSH certificate {serial} is revoked" in out.stdout
+    event = world.ca.audit_events()[events:]
+    assert [e["action"] for e in event] == ["ssh.revoke"] and event[0]["serial"] == str(serial), event
+    krl = fetch_krl(world)
+    listed = subprocess.run(["ssh-keygen", "-Q", "-f", str(world.base / "revoked.krl"), str(cert)],
+                            capture_output=True, text=True)
+    assert listed.returncode != 0 and "REVOKED" in listed.stdout + listed.stderr, listed
+    assert krl == world.server.get("/1.0/ssh/krl").content  # the same list on both listeners
+    refused = sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts")
+    assert refused.returncode == 255, refused
+    assert "revoked" in host.log().lower(), host.log()[-2000:]
+    # alice (not revoked) still logs in; revoking again is not an error; another serial is refused plainly
+    alice = world.base / "alice"
+    assert sshd_harness.ssh(host.port, USER, alice, alice.with_name("alice-cert.pub"),
+                            world.base / "known_hosts").returncode == 0
+    cli(world, "ssh", "revoke", str(serial))
+    missing = cli(world, "ssh", "revoke", "12345", check=False)
+    assert missing.returncode == 1 and "no SSH certificate with serial 12345" in missing.stderr
