@@ -67,6 +67,10 @@ A worker's 0 stays until that worker's next signature or health check (load bala
 spread over the workers refresh it).
 `liveall` would give the same information with a `pid` label that churns at every worker restart."""
 
+SSH_SIGNATURES = Counter(
+    "hsmca_ssh_certificates_signed_total",
+    "SSH certificates signed through kms, by key URI scheme and certificate type (user, host).",
+    ["backend", "cert_type"])
 CERTIFICATES_ISSUED = Counter(
     "hsmca_certificates_issued_total", "Certificates signed and recorded, by provisioner.", ["provisioner"])
 REQUESTS = Counter(
@@ -114,6 +118,10 @@ def backend_of(key: object) -> str:
         scheme, sep, _ = key.uri.partition(":")
         return scheme.lower() if sep and scheme.isalnum() else "unknown"
     return SOFTWARE
+
+
+def ssh_certificate_signed(backend: str, cert_type: str) -> None:
+    _record(lambda: SSH_SIGNATURES.labels(backend, cert_type).inc())
 
 
 def timed_signature(backend: str, sign: Callable[[], bytes]) -> bytes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_public_key
 from cryptography.hazmat.primitives.serialization.ssh import (
@@ -29,8 +30,9 @@ from cryptography.hazmat.primitives.serialization.ssh import (
 )
 
 import kms
+from appliance import metrics
 from appliance.config import CAConfig
-from appliance.errors import BadRequest, ServiceUnavailable
+from appliance.errors import BadRequest, CAError, ServiceUnavailable
 
 CertType = Literal["user", "host"]
 MAX_PRINCIPALS = 256
@@ -145,23 +147,43 @@ class SSHCA:
             builder = builder.add_critical_option(name.encode(), value.encode())
         for name, value in sorted(profile.extensions.items()):
             builder = builder.add_extension(name.encode(), value.encode())
-        return builder.sign(_recording(key, lambda body: record(serial, ca_fingerprint, body)))
+        backend = metrics.backend_of(key)
+
+        def before(body: bytes) -> None:
+            record(serial, ca_fingerprint, body)
+
+        try:
+            cert = builder.sign(_recording(key, before, backend))
+            cert.verify_cert_signature()  # a faulty signer is caught here, as for X.509
+        except kms.BackendUnavailable as exc:
+            raise ServiceUnavailable(f"signing backend unavailable: {exc}") from None
+        except (kms.KMSError, InvalidSignature) as exc:
+            if isinstance(exc, InvalidSignature):
+                metrics.signature_rejected(backend)
+            raise CAError(f"SSH signing failed: {exc}") from None
+        metrics.ssh_certificate_signed(backend, profile.cert_type)
+        return cert
 
 
-def _recording(key: Any, before: Callable[[bytes], None]) -> Any:
-    """`key` for the builder, recording the body it is asked to sign first (see the module docstring)."""
+def _recording(key: Any, before: Callable[[bytes], None], backend: str) -> Any:
+    """`key` for the builder, recording the body it is asked to sign first (see the module docstring), and timing
+    the KMS's signature as every CA signature is."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        return _RecordingEC(key, before)
+        return _RecordingEC(key, before, backend)
     if isinstance(key, rsa.RSAPrivateKey):
-        return _RecordingRSA(key, before)
+        return _RecordingRSA(key, before, backend)
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        return _RecordingEd25519(key, before)
+        return _RecordingEd25519(key, before, backend)
     raise BadRequest(f"an SSH CA key must be EC, RSA or Ed25519, not {type(key).__name__}")
 
 
 class _Delegate:
-    def __init__(self, key: Any, before: Callable[[bytes], None]) -> None:
-        self._key, self._before = key, before
+    def __init__(self, key: Any, before: Callable[[bytes], None], backend: str) -> None:
+        self._key, self._before, self._backend = key, before, backend
+
+    def _sign(self, data: Any, *args: Any) -> bytes:
+        self._before(bytes(data))
+        return metrics.timed_signature(self._backend, lambda: self._key.sign(data, *args))
 
     def public_key(self) -> Any:
         return self._key.public_key()
@@ -186,8 +208,7 @@ class _RecordingEC(_Delegate, ec.EllipticCurvePrivateKey):
         return self._key.key_size
 
     def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
-        self._before(bytes(data))
-        return self._key.sign(data, signature_algorithm)
+        return self._sign(data, signature_algorithm)
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
         raise TypeError("an SSH CA key only signs")
@@ -202,8 +223,7 @@ class _RecordingRSA(_Delegate, rsa.RSAPrivateKey):
         return self._key.key_size
 
     def sign(self, data: Any, padding: Any, algorithm: Any) -> bytes:
-        self._before(bytes(data))
-        return self._key.sign(data, padding, algorithm)
+        return self._sign(data, padding, algorithm)
 
     def decrypt(self, ciphertext: bytes, padding: Any) -> bytes:
         raise TypeError("an SSH CA key only signs")
@@ -214,8 +234,7 @@ class _RecordingRSA(_Delegate, rsa.RSAPrivateKey):
 
 class _RecordingEd25519(_Delegate, ed25519.Ed25519PrivateKey):
     def sign(self, data: Any) -> bytes:
-        self._before(bytes(data))
-        return self._key.sign(data)
+        return self._sign(data)
 
     def private_bytes_raw(self) -> bytes:
         raise TypeError("an SSH CA key never leaves the KMS")

@@ -6,6 +6,7 @@ through one `@cert-authority` line and logs in with a user certificate from hsmc
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -238,3 +239,42 @@ def test_a_revoked_certificate_is_refused_once_sshd_has_the_krl(world: World, ho
     cli(world, "ssh", "revoke", str(serial))
     missing = cli(world, "ssh", "revoke", "12345", check=False)
     assert missing.returncode == 1 and "no SSH certificate with serial 12345" in missing.stderr
+
+
+def test_every_ssh_signature_is_counted_per_backend(world: World) -> None:
+    text = world.server.get("/metrics").text
+    counted = [line for line in text.splitlines() if line.startswith("hsmca_ssh_certificates_signed_total{")]
+    assert any('backend="pkcs11"' in line and 'cert_type="user"' in line for line in counted), counted
+    assert any('cert_type="host"' in line for line in counted), counted
+
+
+def test_rotation_to_an_rsa_ca_key_keeps_the_old_key_published(world: World, host: sshd_harness.Sshd) -> None:
+    """`init-ca --rotate --kty RSA-3072`: new keys sign (RSA with rsa-sha2-512, never ssh-rsa), the old ones stay
+    in /ssh/roots until retired, so relying parties that trust both accept old and new certificates."""
+    old_user = roots(world, "user")
+    hsmca(world.ca, "ssh", "init-ca", "--rotate", "--kty", "RSA-3072")
+    seen = world.server.log().count("SIGHUP: ca.json reloaded")
+    world.server.proc.send_signal(signal.SIGHUP)
+    sshd_harness_wait(lambda: world.server.log().count("SIGHUP: ca.json reloaded") > seen, world.server.log)
+    users = roots(world, "user").splitlines()
+    assert len(users) == 2 and users[0].startswith("ssh-rsa ") and users[1] == old_user, users
+    key = world.base / "grace"
+    cli(world, "ssh", "certificate", "grace", str(key), "--principal", USER, "--no-agent", "--force")
+    cert = key.with_name("grace-cert.pub")
+    shown = keygen_l(cert)
+    assert "Signing CA: RSA" in shown and "(using rsa-sha2-512)" in shown, shown
+    (world.base / "user_ca.pub").write_text("\n".join(users) + "\n")  # sshd trusts both while the old one retires
+    fetch_krl(world)
+    assert sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts").returncode == 0
+    alice = world.base / "alice"
+    assert sshd_harness.ssh(host.port, USER, alice, alice.with_name("alice-cert.pub"),
+                            world.base / "known_hosts").returncode == 0
+
+
+def sshd_harness_wait(done: Any, log: Any, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, log()[-3000:]
+        time.sleep(0.2)
