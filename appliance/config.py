@@ -314,6 +314,17 @@ class OIDCProvisionerConfig(_Strict):
         return v
 
 
+class SSHPOPProvisionerConfig(_Strict):
+    """step-ca's SSHPOP provisioner: a host proves possession of its SSH host certificate (this CA issued it, not
+    revoked, valid now) by signing the token with the certificate's key, to renew, rekey or revoke it."""
+
+    type: Literal["SSHPOP"]
+    name: str = Field(min_length=1, max_length=128)
+    claims: Claims | None = None
+    policy: PolicyConfig | None = None
+    options: ProvisionerOptions | None = None
+
+
 ChallengeType = Literal["http-01", "dns-01", "tls-alpn-01"]
 ALL_CHALLENGES: tuple[ChallengeType, ...] = ("http-01", "dns-01", "tls-alpn-01")
 
@@ -369,7 +380,8 @@ class ACMEProvisionerConfig(_Strict):
 
 
 AnyProvisionerConfig = Annotated[ProvisionerConfig | ACMEProvisionerConfig | X5CProvisionerConfig
-                                 | K8sSAProvisionerConfig | OIDCProvisionerConfig, Field(discriminator="type")]
+                                 | K8sSAProvisionerConfig | OIDCProvisionerConfig | SSHPOPProvisionerConfig,
+                                 Field(discriminator="type")]
 
 
 class AuthorityConfig(_Strict):
@@ -695,7 +707,7 @@ def merge_key_uri(base: str | None, key: str) -> str:
 
 
 # step-ca's provisioner types hsmca does not have yet: a ca.json moved from step-ca says which one it is.
-STEP_CA_ONLY_TYPES = ("AWS", "GCP", "Azure", "SSHPOP", "SCEP", "Nebula")
+STEP_CA_ONLY_TYPES = ("AWS", "GCP", "Azure", "SCEP", "Nebula")
 
 
 def _format_validation_error(path: Path, exc: ValidationError, raw: object = None) -> str:
@@ -711,7 +723,7 @@ def _format_validation_error(path: Path, exc: ValidationError, raw: object = Non
             where += f" (provisioner {given.get('name')!r}, type {given.get('type')!r})"
             if err["type"] == "union_tag_invalid" and given.get("type") in STEP_CA_ONLY_TYPES:
                 msg = (f"step-ca's {given.get('type')} provisioner type is not supported by hsmca yet; hsmca has "
-                       "JWK, ACME, OIDC, X5C and K8sSA")
+                       "JWK, ACME, OIDC, X5C, K8sSA and SSHPOP")
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 

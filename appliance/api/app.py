@@ -50,6 +50,8 @@ def create_app(authority: Authority) -> falcon.App:
         app.add_route(f"{p}/ssh/roots", ssh.SSHKeys(authority))
         app.add_route(f"{p}/ssh/federation", ssh.SSHKeys(authority))
         app.add_route(f"{p}/ssh/revoke", ssh.SSHRevoke(authority))
+        app.add_route(f"{p}/ssh/renew", ssh.SSHRenew(authority))
+        app.add_route(f"{p}/ssh/rekey", ssh.SSHRenew(authority, rekey=True))
         app.add_route(f"{p}/ssh/krl", ssh.SSHKRL(authority))
     add_ocsp_routes(app, authority.ocsp.respond, PREFIXES)
     add_acme_routes(app, authority)

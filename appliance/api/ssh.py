@@ -116,3 +116,31 @@ class SSHKRL:
         resp.data = self.authority.ssh_revocations.krl()
         resp.content_type = "application/octet-stream"
         resp.set_header("Cache-Control", "max-age=60")
+
+
+class SSHRenew:
+    """`POST /ssh/renew` (`{"ott"}`) and `/ssh/rekey` (`{"ott", "publicKey"}`) with an SSHPOP token."""
+
+    def __init__(self, authority: Authority, *, rekey: bool = False):
+        self.authority, self.rekey = authority, rekey
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = RequestContext(request_id=req.context.request_id, remote_addr=remote_addr(req))
+        action = "ssh.rekey" if self.rekey else "ssh.renew"
+        try:
+            body = read_json_object(req)
+            ott = _text(body, "ott", MAX_OTT_LENGTH)
+            if not ott:
+                raise BadRequest("missing ott (an SSHPOP token signed by the current host certificate's key)")
+            key = None
+            if self.rekey:
+                text = _text(body, "publicKey", MAX_PUBLIC_KEY_LENGTH)
+                if not text:
+                    raise BadRequest("missing publicKey")
+                key = load_public_key(text)
+        except CAError as exc:
+            self.authority.reject(action, ctx, exc)
+            raise
+        cert = self.authority.renew_ssh(ott, ctx, key)
+        resp.status = 201
+        resp.media = {"crt": cert.public_bytes().split()[1].decode()}

@@ -20,6 +20,7 @@ from appliance.config import (
     K8sSAProvisionerConfig,
     OIDCProvisionerConfig,
     ProvisionerConfig,
+    SSHPOPProvisionerConfig,
     X5CProvisionerConfig,
     default_config_path,
     load_config,
@@ -35,11 +36,12 @@ def provisioner() -> None:
     """Add, update, list and remove provisioners in ca.json."""
 
 
-TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA", "oidc": "OIDC", "jwk": "JWK"}
+TYPES = {"acme": "ACME", "x5c": "X5C", "k8ssa": "K8sSA", "oidc": "OIDC", "jwk": "JWK", "sshpop": "SSHPOP"}
 ModelType = type[ProvisionerConfig | ACMEProvisionerConfig | X5CProvisionerConfig | K8sSAProvisionerConfig
-                 | OIDCProvisionerConfig]
+                 | OIDCProvisionerConfig | SSHPOPProvisionerConfig]
 MODELS: dict[str, ModelType] = {"JWK": ProvisionerConfig, "ACME": ACMEProvisionerConfig, "X5C": X5CProvisionerConfig,
-                                "K8sSA": K8sSAProvisionerConfig, "OIDC": OIDCProvisionerConfig}
+                                "K8sSA": K8sSAProvisionerConfig, "OIDC": OIDCProvisionerConfig,
+                                "SSHPOP": SSHPOPProvisionerConfig}
 REQUIRED = {"X5C": ("--x5c-root FILE (the roots its tokens' chains verify to)", "roots"),
             "K8sSA": ("--public-key FILE (the cluster's service-account key(s))", "publicKeys"),
             "OIDC": ("--client-id and --configuration-endpoint", "clientID", "configurationEndpoint")}
@@ -60,7 +62,8 @@ def add(name: str, kind: str, template_file: Path | None, template_data_file: Pa
     """Add provisioner NAME: ACME (served at /acme/NAME/directory), X5C (--x5c-root FILE: a certificate chaining
     to these roots vouches), K8sSA (--public-key FILE: Kubernetes service-account tokens), OIDC (--client-id,
     --configuration-endpoint: single sign-on; the provider's discovery document is fetched now to check it) or
-    JWK (one-time tokens signed by the provisioner's key: --create a key pair, the default, or --public-key FILE).
+    JWK (one-time tokens signed by the provisioner's key: --create a key pair, the default, or --public-key FILE),
+    or SSHPOP (a host's SSH certificate renews, rekeys or revokes itself).
     Claims flags (--x509-max-dur, --disable-renewal, …) set the provisioner's own claims."""
     kind = TYPES[kind.lower()]
     path = config_path or default_config_path()
@@ -92,6 +95,11 @@ def add(name: str, kind: str, template_file: Path | None, template_data_file: Pa
 
         click.echo(f"Added ACME provisioner {name!r}: directory at {api_url(config)}/acme/{name}/directory")
     else:
+        if kind == "SSHPOP":
+            click.echo(f"Added SSHPOP provisioner {name!r}: `hsmca ssh renew HOST-cert.pub HOST-KEY` renews a host "
+                       "certificate")
+            click.echo("Running servers pick it up on SIGHUP (or restart them).")
+            return
         how = {"OIDC": f"signs in at {issuer}", "X5C": "--x5c-cert FILE --x5c-key FILE",
                "K8sSA": "--k8ssa-token-path FILE",
                "JWK": "--provisioner-key FILE" if values["public_key"] else "--password-file FILE"}[kind]

@@ -202,20 +202,80 @@ def roots(host: bool, ca_url: str | None, root: Path | None, provisioner: str, p
 @ssh.command("revoke")
 @click.argument("serial")
 @click.option("--reason", default="", help="Why (kept with the revocation, and in the audit trail).")
+@click.option("--sshpop-cert", type=PathType, help="Revoke with the certificate itself (SSHPOP): its file …")
+@click.option("--sshpop-key", type=PathType, help="… and its private key.")
 @ca_options
-def revoke(serial: str, reason: str, ca_url: str | None, root: Path | None, provisioner: str,
-           password_file: Path | None, provisioner_key: Path | None) -> None:
+def revoke(serial: str, reason: str, sshpop_cert: Path | None, sshpop_key: Path | None, ca_url: str | None,
+           root: Path | None, provisioner: str, password_file: Path | None, provisioner_key: Path | None) -> None:
     """Revoke the SSH certificate with this SERIAL (decimal, as `ssh-keygen -L` shows it), with a one-time token
-    from a JWK provisioner. sshd stops accepting it once its `RevokedKeys` holds the CA's KRL (`GET /ssh/krl`)."""
+    from a JWK provisioner, or signed by the certificate's own key (--sshpop-cert/--sshpop-key). sshd stops
+    accepting it once its `RevokedKeys` holds the CA's KRL (`GET /ssh/krl`)."""
     from appliance.client.http import CAClient
 
     if not serial.isdigit():
         fail(f"SERIAL must be the decimal serial `ssh-keygen -L` shows, not {serial!r}")
+    if (sshpop_cert is None) != (sshpop_key is None):
+        fail("give both --sshpop-cert and --sshpop-key, or neither")
     o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
     try:
-        ott = _mint(o, serial, [], "ssh/revoke")
+        if sshpop_cert is not None and sshpop_key is not None:
+            _, ott = _sshpop(o, sshpop_cert, sshpop_key, "revoke", serial)
+        else:
+            ott = _mint(o, serial, [], "ssh/revoke")
         CAClient(o.ca_url, o.root).post_json("/ssh/revoke", {"serial": serial, "ott": ott, "reason": reason,
                                                              "passive": True})
     except _client_errors() as exc:
         fail(str(exc))
     click.echo(f"SSH certificate {serial} is revoked; sshd refuses it once its RevokedKeys holds {o.ca_url}/ssh/krl")
+
+
+def _sshpop(o: Any, cert: Path, key: Path, action: str, subject: str | None = None) -> tuple[Any, str]:
+    """A client for the CA and an SSHPOP token for `/1.0/ssh/<action>`, signed with the host's current key."""
+    from appliance.client.http import CAClient
+    from appliance.client.tokens import provisioner_of_type, sshpop_token
+
+    client = CAClient(o.ca_url, o.root)
+    name = o.provisioner if o.provisioner != "admin" else provisioner_of_type(client, "SSHPOP")
+    if subject is None:
+        from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
+
+        subject = str(load_ssh_public_identity(cert.read_bytes()).serial)  # type: ignore[union-attr]
+    return client, sshpop_token(cert, key, name, subject, f"{client.ca_url}/1.0/ssh/{action}")
+
+
+@ssh.command("renew")
+@click.argument("cert_file", type=PathType)
+@click.argument("key_file", type=PathType)
+@click.option("--out", type=PathType, help="Write the new certificate here [default: replace CERT_FILE].")
+@click.option("--rekey", "new_key", type=PathType, help="Rekey: make a new key pair in this file (and .pub) and "
+                                                        "certify it instead of the current key.")
+@ca_options
+def renew(cert_file: Path, key_file: Path, out: Path | None, new_key: Path | None, ca_url: str | None,
+          root: Path | None, provisioner: str, password_file: Path | None, provisioner_key: Path | None) -> None:
+    """Renew (or --rekey) a host certificate with the SSHPOP provisioner: the host signs the request with the key of
+    its current certificate, which this CA issued and has not revoked. Same principals and lifetime, from now."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    from appliance.atomic_file import write_atomically
+
+    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
+    action = "rekey" if new_key is not None else "renew"
+    made = ed25519.Ed25519PrivateKey.generate() if new_key is not None else None
+    try:
+        client, ott = _sshpop(o, cert_file, key_file, action)
+        body: dict[str, Any] = {"ott": ott}
+        if made is not None:
+            body["publicKey"] = _ssh_public_line(made.public_key()).split()[1]
+        resp = client.post_json(f"/ssh/{action}", body)
+    except _client_errors() as exc:
+        fail(str(exc))
+    crt = str(resp.get("crt", ""))
+    kind = cert_file.read_text().split()[0]
+    if made is not None and new_key is not None:
+        write_atomically(new_key, made.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()), 0o600)
+        new_key.with_name(new_key.name + ".pub").write_text(_ssh_public_line(made.public_key()) + "\n")
+        kind = "ssh-ed25519-cert-v01@openssh.com"
+    target = out or (new_key.with_name(new_key.name + "-cert.pub") if new_key is not None else cert_file)
+    write_atomically(target, f"{kind} {crt}\n".encode(), 0o644)
+    click.echo(f"Your {'rekeyed' if made else 'renewed'} certificate has been saved in {target}.", err=True)

@@ -132,3 +132,39 @@ def k8s_token(path: Path) -> str:
     if value.count(".") != 2:
         raise ClientError(f"{path} does not hold a service-account token (a JWT)")
     return value
+
+
+def provisioner_of_type(client: CAClient, kind: str) -> str:
+    """The name of the CA's first provisioner of this type (an SSHPOP provisioner is usually alone)."""
+    cursor = ""
+    while True:
+        page = client.get_json(f"/provisioners?limit=100&cursor={cursor}")
+        for p in page.get("provisioners", []):
+            if p.get("type") == kind:
+                return str(p.get("name"))
+        cursor = page.get("nextCursor") or ""
+        if not cursor:
+            raise ClientError(f"the CA has no {kind} provisioner")
+
+
+def sshpop_token(cert_file: Path, key_file: Path, provisioner: str, subject: str, audience: str) -> str:
+    """An SSHPOP token as the step CLI makes it: the SSH certificate (base64 of its blob) in the `sshpop` header,
+    signed by its private key (OpenSSH or PEM format, unencrypted: a host key), `aud` with `#sshpop/<name>`."""
+    try:
+        kind, blob = cert_file.read_text().split()[:2]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ClientError(f"{cert_file}: not an SSH certificate file: {exc}") from None
+    if not kind.endswith("-cert-v01@openssh.com"):
+        raise ClientError(f"{cert_file} holds a {kind} key, not an SSH certificate")
+    try:
+        data = key_file.read_bytes()
+        private: Any = serialization.load_ssh_private_key(data, None) if b"OPENSSH PRIVATE KEY" in data else \
+            serialization.load_pem_private_key(data, None)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ClientError(f"{key_file}: cannot read the private key (unencrypted OpenSSH or PEM): {exc}") from None
+    if not isinstance(private, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise ClientError(f"{key_file}: a {type(private).__name__} cannot sign tokens")
+    now = int(time.time())
+    claims = {"iss": provisioner, "sub": subject, "aud": f"{audience}#sshpop/{provisioner}",
+              "iat": now, "nbf": now, "exp": now + TOKEN_LIFETIME, "jti": secrets.token_hex(32)}
+    return jose.sign_token(_jwk_of(private), claims, header={jose.SSHPOP: blob})

@@ -19,7 +19,7 @@ from joserfc.errors import JoseError
 from joserfc.jwe import JWERegistry
 from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
-from joserfc.registry import HeaderParameter, is_list_str
+from joserfc.registry import HeaderParameter, is_list_str, is_str
 
 from appliance.errors import BadRequest
 
@@ -131,12 +131,14 @@ def decrypt_jwk(token: str, password: bytes) -> PublicKey:
 
 # step's renew token carries its certificate chain in this header (see appliance/provisioners/x5c.py).
 X5C_INSECURE = "x5cInsecure"
+SSHPOP = "sshpop"  # step's SSHPOP token: the base64 of the SSH certificate whose key signs it
 MAX_HEADER_LENGTH = 12 * 1024
 
 
 def _registry(algorithms: list[str]) -> JWSRegistry:
     """joserfc refuses header names it does not know; `x5cInsecure` is step's, so it is declared."""
-    registry = JWSRegistry(header_registry={X5C_INSECURE: HeaderParameter("step's certificate chain", is_list_str)},
+    registry = JWSRegistry(header_registry={X5C_INSECURE: HeaderParameter("step's certificate chain", is_list_str),
+                                            SSHPOP: HeaderParameter("step's SSH certificate", is_str)},
                            algorithms=algorithms)
     registry.max_header_length = MAX_HEADER_LENGTH  # a chain of DER certificates is a few KiB
     return registry

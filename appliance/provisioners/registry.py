@@ -19,6 +19,7 @@ from appliance.provisioners.internal import InternalProvisioner
 from appliance.provisioners.jwk import JWKProvisioner
 from appliance.provisioners.k8ssa import K8sSAProvisioner
 from appliance.provisioners.oidc import OIDCProvisioner
+from appliance.provisioners.sshpop import SSHPOPProvisioner
 from appliance.provisioners.x5c import RenewalProvisioner
 from appliance.provisioners.x5c_roots import X5CProvisioner
 
@@ -48,6 +49,7 @@ register("ACME", ACMEProvisioner)
 register("X5C", X5CProvisioner.from_config)
 register("K8sSA", K8sSAProvisioner.from_config)
 register("OIDC", OIDCProvisioner.from_config)
+register("SSHPOP", SSHPOPProvisioner.from_config)
 
 
 class Credential(Protocol):

@@ -12,7 +12,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -32,6 +32,7 @@ from appliance.names import split_sans
 from appliance.provisioners import AuditNote, Provisioners, TokenCredential
 from appliance.provisioners.base import SSHSignCredential, endpoint_audiences, sign_audiences
 from appliance.provisioners.internal import AUDIT_KEY, OCSP_RESPONDER, SERVER, InternalCredential
+from appliance.provisioners.sshpop import SSHPOPCredential
 from appliance.provisioners.x5c import CertificateCredential, RenewalProvisioner, X5CToken
 from appliance.provisioners.x5c import verify as verify_x5c_token
 from appliance.ra import revoke as revocation
@@ -78,6 +79,10 @@ class Authority:
         renewal = RenewalProvisioner(store, grace=auth.renewal_grace, claims=auth.claims,
                                      provisioner_claims={p.name: p.claims for p in auth.provisioners})
         self.provisioners = Provisioners.from_config(auth.provisioners, renewal=renewal)
+        for prov in self.provisioners:  # SSHPOP holds certificates to this CA's record of them
+            bind = getattr(prov, "bind_store", None)
+            if bind is not None:
+                bind(store)
         self.audiences = sign_audiences(config.dnsNames)
         self.rules = Rules(config, self.provisioners.internal)
         self._issuer = issuer
@@ -143,6 +148,15 @@ class Authority:
             token=request.ott, public_key=request.public_key, audiences=self.ssh_audiences,
             cert_type=request.cert_type, key_id=request.key_id, principals=request.principals,
             valid_after=request.valid_after, valid_before=request.valid_before), ctx)
+
+    def renew_ssh(self, ott: str, ctx: RequestContext, public_key: SSHCertPublicKeyTypes | None = None
+                  ) -> SSHCertificate:
+        """`POST /1.0/ssh/renew` (or, with `public_key`, `/ssh/rekey`): an SSHPOP token proves the host holds its
+        current certificate."""
+        action: Literal["renew", "rekey"] = "rekey" if public_key is not None else "renew"
+        return self.pipeline.issue_ssh(SSHPOPCredential(
+            token=ott, audiences=endpoint_audiences(self.config.dnsNames, f"ssh/{action}"), action=action,
+            public_key=public_key), ctx, action=f"ssh.{action}")
 
     def renew(self, certificate: x509.Certificate, token: X5CToken | None, ctx: RequestContext,
               csr: x509.CertificateSigningRequest | None = None) -> Issued:

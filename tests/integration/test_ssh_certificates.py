@@ -44,6 +44,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ca = make_ca(base / "ca")
     made = hsmca(ca, "ssh", "init-ca")
     assert "SSH user CA key: pkcs11:object=ssh-user-ca-" in made.stdout, made.stdout
+    hsmca(ca, "provisioner", "add", "hosts", "--type", "SSHPOP")
 
     def deny(cfg: dict[str, Any]) -> None:
         cfg["authority"]["policy"] = {"ssh": {"user": {"deny": {"principal": ["root"]}}}}
@@ -239,6 +240,38 @@ def test_a_revoked_certificate_is_refused_once_sshd_has_the_krl(world: World, ho
     cli(world, "ssh", "revoke", str(serial))
     missing = cli(world, "ssh", "revoke", "12345", check=False)
     assert missing.returncode == 1 and "no SSH certificate with serial 12345" in missing.stderr
+
+
+def test_sshpop_a_host_renews_and_rekeys_with_its_certificate_and_a_revoked_one_cannot(world: World) -> None:
+    key = world.base / "host2"
+    cli(world, "ssh", "certificate", "host-2", str(key), "--host", "--principal", "host2.internal", "--force")
+    cert = key.with_name("host2-cert.pub")
+    first = load_ssh_public_identity(cert.read_bytes())
+    out = cli(world, "ssh", "renew", str(cert), str(key))
+    assert "renewed certificate has been saved" in out.stderr
+    renewed = load_ssh_public_identity(cert.read_bytes())
+    assert renewed.serial != first.serial and renewed.valid_principals == [b"host2.internal"]  # type: ignore[union-attr]
+    assert renewed.key_id == b"host-2" and renewed.public_key() == first.public_key()  # type: ignore[union-attr]
+    shown = keygen_l(cert)
+    assert "host certificate" in shown and "host2.internal" in shown, shown
+    event = [e for e in world.ca.audit_events() if e["action"] == "ssh.renew"][-1]
+    assert event["decision"] == "allowed" and event["provisioner"] == "hosts", event
+    # rekey: a new key pair, certified with the same principals
+    new_key = world.base / "host2-new"
+    cli(world, "ssh", "renew", str(cert), str(key), "--rekey", str(new_key))
+    rekeyed = load_ssh_public_identity(new_key.with_name("host2-new-cert.pub").read_bytes())
+    assert rekeyed.public_key() != first.public_key() and rekeyed.valid_principals == [b"host2.internal"]  # type: ignore[union-attr]
+    # the certificate revokes itself; then it cannot renew
+    cli(world, "ssh", "revoke", str(renewed.serial), "--sshpop-cert", str(cert), "--sshpop-key", str(key))  # type: ignore[union-attr]
+    refused = cli(world, "ssh", "renew", str(cert), str(key), check=False)
+    assert refused.returncode == 1 and f"SSH certificate {renewed.serial} was revoked" in refused.stderr, refused  # type: ignore[union-attr]
+    # a user certificate cannot renew by SSHPOP (host certificates only, as in step-ca)
+    alice = world.base / "alice"
+    user = cli(world, "ssh", "renew", str(alice.with_name("alice-cert.pub")), str(alice), check=False)
+    assert user.returncode == 1 and "must be a host certificate" in user.stderr, user.stderr
+    # the key of another certificate cannot sign for this one
+    forged = cli(world, "ssh", "renew", str(new_key.with_name("host2-new-cert.pub")), str(key), check=False)
+    assert forged.returncode == 1 and "not signed by the key of its sshpop certificate" in forged.stderr, forged
 
 
 def test_every_ssh_signature_is_counted_per_backend(world: World) -> None:

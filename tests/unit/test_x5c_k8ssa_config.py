@@ -111,7 +111,7 @@ def test_templates_see_what_the_provisioner_adds() -> None:
 @pytest.mark.parametrize(("provisioner", "expected"), [
     ({"type": "AWS", "name": "aws-fleet", "accounts": ["123456789012"]},
      "(provisioner 'aws-fleet', type 'AWS'): step-ca's AWS provisioner type is not supported by hsmca yet"),
-    ({"type": "SSHPOP", "name": "sshpop"}, "(provisioner 'sshpop', type 'SSHPOP'): step-ca's SSHPOP provisioner"),
+    ({"type": "SCEP", "name": "scep"}, "(provisioner 'scep', type 'SCEP'): step-ca's SCEP provisioner"),
     ({"type": "Teapot", "name": "brew"}, "(provisioner 'brew', type 'Teapot'): Input tag 'Teapot'"),
     ({"type": "ACME", "name": "acme", "forceCNN": True}, "(provisioner 'acme', type 'ACME'): Extra inputs"),
 ])
