@@ -73,6 +73,8 @@ class InitOptions:
     # A production HSM: the token `token_label` already exists in `module` (made with the HSM's own tools), its
     # user PIN is `pin`; no SoftHSM set-up. Only with `root_certificate`.
     existing_token: bool = False
+    # The SSH user and host CA keys (`hsmca ssh init-ca` makes them later when skipped).
+    ssh: bool = True
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,14 @@ def init_ca(opts: InitOptions) -> InitResult:
             audit_cert = make_audit_key(config, config_path, key_uri="pkcs11:object=audit").certificate_path
         except AuditKeyError as exc:
             raise InitError(f"the audit key could not be made: {exc}") from None
+    if opts.ssh:  # the SSH user and host CA keys, beside the others in the token
+        from appliance.cli.ssh import SSHCAError, make_ssh_ca
+
+        try:
+            make_ssh_ca(config, "EC-P256", "pkcs11:object=ssh-user-ca", "pkcs11:object=ssh-host-ca")
+        except SSHCAError as exc:
+            raise InitError(str(exc)) from None
+        save_config(config, config_path)
     return InitResult(config_path, root_path, int_path if int_uri else None, fingerprint(root), opts.provisioner,
                       str(root_uri.redacted()) if root_uri else None, str(int_uri.redacted()) if int_uri else None,
                       str(kms_uri.redacted()), public_url, derived, audit_cert)

@@ -48,11 +48,12 @@ CONFIG_HELP = "Path to ca.json [default: $HSMCA_PATH/config/ca.json]."
 @click.option("--existing-token", is_flag=True,
               help="With --root: the token --token-label already exists in --module (a production HSM, set up with "
                    "its vendor's tools; --pin-file holds its user PIN): no SoftHSM token is made.")
+@click.option("--no-ssh", is_flag=True, help="Make no SSH CA keys (`hsmca ssh init-ca` makes them later).")
 @click.option("--force", is_flag=True, help="Replace an existing CA (its token, keys and database).")
 def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str, public_url: str | None,
          provisioner: str, password_file: Path | None, kty: str, crv: str | None, size: int | None,
          token_label: str, module: str | None, pin_file: Path | None, so_pin_file: Path | None, root_file: Path | None,
-         intermediate_key: str | None, existing_token: bool, force: bool) -> None:
+         intermediate_key: str | None, existing_token: bool, no_ssh: bool, force: bool) -> None:
     """Create a CA: a SoftHSM token for its keys, a provisioner, the database and ca.json.
 
     Without --root, a development CA: root and intermediate keys both inside the token, with
@@ -78,7 +79,7 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         pin=read_secret_file(pin_file, "PIN").decode() if pin_file else None,
         so_pin=read_secret_file(so_pin_file, "SO PIN").decode() if so_pin_file else None,
         root_certificate=read_secret_file(root_file, "root certificate") if root_file else None,
-        intermediate_key=intermediate_key, public_url=public_url, existing_token=existing_token)
+        intermediate_key=intermediate_key, public_url=public_url, existing_token=existing_token, ssh=not no_ssh)
     try:
         result = init_ca(opts)
     except (InitError, KMSError, OSError) as exc:
@@ -97,6 +98,8 @@ def init(name: str, dns_names: tuple[str, ...], address: str, http_address: str,
         click.echo(f"Intermediate key:         {result.intermediate_key_uri}")
     if result.audit_certificate is not None:
         click.echo(f"Audit key certificate:    {result.audit_certificate} (checkpoints of the audit trail)")
+    if opts.ssh:
+        click.echo("SSH CA keys:              pkcs11:object=ssh-user-ca, pkcs11:object=ssh-host-ca (`hsmca ssh roots`)")
     else:
         click.echo("Audit key:                none yet; once an intermediate is installed: hsmca audit init-key")
     click.echo(f"Provisioner:              {result.provisioner} (JWK)")

@@ -36,37 +36,59 @@ def ssh() -> None:
 @CONFIG
 def init_ca(spec: str, user_key: str | None, host_key: str | None, rotate: bool, config_path: Path | None) -> None:
     """Make the SSH user and host CA keys in the CA's KMS (non-extractable), name them in ca.json's `ssh` block and
-    switch SSH signing on (`authority.claims.enableSSHCA`). Prints the lines sshd and known_hosts need."""
-    from appliance.audit import AuditEvent
-    from appliance.ca.intermediates import IntermediateError, stored_key_uri
-    from appliance.ca.ssh import public_line
-    from appliance.config import ConfigError, SSHConfig, default_config_path, load_config, save_config
-    from appliance.ra.authority import Authority
-    from kms import KeySpec, KMSError, create_key
-    from policy import Claims
+    switch SSH signing on (`authority.claims.enableSSHCA`). `hsmca init` makes them already unless --no-ssh.
+    Prints the lines sshd and known_hosts need."""
+    from appliance.config import ConfigError, default_config_path, load_config, save_config
 
     path = config_path or default_config_path()
     try:
         config = load_config(path)
     except ConfigError as exc:
         fail(str(exc))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    try:
+        made = make_ssh_ca(config, spec, user_key or f"pkcs11:object=ssh-user-ca-{stamp}",
+                           host_key or f"pkcs11:object=ssh-host-ca-{stamp}", rotate=rotate)
+    except SSHCAError as exc:
+        fail(str(exc))
+    save_config(config, path)
+    click.echo(f"SSH user CA key: {made['user'][0]}\n  {made['user'][1]}")
+    click.echo(f"SSH host CA key: {made['host'][0]}\n  {made['host'][1]}")
+    click.echo("sshd trusts users with:  TrustedUserCAKeys <file holding the user CA line>")
+    click.echo("clients trust hosts with: @cert-authority *.example.com <the host CA line>   (in known_hosts)")
+    click.echo("Running servers pick it up on SIGHUP (or restart them).")
+
+
+class SSHCAError(Exception):
+    """The SSH CA keys could not be made; the message says why."""
+
+
+def make_ssh_ca(config: Any, spec: str, user_key: str, host_key: str, *, rotate: bool = False
+                ) -> dict[str, tuple[str, str]]:
+    """Make both SSH CA keys in the KMS, set ca.json's `ssh` block (the caller saves it) and enableSSHCA, and audit
+    it; {"user"|"host": (stored key URI, public key line)}. With `rotate`, the old public keys stay published."""
+    from appliance.audit import AuditEvent
+    from appliance.ca.intermediates import IntermediateError, stored_key_uri
+    from appliance.ca.ssh import SSHCA, public_line
+    from appliance.config import SSHConfig
+    from appliance.ra.authority import Authority
+    from kms import KeySpec, KMSError, create_key
+    from policy import Claims
+
     current = config.ssh or SSHConfig()
     if (current.userKey or current.hostKey) and not rotate:
-        fail(f"{path} has SSH CA keys already (ssh.userKey/hostKey); --rotate makes new ones")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+        raise SSHCAError("ca.json has SSH CA keys already (ssh.userKey/hostKey); --rotate makes new ones")
     config.apply_kms_environment()
     made: dict[str, tuple[str, str]] = {}
     try:
         for kind, given in (("user", user_key), ("host", host_key)):
-            stored = stored_key_uri(given or f"pkcs11:object=ssh-{kind}-ca-{stamp}")
+            stored = stored_key_uri(given)
             key = create_key(config.key_uri(stored), KeySpec.parse(spec))
             made[kind] = (stored, public_line(key.public_key()))
     except (KMSError, IntermediateError, ValueError) as exc:
-        fail(f"cannot make the SSH CA keys: {exc}")
+        raise SSHCAError(f"cannot make the SSH CA keys: {exc}") from None
     federated_user, federated_host = list(current.federatedUserKeys), list(current.federatedHostKeys)
     if rotate:
-        from appliance.ca.ssh import SSHCA
-
         old = SSHCA(config)
         federated_user += [line for line in old.public_lines("user") if line not in federated_user]
         federated_host += [line for line in old.public_lines("host") if line not in federated_host]
@@ -82,12 +104,7 @@ def init_ca(spec: str, user_key: str | None, host_key: str | None, rotate: bool,
                                              "rotate": rotate}))
     finally:
         authority.close()
-    save_config(config, path)
-    click.echo(f"SSH user CA key: {made['user'][0]}\n  {made['user'][1]}")
-    click.echo(f"SSH host CA key: {made['host'][0]}\n  {made['host'][1]}")
-    click.echo("sshd trusts users with:  TrustedUserCAKeys <file holding the user CA line>")
-    click.echo("clients trust hosts with: @cert-authority *.example.com <the host CA line>   (in known_hosts)")
-    click.echo("Running servers pick it up on SIGHUP (or restart them).")
+    return made
 
 
 def _ssh_public_line(key: Any) -> str:

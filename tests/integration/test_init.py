@@ -58,7 +58,8 @@ def test_init_creates_the_ca_files(dev_ca):
 
 def test_ca_keys_are_sensitive_and_never_extractable(dev_ca):
     keys = _private_keys(dev_ca)
-    assert set(keys) == {"root_ca", "intermediate_ca", "audit"}  # audit: the key that seals the audit trail
+    # audit: the key that seals the audit trail; ssh-*: the SSH CA keys
+    assert set(keys) == {"root_ca", "intermediate_ca", "audit", "ssh-user-ca", "ssh-host-ca"}
     for attrs in keys.values():
         assert attrs == {"SENSITIVE": True, "ALWAYS_SENSITIVE": True, "EXTRACTABLE": False,
                          "NEVER_EXTRACTABLE": True, "TOKEN": True, "PRIVATE": True}
@@ -72,7 +73,7 @@ def test_pkcs11_tool_sees_them_that_way(dev_ca):
                          capture_output=True, text=True, env={"SOFTHSM2_CONF": conf})
     assert out.returncode == 0, out.stderr
     blocks = [b for b in out.stdout.split("Private Key Object") if "label" in b]
-    assert len(blocks) == 3  # root, intermediate, audit
+    assert len(blocks) == 5  # root, intermediate, audit, SSH user CA, SSH host CA
     for block in blocks:
         assert "sensitive" in block and "never extractable" in block
         assert "extractable" not in block.replace("never extractable", "")
