@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from appliance.errors import BadRequest, Forbidden, Unauthorized
-from appliance.names import RequestedNames, split_sans
+from appliance.errors import Unauthorized
+from appliance.names import split_sans
 from appliance.provisioners import jose
 from appliance.provisioners.base import (
     TOKEN_LEEWAY,
@@ -17,7 +17,8 @@ from appliance.provisioners.base import (
     token_audiences,
     token_times,
 )
-from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, SSHOptions, Window
+from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, Window
+from appliance.provisioners.ssh_request import from_step_claim
 from appliance.provisioners.validity import parse_time_or_duration
 from appliance.store import OneTimeToken
 from policy import Claims, PolicyConfig
@@ -99,39 +100,9 @@ class JWKProvisioner:
             template_data={"token": dict(grant.claims)})
 
     def _authorize_ssh(self, credential: SSHSignCredential, now: datetime) -> IssuanceRequest:
-        """step-ca's JWK rules for SSH: the token's `step.ssh` decides the type, key id and principals (default: a
-        user certificate for the subject); what the request body says must agree with it (its principals a subset
-        of the token's), and its validity, if the token names one, must be the token's."""
+        """step-ca's JWK rules for SSH (appliance/provisioners/ssh_request.py)."""
         grant = self.verify_token(credential.token, credential.audiences, now)
-        step = grant.claims.get("step")
-        opts = step.get("ssh") if isinstance(step, dict) else None
-        if not isinstance(opts, dict):
-            raise Unauthorized("the token is not an SSH token: it has no step.ssh claim (mint it for /1.0/ssh/sign)")
-        cert_type = _text_claim(opts, "certType") or "user"
-        if cert_type not in ("user", "host"):
-            raise BadRequest(f"step.ssh.certType must be 'user' or 'host', not {cert_type!r}")
-        key_id = _text_claim(opts, "keyID") or grant.subject
-        principals = _list_claim(opts, "principals") or (grant.subject,)
-        if credential.cert_type and credential.cert_type != cert_type:
-            raise Forbidden(f"certType {credential.cert_type!r} differs from the token's {cert_type!r}")
-        if credential.key_id and credential.key_id not in (key_id, grant.subject):
-            raise Forbidden(f"keyID {credential.key_id!r} differs from the token's {key_id!r}")
-        extra = [p for p in credential.principals if p not in principals]
-        if extra:
-            raise Forbidden(f"principals {extra} are not among the token's {list(principals)}")
-        window = Window(
-            not_before=parse_time_or_duration(credential.valid_after or _text_claim(opts, "validAfter") or None,
-                                              now, "validAfter"),
-            not_after=parse_time_or_duration(credential.valid_before or _text_claim(opts, "validBefore") or None,
-                                             now, "validBefore"))
-        granted = tuple(credential.principals) or principals
-        return IssuanceRequest(
-            provisioner=self.name, common_name=key_id, names=RequestedNames(), public_key=credential.public_key,
-            window=window, token=grant.token,
-            audit=AuditNote(subject=key_id, sans=tuple(f"principal:{p}" for p in granted),
-                            details={"certType": cert_type}),
-            template_data={"token": dict(grant.claims)},
-            ssh=SSHOptions(cert_type=cert_type, key_id=key_id, principals=granted))  # type: ignore[arg-type]
+        return from_step_claim(self.name, credential, dict(grant.claims), grant.subject, grant.token, now)
 
     def describe(self, *, with_encrypted_key: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "name": self.name, "key": self.key_dict}
@@ -141,20 +112,3 @@ class JWKProvisioner:
             out["claims"] = self.claims.model_dump(exclude_none=True)
         return out
 
-
-def _text_claim(opts: dict[str, Any], name: str) -> str:
-    value = opts.get(name)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise Unauthorized(f"token claim step.ssh.{name} must be a string")
-    return value
-
-
-def _list_claim(opts: dict[str, Any], name: str) -> tuple[str, ...]:
-    value = opts.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise Unauthorized(f"token claim step.ssh.{name} must be a list of names")
-    return tuple(value)

@@ -31,10 +31,11 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from appliance.config import K8sSAProvisionerConfig, k8s_public_keys
-from appliance.errors import Unauthorized
+from appliance.errors import BadRequest, Forbidden, Unauthorized
 from appliance.provisioners import jose
 from appliance.provisioners.base import (
     TOKEN_LEEWAY,
+    SSHSignCredential,
     TokenCredential,
     csr_names,
     numeric_date,
@@ -43,6 +44,7 @@ from appliance.provisioners.base import (
     token_times,
 )
 from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, Window
+from appliance.provisioners.ssh_request import ssh_request, ssh_window
 from appliance.provisioners.validity import parse_time_or_duration
 from policy import Claims, PolicyConfig
 
@@ -159,7 +161,18 @@ class K8sSAProvisioner:
         return audiences | {_base_url(a) for a in audiences}
 
     def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
-        """The CSR's names and key, for the service account the token names."""
+        """The CSR's names and key, for the service account the token names; or an SSH host certificate for the
+        principals the request names (step-ca's K8sSA signs host certificates; policy judges the names)."""
+        if isinstance(credential, SSHSignCredential):
+            claims, account = self.verify(credential.token, credential.audiences, now)
+            if credential.cert_type not in ("", "host"):
+                raise Forbidden(f"provisioner {self.name!r} signs SSH host certificates only")
+            if not credential.principals:
+                raise BadRequest("an SSH host certificate request must name its principals (the host's names)")
+            who = f"system:serviceaccount:{account['namespace']}:{account['serviceAccount']}"
+            return ssh_request(self.name, credential, cert_type="host", key_id=credential.key_id or who,
+                               principals=credential.principals, window=ssh_window(credential, now), token=None,
+                               claims=claims, details={"serviceAccount": who, "issuer": account["issuer"]})
         if not isinstance(credential, TokenCredential):
             raise Unauthorized(f"provisioner {self.name!r} accepts Kubernetes service-account tokens only")
         claims, account = self.verify(credential.token, credential.audiences, now)

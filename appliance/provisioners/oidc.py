@@ -27,12 +27,20 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from appliance.config import OIDCProvisionerConfig
-from appliance.errors import Unauthorized
+from appliance.errors import Forbidden, Unauthorized
 from appliance.names import RequestedNames, canonical_email
 from appliance.provisioners import jose
-from appliance.provisioners.base import TOKEN_LEEWAY, TokenCredential, csr_names, token_audiences, token_times
+from appliance.provisioners.base import (
+    TOKEN_LEEWAY,
+    SSHSignCredential,
+    TokenCredential,
+    csr_names,
+    token_audiences,
+    token_times,
+)
 from appliance.provisioners.oidc_keys import ProviderKeys
 from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, Window
+from appliance.provisioners.ssh_request import ssh_request, ssh_window
 from appliance.provisioners.validity import parse_time_or_duration
 from appliance.store import OneTimeToken
 from policy import Claims, PolicyConfig
@@ -156,17 +164,39 @@ class OIDCProvisioner:
                 raise Unauthorized(f"the ID token's groups {sorted(have)} hold none of the allowed groups "
                                    f"{sorted(self.groups)}")
 
+    def _authorize_ssh(self, credential: SSHSignCredential, now: datetime) -> IssuanceRequest:
+        """step-ca's: a user certificate for the e-mail's local part and the e-mail; admins may ask for any
+        principals and for host certificates."""
+        claims, expires = self.verify(credential.token, now)
+        email = self._email(claims)
+        admin = self.is_admin(email)
+        self._allowed(claims, email, admin)
+        if not email:
+            raise Unauthorized("an SSH certificate from an ID token needs the token's e-mail")
+        names = (ssh_username(email), email)
+        cert_type = credential.cert_type or "user"
+        if not admin:
+            if cert_type != "user":
+                raise Forbidden("only the provisioner's admins may ask for SSH host certificates")
+            extra = [p for p in credential.principals if p not in names]
+            if extra:
+                raise Forbidden(f"principals {extra} are not among those this ID token grants {list(names)}")
+        return ssh_request(self.name, credential, cert_type=cert_type, key_id=email,
+                           principals=tuple(credential.principals) or names, window=ssh_window(credential, now),
+                           token=OneTimeToken(_spent(claims, credential.token), self.name, expires + TOKEN_LEEWAY),
+                           claims=claims, details={"oidcIssuer": claims["iss"], "admin": admin})
+
     def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
         """The names step-ca derives from the e-mail (an admin: the CSR's), for the token's user."""
+        if isinstance(credential, SSHSignCredential):
+            return self._authorize_ssh(credential, now)
         if not isinstance(credential, TokenCredential):
             raise Unauthorized(f"provisioner {self.name!r} accepts OpenID Connect ID tokens only")
         claims, expires = self.verify(credential.token, now)
         email = self._email(claims)
         admin = self.is_admin(email)
         self._allowed(claims, email, admin)
-        nonce = claims.get("nonce")
-        spent = f"oidc:{nonce}" if isinstance(nonce, str) and 0 < len(nonce) <= MAX_NONCE else \
-            "oidc-sha256:" + hashlib.sha256(credential.token.encode()).hexdigest()
+        spent = _spent(claims, credential.token)
         window = Window(not_before=parse_time_or_duration(credential.not_before, now, "notBefore"),
                         not_after=parse_time_or_duration(credential.not_after, now, "notAfter"))
         subject, issuer = str(claims["sub"]), str(claims["iss"])
@@ -201,3 +231,18 @@ class OIDCProvisioner:
             out["claims"] = self.claims.model_dump(exclude_none=True)
         return out
 
+
+
+def _spent(claims: dict[str, Any], token: str) -> str:
+    """The id an ID token is spent by: its nonce (the client chose it), else its hash, as step-ca does."""
+    nonce = claims.get("nonce")
+    if isinstance(nonce, str) and 0 < len(nonce) <= MAX_NONCE:
+        return f"oidc:{nonce}"
+    return "oidc-sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def ssh_username(email: str) -> str:
+    """step-ca's user principal from an e-mail: the local part, lower case, with anything but letters, digits, `_`,
+    `-` and `.` replaced by `_` (a Unix user name)."""
+    local = email.rpartition("@")[0].lower()
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-.") else "_" for c in local) or "_"

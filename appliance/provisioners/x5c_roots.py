@@ -44,8 +44,9 @@ from appliance.config import X5CProvisionerConfig, x5c_roots
 from appliance.errors import Forbidden, Unauthorized
 from appliance.names import RequestedNames, split_sans
 from appliance.provisioners import jose
-from appliance.provisioners.base import TOKEN_LEEWAY, TokenCredential, strip_port, token_times
+from appliance.provisioners.base import TOKEN_LEEWAY, SSHSignCredential, TokenCredential, strip_port, token_times
 from appliance.provisioners.request import AuditNote, CSRRule, IssuanceRequest, Window
+from appliance.provisioners.ssh_request import from_step_claim
 from appliance.provisioners.validity import parse_time_or_duration
 from appliance.store import OneTimeToken
 from policy import Claims, PolicyConfig
@@ -177,11 +178,9 @@ class X5CProvisioner:
         base, hashmark, fragment = aud.partition("#")
         return (not hashmark or fragment == self.key_id) and strip_port(base) in audiences
 
-    def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
-        """The token's subject and SANs for the CSR's key, within the leaf's validity."""
-        if not isinstance(credential, TokenCredential):
-            raise Unauthorized(f"provisioner {self.name!r} accepts x5c tokens only")
-        token = credential.token
+    def _verify(self, token: str, audiences: frozenset[str], now: datetime
+                ) -> tuple[x509.Certificate, dict[str, Any], str, str, list[str], datetime]:
+        """(leaf, claims, subject, jti, sans, expiry) of a token whose x5c chain verifies and whose leaf signed it."""
         try:
             header, _ = jose.peek(token)
         except jose.JOSEError as exc:
@@ -201,10 +200,9 @@ class X5CProvisioner:
         aud = claims.get("aud")
         got = [aud] if isinstance(aud, str) else aud
         if not isinstance(got, list) or not all(isinstance(a, str) for a in got) \
-                or not any(self._audience_ok(a, credential.audiences) for a in got):
-            raise Unauthorized(f"token audience {aud!r} is not this CA's sign endpoint "
-                               f"(expected one of {sorted(credential.audiences)}, optionally with "
-                               f"#{self.key_id})")
+                or not any(self._audience_ok(a, audiences) for a in got):
+            raise Unauthorized(f"token audience {aud!r} is not this CA's endpoint for this request "
+                               f"(expected one of {sorted(audiences)}, optionally with #{self.key_id})")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise Unauthorized("token subject (sub) cannot be empty")
@@ -216,6 +214,24 @@ class X5CProvisioner:
         sans = claims.get("sans") or [subject]
         if not isinstance(sans, list) or not all(isinstance(s, str) and s for s in sans):
             raise Unauthorized("token claim 'sans' must be a list of names")
+        return leaf, claims, subject, jti, sans, expires
+
+    def authorize(self, credential: object, now: datetime) -> IssuanceRequest:
+        """The token's subject and SANs for the CSR's key, within the leaf's validity; or, with `step.ssh`, an SSH
+        host certificate (X5C vouches for hosts, as step-ca's does)."""
+        if isinstance(credential, SSHSignCredential):
+            leaf, claims, subject, jti, _, expires = self._verify(credential.token, credential.audiences, now)
+            request = from_step_claim(self.name, credential, claims, subject,
+                                      OneTimeToken(jti, self.name, expires + TOKEN_LEEWAY), now, host_only=True,
+                                      details={"x5cSubject": leaf.subject.rfc4514_string(),
+                                               "x5cSerial": str(leaf.serial_number)})
+            if request.window.not_after is not None and request.window.not_after > leaf.not_valid_after_utc:
+                raise Forbidden("requested validBefore is after the x5c certificate expires "
+                                f"({leaf.not_valid_after_utc.isoformat()})")
+            return request
+        if not isinstance(credential, TokenCredential):
+            raise Unauthorized(f"provisioner {self.name!r} accepts x5c tokens only")
+        leaf, claims, subject, jti, sans, expires = self._verify(credential.token, credential.audiences, now)
 
         not_before = parse_time_or_duration(credential.not_before, now, "notBefore")
         not_after = parse_time_or_duration(credential.not_after, now, "notAfter")

@@ -47,3 +47,24 @@ def assert_refused(world: Served, ott: str, subject: str, status: int, message: 
     assert len(new) == 1 and new[0]["decision"] == "denied" and new[0]["status"] == status, new
     assert new[0]["request_id"] == body["requestId"]
     assert "eyJ" not in json.dumps(new)  # no token in the audit trail
+
+
+def ssh_sign(server: Server, ott: str, **body: object) -> requests.Response:
+    """`POST /1.0/ssh/sign` for a fresh Ed25519 key (step's body: publicKey is the base64 of its SSH blob)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import PublicFormat
+
+    blob = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        Encoding.OpenSSH, PublicFormat.OpenSSH).split()[1].decode()
+    return server.post("/1.0/ssh/sign", json={"publicKey": blob, "ott": ott, **body})
+
+
+def ssh_certificate(crt: str) -> object:
+    """The certificate of a `/ssh/sign` answer (`crt`: the base64 of its blob)."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
+
+    blob = base64.b64decode(crt)
+    kind = blob[4:4 + int.from_bytes(blob[:4], "big")].decode()
+    return load_ssh_public_identity(f"{kind} {crt}".encode())

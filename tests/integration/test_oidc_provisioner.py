@@ -30,7 +30,7 @@ from appliance.provisioners.oidc_keys import REFETCH_AT_MOST_EVERY
 from tests.integration import oidc_idp
 from tests.integration.conftest import HSMCA, DevCA, Server, hsmca, make_ca, openssl_verify_chain, start_server
 from tests.integration.oidc_idp import IdP, browser_login, code_flow_id_token, native_client, start_idp
-from tests.integration.refusals import assert_refused, counts, sign
+from tests.integration.refusals import assert_refused, counts, sign, ssh_certificate, ssh_sign
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(oidc_idp.available() is not None,
                                                     reason=oidc_idp.available() or "")]
@@ -249,3 +249,14 @@ def test_hsmca_token_signs_in_and_prints_the_id_token(world: World) -> None:
     assert len(claims["nonce"]) >= 32  # the CLI's own nonce, which it checked
     resp = sign(world.server, done.stdout.strip(), "alice@example.com")
     assert resp.status_code == 201, resp.text
+
+
+def test_an_id_token_gets_an_ssh_user_certificate_for_the_e_mail(world: World) -> None:
+    resp = ssh_sign(world.server, id_token(world.idp, CLIENT, SECRET, "alice"), certType="user")
+    assert resp.status_code == 201, resp.text
+    cert = ssh_certificate(resp.json()["crt"])
+    assert cert.valid_principals == [b"alice", b"alice@example.com"] and cert.key_id == b"alice@example.com"  # type: ignore[union-attr]
+    host = ssh_sign(world.server, id_token(world.idp, CLIENT, SECRET, "alice"), certType="host", principals=["web"])
+    assert host.status_code == 403 and "only the provisioner's admins" in host.json()["message"], host.text
+    other = ssh_sign(world.server, id_token(world.idp, CLIENT, SECRET, "alice"), principals=["root"])
+    assert other.status_code == 403 and "['root'] are not among" in other.json()["message"], other.text

@@ -29,7 +29,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from appliance.provisioners import jose
 from tests.integration.conftest import DevCA, Server, hsmca, make_ca, openssl_verify_chain, start_server
-from tests.integration.refusals import assert_refused, counts, sign
+from tests.integration.refusals import assert_refused, counts, sign, ssh_certificate, ssh_sign
 
 NOW = datetime.now(timezone.utc)
 CLUSTER_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -324,6 +324,33 @@ def test_k8ssa_refusals(world: World) -> None:
 
 
 # --- the commands -------------------------------------------------------------------------------------------------
+
+def test_ssh_host_certificates_vouched_for_by_x5c_and_k8ssa(world: World) -> None:
+    """X5C and K8sSA sign SSH host certificates (step-ca's rule), for the principals the token or request names."""
+    server, pki, cluster = world.server, world.pki, world.cluster
+    device = pki.device("host-device", eku=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    ssh_aud = f"{server.url}/1.0/ssh/sign#x5c/devices"
+    ott = device.token(server, "web01.internal", aud=ssh_aud,
+                       step={"ssh": {"certType": "host", "principals": ["web01.internal", "10.0.0.7"]}})
+    resp = ssh_sign(server, ott, certType="host")
+    assert resp.status_code == 201, resp.text
+    cert: Any = ssh_certificate(resp.json()["crt"])
+    assert cert.valid_principals == [b"web01.internal", b"10.0.0.7"] and cert.key_id == b"web01.internal"
+    user = ssh_sign(server, device.token(server, "alice", aud=ssh_aud, step={"ssh": {"certType": "user"}}))
+    assert user.status_code == 403 and "signs SSH host certificates only" in user.json()["message"], user.text
+    no_step = ssh_sign(server, device.token(server, "web01.internal", aud=ssh_aud))
+    assert no_step.status_code == 401 and "no step.ssh claim" in no_step.json()["message"], no_step.text
+    # K8sSA: the pod's bound token, the principals the request names, judged by policy
+    token = cluster.bound("web", "frontend", f"{server.url}/1.0/ssh/sign")
+    resp = ssh_sign(server, token, certType="host", principals=["frontend.web.svc"])
+    assert resp.status_code == 201, resp.text
+    cert = ssh_certificate(resp.json()["crt"])
+    assert cert.valid_principals == [b"frontend.web.svc"] and cert.key_id == b"system:serviceaccount:web:frontend"
+    user = ssh_sign(server, token, certType="user", principals=["frontend"])
+    assert user.status_code == 403 and "signs SSH host certificates only" in user.json()["message"], user.text
+    bare = ssh_sign(server, token, certType="host")
+    assert bare.status_code == 400 and "must name its principals" in bare.json()["message"], bare.text
+
 
 def test_provisioner_add_list_remove(world: World, tmp_path: Path) -> None:
     ca = world.ca
