@@ -4,7 +4,7 @@ certificate row, exactly one audit record for it, and no token in the audit trai
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,7 +59,7 @@ def ssh_sign(server: Server, ott: str, **body: object) -> requests.Response:
     return server.post("/1.0/ssh/sign", json={"publicKey": blob, "ott": ott, **body})
 
 
-def ssh_certificate(crt: str) -> object:
+def ssh_certificate(crt: str) -> Any:
     """The certificate of a `/ssh/sign` answer (`crt`: the base64 of its blob)."""
     import base64
 

@@ -255,7 +255,7 @@ def test_an_id_token_gets_an_ssh_user_certificate_for_the_e_mail(world: World) -
     resp = ssh_sign(world.server, id_token(world.idp, CLIENT, SECRET, "alice"), certType="user")
     assert resp.status_code == 201, resp.text
     cert = ssh_certificate(resp.json()["crt"])
-    assert cert.valid_principals == [b"alice", b"alice@example.com"] and cert.key_id == b"alice@example.com"  # type: ignore[union-attr]
+    assert cert.valid_principals == [b"alice", b"alice@example.com"] and cert.key_id == b"alice@example.com"
     host = ssh_sign(world.server, id_token(world.idp, CLIENT, SECRET, "alice"), certType="host", principals=["web"])
     assert host.status_code == 403 and "only the provisioner's admins" in host.json()["message"], host.text
     other = ssh_sign(world.server, id_token(world.idp, CLIENT, SECRET, "alice"), principals=["root"])
