@@ -311,3 +311,36 @@ def sshd_harness_wait(done: Any, log: Any, timeout: float = 30) -> None:
     while not done():
         assert time.monotonic() < deadline, log()[-3000:]
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), [
+    ({"publicKey": "AAAA", "ott": "x"}, 400, "publicKey is not an SSH public key"),
+    ({"publicKey": "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "ott": "x"}, 400, "publicKey"),
+    ({"publicKey": 5, "ott": "x"}, 400, "field 'publicKey' must be a string"),
+    ({"publicKey": "A" * 20000, "ott": "x"}, 400, "longer than"),
+    ({"ott": "x"}, 400, "missing publicKey"),
+    ({"publicKey": "x", "ott": ""}, 400, "missing ott"),
+    ({"publicKey": "x", "ott": "x", "principals": "root"}, 400, "must be a list of non-empty strings"),
+    ({"publicKey": "x", "ott": "x", "principals": [""]}, 400, "must be a list of non-empty strings"),
+    ({"publicKey": "x", "ott": "x", "principals": ["p"] * 300}, 400, "at most 256 principals"),
+    ({"publicKey": "x", "ott": "x", "certType": "root"}, 400, "certType must be 'user' or 'host'"),
+    ([1, 2], 400, ""),
+])
+def test_hostile_ssh_sign_bodies_get_a_reason(world: World, body: Any, status: int, reason: str) -> None:
+    resp = world.server.post("/1.0/ssh/sign", json=body)
+    assert resp.status_code == status and reason in resp.json()["message"], resp.text
+
+
+def test_hostile_tokens_and_deep_json_are_refused_not_crashed(world: World) -> None:
+    blob = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        Encoding.OpenSSH, PublicFormat.OpenSSH).split()[1].decode()
+    for ott in ("a.b.c", "eyJhbGciOiJub25lIn0.e30.", "x" * 100, "...."):
+        resp = world.server.post("/1.0/ssh/sign", json={"publicKey": blob, "ott": ott})
+        assert resp.status_code in (400, 401) and resp.json()["message"], resp.text
+    deep = "[" * 100_000 + "]" * 100_000
+    resp = world.server.post("/1.0/ssh/sign", data=deep, headers={"Content-Type": "application/json"})
+    assert resp.status_code in (400, 413), resp.text
+    for path in ("/1.0/ssh/renew", "/1.0/ssh/rekey", "/1.0/ssh/revoke"):
+        resp = world.server.post(path, json={"ott": "a.b.c", "serial": "1", "publicKey": blob})
+        assert resp.status_code in (400, 401), (path, resp.text)
+    assert world.server.get("/health").status_code == 200

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.store.ssh_certificates import signed_over
 from policy import Policy, SSHRequest, key_info
@@ -115,3 +117,21 @@ def test_lint_refuses_what_no_ssh_certificate_may_be(changes: dict[str, Any], re
                        .replace("]", r"\]")):
         lint(_profile(**changes))
     lint(_profile())
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
+                                                                                       max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(["publicKey", "ott", "certType", "keyID", "principals", "validAfter",
+                                             "validBefore", "other"]), JSON, max_size=8))
+def test_any_ssh_sign_body_is_parsed_or_refused_with_a_reason(body: dict[str, Any]) -> None:
+    from appliance.api.ssh import parse_sign
+    from appliance.errors import BadRequest
+
+    try:
+        parse_sign(body)
+    except BadRequest as exc:
+        assert exc.message
