@@ -144,3 +144,72 @@ class SSHRenew:
         cert = self.authority.renew_ssh(ott, ctx, key)
         resp.status = 201
         resp.media = {"crt": cert.public_bytes().split()[1].decode()}
+
+
+class SSHCheckHost:
+    """`POST /ssh/check-host` (`{"principal", "token"}` → `{"exists"}`): does a current host certificate name this
+    principal? Unauthenticated, as in step-ca (its answer is what `ssh` learns by connecting anyway)."""
+
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json_object(req)
+        principal = _text(body, "principal", 255)
+        if not principal:
+            raise BadRequest("missing principal")
+        hosts = self.authority.store.ssh.current_hosts()
+        resp.media = {"exists": any(principal in h.principals for h in hosts)}
+
+
+class SSHHosts:
+    """`GET /ssh/hosts` (`{"hosts": [{"hostname"}…]}`): the principals of current host certificates, for a client
+    holding an X.509 certificate from this CA (mTLS), as in step-ca."""
+
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        from datetime import datetime, timezone
+
+        from appliance.api.peer import client_certificate
+        from appliance.errors import Unauthorized
+        from appliance.provisioners.x5c import check_issued
+
+        cert = client_certificate(req)
+        if cert is None:
+            raise Unauthorized("GET /ssh/hosts needs a client certificate from this CA (mTLS)")
+        check_issued(self.authority.store, cert, datetime.now(timezone.utc))
+        names = dict.fromkeys(p for h in self.authority.store.ssh.current_hosts() for p in h.principals)
+        resp.media = {"hosts": [{"hostname": n} for n in names]}
+
+
+class SSHConfig:
+    """`POST /ssh/config` (`{"type": "user"|"host"}`): the snippets a client or a host needs, step-ca's shape
+    (`userTemplates`/`hostTemplates`: name, type, comment, path, content as base64)."""
+
+    def __init__(self, authority: Authority):
+        self.authority = authority
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json_object(req)
+        kind = _text(body, "type") or "user"
+        if kind not in ("user", "host"):
+            raise BadRequest(f"type must be 'user' or 'host', not {kind!r}")
+        ssh = self.authority.ssh
+        trusted = ssh.public_lines("host" if kind == "user" else "user")
+        if not trusted:
+            raise NotFound(f"this CA has no SSH {'host' if kind == 'user' else 'user'} CA key")
+        if kind == "user":
+            files = [("known_hosts", "file", "hosts whose certificate this CA's host key signed",
+                      "~/.ssh/known_hosts", "".join(f"@cert-authority * {line}\n" for line in trusted))]
+        else:
+            files = [("ca.pub", "file", "the user CA keys sshd trusts", "/etc/ssh/hsmca_user_ca.pub",
+                      "".join(f"{line}\n" for line in trusted)),
+                     ("sshd_config", "snippet", "add to sshd_config", "/etc/ssh/sshd_config",
+                      "TrustedUserCAKeys /etc/ssh/hsmca_user_ca.pub\n"
+                      "HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub\n"
+                      "RevokedKeys /etc/ssh/hsmca.krl\n")]
+        key = "userTemplates" if kind == "user" else "hostTemplates"
+        resp.media = {key: [{"name": n, "type": t, "comment": c, "path": p,
+                             "content": base64.b64encode(content.encode()).decode()} for n, t, c, p, content in files]}

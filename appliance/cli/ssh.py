@@ -296,3 +296,53 @@ def renew(cert_file: Path, key_file: Path, out: Path | None, new_key: Path | Non
     target = out or (new_key.with_name(new_key.name + "-cert.pub") if new_key is not None else cert_file)
     write_atomically(target, f"{kind} {crt}\n".encode(), 0o644)
     click.echo(f"Your {'rekeyed' if made else 'renewed'} certificate has been saved in {target}.", err=True)
+
+
+@ssh.command("config")
+@click.option("--host", is_flag=True, help="What a host needs (sshd_config lines, the user CA keys) instead of what a "
+                                           "user needs (the known_hosts line for the host CA).")
+@ca_options
+def config(host: bool, ca_url: str | None, root: Path | None, provisioner: str, password_file: Path | None,
+           provisioner_key: Path | None) -> None:
+    """Print the configuration snippets for SSH with this CA (`POST /ssh/config`), each with the file it belongs
+    in: for users the known_hosts line that trusts the host CA; for hosts (--host) the user CA keys and the
+    sshd_config lines (TrustedUserCAKeys, HostCertificate, RevokedKeys)."""
+    from appliance.client.http import CAClient
+
+    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
+    try:
+        data = CAClient(o.ca_url, o.root).post_json("/ssh/config", {"type": "host" if host else "user"})
+    except _client_errors() as exc:
+        fail(str(exc))
+    for item in data.get("hostTemplates" if host else "userTemplates") or []:
+        click.echo(f"# {item.get('path')} ({item.get('comment')})")
+        click.echo(base64.b64decode(str(item.get("content", ""))).decode(), nl=False)
+
+
+@ssh.command("inspect")
+@click.argument("cert_file", type=PathType)
+def inspect(cert_file: Path) -> None:
+    """Show what an SSH certificate holds (as `ssh-keygen -L` does, from hsmca's side): type, key id, serial,
+    principals, validity, critical options and extensions, and the CA key's fingerprint."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
+    from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
+
+    try:
+        cert = load_ssh_public_identity(cert_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        fail(f"{cert_file}: not an SSH certificate: {exc}")
+    if not isinstance(cert, SSHCertificate):
+        fail(f"{cert_file} holds a public key, not a certificate")
+    ca = base64.b64encode(hashlib.sha256(base64.b64decode(
+        _ssh_public_line(cert.signature_key()).split()[1])).digest()).decode().rstrip("=")
+    when = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731
+    click.echo(f"Type:        {'user' if cert.type.value == 1 else 'host'} certificate")
+    click.echo(f"Key ID:      {cert.key_id.decode(errors='replace')}")
+    click.echo(f"Serial:      {cert.serial}")
+    click.echo(f"Signing CA:  SHA256:{ca}")
+    click.echo(f"Valid:       from {when(cert.valid_after)} to {when(cert.valid_before)}")
+    click.echo(f"Principals:  {', '.join(p.decode(errors='replace') for p in cert.valid_principals) or '(none)'}")
+    for title, items in (("Critical:", cert.critical_options), ("Extensions:", cert.extensions)):
+        click.echo(f"{title:12} {', '.join(k.decode(errors='replace') for k in items) or '(none)'}")

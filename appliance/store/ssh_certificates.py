@@ -194,6 +194,17 @@ class SSHCertificateStore(Repository):
                 out.setdefault(ca_key, []).append(int(serial))
         return {k: sorted(v) for k, v in out.items()}
 
+    def current_hosts(self, now: datetime | None = None, limit: int = 10_000) -> list[SSHCertificateRecord]:
+        """Issued, unrevoked host certificates valid now (newest first): what `/ssh/hosts` and `/ssh/check-host`
+        answer from."""
+        when = utc(now, "now") if now is not None else now_utc()
+        with self._read("reading SSH host certificates") as conn:
+            rows = conn.execute(sa.select(table).where(
+                table.c.cert_type == "host", table.c.status == ISSUED, table.c.revoked_at.is_(None),
+                table.c.valid_after <= when, table.c.valid_before > when).order_by(table.c.issued_at.desc())
+                .limit(limit)).all()
+        return [_record(r) for r in rows]
+
     def count_by_status(self) -> dict[str, int]:
         with self._read("counting SSH certificates") as conn:
             rows = conn.execute(sa.select(table.c.status, sa.func.count()).group_by(table.c.status))

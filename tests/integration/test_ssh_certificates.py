@@ -274,6 +274,26 @@ def test_sshpop_a_host_renews_and_rekeys_with_its_certificate_and_a_revoked_one_
     assert forged.returncode == 1 and "not signed by the key of its sshpop certificate" in forged.stderr, forged
 
 
+def test_check_host_hosts_and_config(world: World, host: sshd_harness.Sshd) -> None:
+    check = world.server.post("/1.0/ssh/check-host", json={"principal": "127.0.0.1", "token": ""})
+    assert check.status_code == 200 and check.json() == {"exists": True}, check.text
+    assert world.server.post("/ssh/check-host", json={"principal": "nowhere.internal"}).json() == {"exists": False}
+    anonymous = world.server.get("/1.0/ssh/hosts")
+    assert anonymous.status_code == 401 and "client certificate" in anonymous.json()["message"]
+    crt, tls_key = world.base / "client.crt", world.base / "client.key"
+    hsmca(world.ca, "certificate", "inventory.internal", str(crt), str(tls_key), "--ca-url", world.server.url,
+          "--root", str(world.ca.root), "--password-file", str(world.ca.password_file), "--force")
+    listed = world.server.get("/1.0/ssh/hosts", cert=(str(crt), str(tls_key)))
+    assert listed.status_code == 200 and {"hostname": "127.0.0.1"} in listed.json()["hosts"], listed.text
+    user = cli(world, "ssh", "config").stdout
+    assert f"@cert-authority * {roots(world, 'host')}" in user and "# ~/.ssh/known_hosts" in user, user
+    host_config = cli(world, "ssh", "config", "--host").stdout
+    assert "TrustedUserCAKeys /etc/ssh/hsmca_user_ca.pub" in host_config and roots(world, "user") in host_config
+    shown = hsmca(world.ca, "ssh", "inspect", str(world.base / "alice-cert.pub")).stdout
+    assert "Type:        user certificate" in shown and "Key ID:      alice@example.com" in shown, shown
+    assert f"Principals:  {USER}" in shown and "permit-pty" in shown
+
+
 def test_every_ssh_signature_is_counted_per_backend(world: World) -> None:
     text = world.server.get("/metrics").text
     counted = [line for line in text.splitlines() if line.startswith("hsmca_ssh_certificates_signed_total{")]
