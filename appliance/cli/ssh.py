@@ -266,27 +266,83 @@ def _sshpop(o: Any, cert: Path, key: Path, action: str, subject: str | None = No
 @click.option("--out", type=PathType, help="Write the new certificate here [default: replace CERT_FILE].")
 @click.option("--rekey", "new_key", type=PathType, help="Rekey: make a new key pair in this file (and .pub) and "
                                                         "certify it instead of the current key.")
+@click.option("--exec", "exec_command", help="Shell command to run after each renewal (e.g. reload sshd).")
+@click.option("--pid-file", type=PathType, help="Signal the process whose pid this file holds after each renewal "
+                                                "(sshd reads its host certificate again on SIGHUP).")
+@click.option("--signal", "signal_name", default="HUP", show_default=True, help="Signal sent with --pid-file.")
+@click.option("--daemon", is_flag=True, help="Keep running: renew at about 2/3 of each lifetime, run the hooks, back "
+                                             "off while the CA is away or refuses (as `hsmca renew --daemon`).")
 @ca_options
-def renew(cert_file: Path, key_file: Path, out: Path | None, new_key: Path | None, ca_url: str | None,
-          root: Path | None, provisioner: str, password_file: Path | None, provisioner_key: Path | None) -> None:
+def renew(cert_file: Path, key_file: Path, out: Path | None, new_key: Path | None, exec_command: str | None,
+          pid_file: Path | None, signal_name: str, daemon: bool, ca_url: str | None, root: Path | None,
+          provisioner: str, password_file: Path | None, provisioner_key: Path | None) -> None:
     """Renew (or --rekey) a host certificate with the SSHPOP provisioner: the host signs the request with the key of
     its current certificate, which this CA issued and has not revoked. Same principals and lifetime, from now."""
+    from appliance.cli.renew import _hooks
+    from appliance.client.renewal import EXIT_UNRENEWABLE, CannotRenew, Daemon, RenewError
+
+    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
+    hooks = _hooks(exec_command, pid_file, signal_name)
+    if daemon:
+        import signal
+        import threading
+
+        from appliance.serving import logs
+
+        if new_key is not None or out is not None:
+            fail("--daemon renews CERT_FILE in place: no --rekey, no --out")
+        logs.setup()
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+        try:
+            Daemon(o.ca_url, o.root, cert_file, key_file, False, hooks, stop,
+                   load=lambda: _held(cert_file), renew=lambda: _renew_once(o, cert_file, key_file, None, None)).run()
+        except CannotRenew as exc:
+            fail(str(exc), EXIT_UNRENEWABLE)
+        except RenewError as exc:
+            fail(str(exc))
+        return
+    try:
+        _renew_once(o, cert_file, key_file, out, new_key)
+        hooks.run()
+    except RenewError as exc:
+        fail(str(exc))
+    except _client_errors() as exc:
+        fail(str(exc))
+
+
+def _held(cert_file: Path) -> Any:
+    """The SSH certificate in the file, as the renewal daemon sees it."""
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
+    from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate
+
+    from appliance.client.renewal import Held, RenewError
+
+    try:
+        cert = load_ssh_public_identity(cert_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise RenewError(f"cannot read the SSH certificate {cert_file}: {exc}") from None
+    if not isinstance(cert, SSHCertificate):
+        raise RenewError(f"{cert_file} holds a public key, not an SSH certificate")
+    return Held(cert.serial, datetime.fromtimestamp(cert.valid_after, timezone.utc),
+                datetime.fromtimestamp(min(cert.valid_before, 2**62), timezone.utc))
+
+
+def _renew_once(o: Any, cert_file: Path, key_file: Path, out: Path | None, new_key: Path | None) -> Any:
+    """One renewal (or rekey) by SSHPOP; the certificate written atomically; what was written, as `Held`."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
     from appliance.atomic_file import write_atomically
 
-    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
     action = "rekey" if new_key is not None else "renew"
     made = ed25519.Ed25519PrivateKey.generate() if new_key is not None else None
-    try:
-        client, ott = _sshpop(o, cert_file, key_file, action)
-        body: dict[str, Any] = {"ott": ott}
-        if made is not None:
-            body["publicKey"] = _ssh_public_line(made.public_key()).split()[1]
-        resp = client.post_json(f"/ssh/{action}", body)
-    except _client_errors() as exc:
-        fail(str(exc))
+    client, ott = _sshpop(o, cert_file, key_file, action)
+    body: dict[str, Any] = {"ott": ott}
+    if made is not None:
+        body["publicKey"] = _ssh_public_line(made.public_key()).split()[1]
+    resp = client.post_json(f"/ssh/{action}", body)
     crt = str(resp.get("crt", ""))
     kind = cert_file.read_text().split()[0]
     if made is not None and new_key is not None:
@@ -296,6 +352,7 @@ def renew(cert_file: Path, key_file: Path, out: Path | None, new_key: Path | Non
     target = out or (new_key.with_name(new_key.name + "-cert.pub") if new_key is not None else cert_file)
     write_atomically(target, f"{kind} {crt}\n".encode(), 0o644)
     click.echo(f"Your {'rekeyed' if made else 'renewed'} certificate has been saved in {target}.", err=True)
+    return _held(target)
 
 
 @ssh.command("config")

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -88,9 +89,24 @@ def load_chain(crt: Path) -> list[x509.Certificate]:
     return chain
 
 
-def renew_after(cert: x509.Certificate, jitter: float = 0.0) -> datetime:
+@dataclass(frozen=True)
+class Held:
+    """What the daemon needs to know of the certificate it keeps renewed, X.509 or SSH."""
+
+    serial: int
+    not_before: datetime
+    not_after: datetime
+
+
+def held(cert: x509.Certificate | Held) -> Held:
+    if isinstance(cert, Held):
+        return cert
+    return Held(cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def renew_after(cert: x509.Certificate | Held, jitter: float = 0.0) -> datetime:
     """2/3 into the certificate's lifetime, moved by `jitter` (a fraction of the lifetime)."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    start, end = held(cert).not_before, held(cert).not_after
     return start + (end - start) * (RENEW_AT + jitter)
 
 
@@ -197,7 +213,8 @@ def refused(exc: BaseException) -> bool:
     return status is not None and 400 <= status < 500 and status not in RETRYABLE_STATUSES
 
 
-def after_failure(exc: BaseException, crt: Path, leaf: x509.Certificate, now: datetime, backoff: Backoff) -> Retry:
+def after_failure(exc: BaseException, crt: Path, cert: x509.Certificate | Held, now: datetime,
+                  backoff: Backoff) -> Retry:
     """Decide what the daemon does after a failed renewal; raise `CannotRenew` when nothing can help.
 
     - The CA could not answer (connection refused, timeout, TLS, 5xx, 408/425/429) or a local file
@@ -211,7 +228,8 @@ def after_failure(exc: BaseException, crt: Path, leaf: x509.Certificate, now: da
       the remaining validity if less, at least 1 min) and log an error that says what to do. The daemon
       keeps watching the file: a new certificate put there is picked up at once.
     """
-    left = (leaf.not_valid_after_utc - now).total_seconds()
+    leaf = held(cert)
+    left = (leaf.not_after - now).total_seconds()
     if not refused(exc):
         delay = min(backoff.transient, MAX_BACKOFF)
         if left > 0:  # never sleep through the remaining validity
@@ -220,13 +238,13 @@ def after_failure(exc: BaseException, crt: Path, leaf: x509.Certificate, now: da
                      f"renewal failed (retrying in {delay:.0f} s): {exc}")
     if left <= 0:
         raise CannotRenew(
-            f"{crt} (serial {leaf.serial_number}) expired at {leaf.not_valid_after_utc.isoformat()} and the CA "
+            f"{crt} (serial {leaf.serial}) expired at {leaf.not_after.isoformat()} and the CA "
             f"refuses to renew it: {exc}. Nothing can renew an expired certificate: get a new one "
             f"(`hsmca certificate ... {crt} KEY --force`), then start the renewal daemon again.")
     first, cap = REFUSED_BACKOFF
     delay = max(first, min(backoff.refused, cap, left / 4))
     return Retry(delay, Backoff(backoff.transient, min(backoff.refused * 2, cap)), True,
-                 f"the CA refuses to renew {crt} (serial {leaf.serial_number}): {exc}. Retrying will not help "
+                 f"the CA refuses to renew {crt} (serial {leaf.serial}): {exc}. Retrying will not help "
                  f"until that changes: if the certificate was revoked, put a new one in {crt} (`hsmca certificate "
                  f"... --force`; this daemon picks it up); otherwise see the CA's reason. Asking again in "
                  f"{delay:.0f} s (backing off up to {cap / 3600:.0f} h).")
@@ -238,7 +256,8 @@ class Daemon:
 
     See `after_failure` for what each kind of failure leads to. While waiting it re-reads the
     certificate file every FILE_POLL seconds, so a certificate replaced by hand (after a revocation,
-    say) is scheduled on its own lifetime without restarting the daemon.
+    say) is scheduled on its own lifetime without restarting the daemon. `load` and `renew` say how to read
+    and renew the certificate (an SSH host certificate, `hsmca ssh renew --daemon`); X.509 by default.
     """
 
     ca_url: str
@@ -248,47 +267,57 @@ class Daemon:
     bearer: bool
     hooks: Hooks
     stop: threading.Event
+    load: Callable[[], Held] | None = None
+    renew: Callable[[], Held] | None = None
 
-    def schedule(self, leaf: x509.Certificate) -> datetime:
+    def _load(self) -> Held:
+        return self.load() if self.load is not None else held(load_chain(self.crt)[0])
+
+    def _renew(self) -> Held:
+        if self.renew is not None:
+            return self.renew()
+        return held(renew_once(self.ca_url, self.root, self.crt, self.key, bearer=self.bearer)[0])
+
+    def schedule(self, leaf: Held) -> datetime:
         return renew_after(leaf, random.uniform(-JITTER, JITTER))
 
-    def current(self, known: x509.Certificate) -> x509.Certificate:
+    def current(self, known: Held) -> Held:
         """The certificate now in the file; the known one if the file cannot be read right now."""
         try:
-            return load_chain(self.crt)[0]
+            return self._load()
         except RenewError as exc:
             log.warning("%s", exc)
             return known
 
     def run(self) -> None:
-        leaf = load_chain(self.crt)[0]
+        leaf = self._load()
         due = self.schedule(leaf)
         log.info("watching %s; next renewal at %s", self.crt, due.isoformat(timespec="seconds"))
         backoff = Backoff()
         while not self.stop.is_set():
             now_leaf = self.current(leaf)
-            if now_leaf.serial_number != leaf.serial_number:
+            if now_leaf.serial != leaf.serial:
                 leaf, due, backoff = now_leaf, self.schedule(now_leaf), Backoff()
-                log.info("%s was replaced (serial %d); next renewal at %s", self.crt, leaf.serial_number,
+                log.info("%s was replaced (serial %d); next renewal at %s", self.crt, leaf.serial,
                          due.isoformat(timespec="seconds"))
             wait = (due - datetime.now(timezone.utc)).total_seconds()
             if wait > 0:
                 self.stop.wait(min(wait, FILE_POLL))
                 continue
-            log.info("renewing %s (serial %d, expires %s)", self.crt, leaf.serial_number,
-                     leaf.not_valid_after_utc.isoformat(timespec="seconds"))
+            log.info("renewing %s (serial %d, expires %s)", self.crt, leaf.serial,
+                     leaf.not_after.isoformat(timespec="seconds"))
             try:
-                new = renew_once(self.ca_url, self.root, self.crt, self.key, bearer=self.bearer)
+                leaf = self._renew()
             except (ClientError, RenewError, OSError) as exc:
                 retry = after_failure(exc, self.crt, leaf, datetime.now(timezone.utc), backoff)
                 (log.error if retry.refused else log.warning)("%s", retry.message)
                 due = datetime.now(timezone.utc) + timedelta(seconds=retry.delay)
                 backoff = retry.backoff
                 continue
-            leaf, backoff = new[0], Backoff()
+            backoff = Backoff()
             due = self.schedule(leaf)
-            log.info("renewed %s: serial %d valid until %s; next renewal at %s", self.crt, leaf.serial_number,
-                     leaf.not_valid_after_utc.isoformat(timespec="seconds"), due.isoformat(timespec="seconds"))
+            log.info("renewed %s: serial %d valid until %s; next renewal at %s", self.crt, leaf.serial,
+                     leaf.not_after.isoformat(timespec="seconds"), due.isoformat(timespec="seconds"))
             try:
                 self.hooks.run()
             except RenewError as exc:

@@ -23,7 +23,7 @@ from appliance.client.http import CAClient
 from appliance.client.tokens import provisioner_key, sign_token
 from appliance.store import Store
 from tests.integration import sshd as sshd_harness
-from tests.integration.conftest import PASSWORD, DevCA, Server, hsmca, make_ca, start_server
+from tests.integration.conftest import HSMCA, PASSWORD, DevCA, Server, hsmca, make_ca, start_server
 from tests.integration.refusals import counts
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sshd_harness.available() is not None,
@@ -48,6 +48,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
     def deny(cfg: dict[str, Any]) -> None:
         cfg["authority"]["policy"] = {"ssh": {"user": {"deny": {"principal": ["root"]}}}}
+        cfg["authority"]["claims"]["minHostSSHCertDuration"] = "5s"  # the renewal daemon's test renews in seconds
 
     ca.edit_config(deny)
     server = start_server(ca, workers=1)
@@ -292,6 +293,27 @@ def test_check_host_hosts_and_config(world: World, host: sshd_harness.Sshd) -> N
     shown = hsmca(world.ca, "ssh", "inspect", str(world.base / "alice-cert.pub")).stdout
     assert "Type:        user certificate" in shown and "Key ID:      alice@example.com" in shown, shown
     assert f"Principals:  {USER}" in shown and "permit-pty" in shown
+
+
+def test_the_renewal_daemon_keeps_a_host_certificate_current(world: World) -> None:
+    key = world.base / "host3"
+    cli(world, "ssh", "certificate", "host-3", str(key), "--host", "--principal", "host3.internal",
+        "--not-after", "15s", "--force")
+    cert = key.with_name("host3-cert.pub")
+    first = load_ssh_public_identity(cert.read_bytes()).serial  # type: ignore[union-attr]
+    marker = world.base / "renewed"
+    proc = subprocess.Popen([HSMCA, "ssh", "renew", str(cert), str(key), "--daemon", "--exec", f"touch {marker}",
+                             "--ca-url", world.server.url, "--root", str(world.ca.root)],
+                            env=world.ca.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sshd_harness_wait(lambda: marker.exists(), lambda: "daemon output unavailable while running", timeout=40)
+        renewed = load_ssh_public_identity(cert.read_bytes())
+        assert renewed.serial != first and renewed.valid_principals == [b"host3.internal"]  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "renewed" in out and "next renewal at" in out, out
 
 
 def test_every_ssh_signature_is_counted_per_backend(world: World) -> None:
