@@ -127,7 +127,9 @@ class X509Options(_Strict):
 
 class ProvisionerOptions(_Strict):
     x509: X509Options | None = None
-    ssh: dict[str, Any] | None = None  # step-ca's SSH template options: accepted, not used yet
+    # step-ca's `options.ssh`: the same three fields; the template renders an SSH certificate's JSON (`type`,
+    # `keyId`, `principals`, `extensions`, `criticalOptions`; see the README's SSH section).
+    ssh: X509Options | None = None
 
 
 class ProvisionerConfig(_Strict):

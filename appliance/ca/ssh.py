@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ MAX_KEY_ID_LENGTH = 255
 # OpenSSH's user extensions; a host certificate carries none.
 USER_EXTENSIONS = ("permit-X11-forwarding", "permit-agent-forwarding", "permit-port-forwarding", "permit-pty",
                    "permit-user-rc")
+KNOWN_EXTENSIONS = (*USER_EXTENSIONS, "no-touch-required")
 CRITICAL_OPTIONS = ("force-command", "source-address", "verify-required")
 
 
@@ -96,6 +98,21 @@ def lint(profile: SSHProfile) -> None:
     unknown = sorted(set(profile.critical_options) - set(CRITICAL_OPTIONS))
     if unknown:
         raise BadRequest(f"unknown critical options {unknown}; OpenSSH defines {list(CRITICAL_OPTIONS)}")
+    if profile.cert_type == "host" and profile.critical_options:
+        raise BadRequest("a host certificate carries no critical options")
+    if "force-command" in profile.critical_options and not profile.critical_options["force-command"].strip():
+        raise BadRequest("critical option force-command needs a command")
+    if "source-address" in profile.critical_options:
+        for entry in profile.critical_options["source-address"].split(","):
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise BadRequest(f"critical option source-address: {entry.strip()!r} is not an address or CIDR "
+                                 "range (a comma-separated list, as sshd reads it)") from None
+    unknown_ext = sorted(e for e in profile.extensions if e not in KNOWN_EXTENSIONS and "@" not in e)
+    if unknown_ext:
+        raise BadRequest(f"unknown extensions {unknown_ext}: OpenSSH defines {list(KNOWN_EXTENSIONS)} (others are "
+                         "name@domain)")
     if isinstance(profile.public_key, rsa.RSAPublicKey) and profile.public_key.key_size < 2048:
         raise BadRequest("an RSA key for an SSH certificate must have at least 2048 bits")
 

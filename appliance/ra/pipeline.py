@@ -13,8 +13,9 @@ refused before `record` spends its token all the same (no probing the policy wit
 outcome leaves one audit record naming the steps it passed, so an auditor sees that JWK sign, renew,
 rekey, ACME finalize and the CA's own certificates all went the same way.
 
-An SSH certificate (`Pipeline.issue_ssh`) takes the same path where it applies: authorize → policy → profile →
-lint → record → sign → issued, the same token spending and the same one audit record (no CSR, no X.509 template).
+An SSH certificate (`Pipeline.issue_ssh`) takes the same path where it applies: authorize → template → policy →
+profile → lint → record → sign → issued, the same token spending and the same one audit record (no CSR; its
+template is the provisioner's `options.ssh`).
 The steps of the two kinds (`_x509`, `_ssh`) are the only callers of `Issuer.record_and_sign` and
 `SSHCA.record_and_sign`, and only `_run` runs them (a test walks the code to keep it so).
 """
@@ -93,6 +94,8 @@ class Policies(Protocol):
 
     def ssh_enabled(self, provisioner: Provisioner, request: IssuanceRequest) -> bool: ...
 
+    def ssh_template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None: ...
+
 
 @dataclass
 class _Trace:
@@ -140,7 +143,8 @@ class Pipeline:
 
     def issue_ssh(self, credential: object, ctx: RequestContext, *, action: str = "ssh.sign",
                   note: AuditNote | None = None) -> SSHCertificate:
-        """The same for an SSH certificate: authorize → policy → profile → lint → record → sign → issued."""
+        """The same for an SSH certificate: authorize → template → policy → profile → lint → record → sign →
+        issued."""
         return self._run(credential, ctx, action, note, self._ssh)
 
     def _run(self, credential: object, ctx: RequestContext, action: str, note: AuditNote | None,
@@ -228,10 +232,18 @@ class Pipeline:
             raise BadRequest("this CA signs no SSH certificates")
         ssh_ca = self.ssh_ca
         try:
-            trace.enter("policy")
             if not self.policies.ssh_enabled(provisioner, request):
                 raise Forbidden(f"provisioner {request.provisioner!r} may not sign SSH certificates "
                                 "(claims.enableSSHCA is not true for it or the authority)")
+            trace.enter("template")
+            template = self.policies.ssh_template_for(provisioner, request)
+            if template is not None:
+                request = templates.apply_ssh(request, template.render_ssh(
+                    templates.ssh_variables(request, provisioner.name, provisioner.type)))
+                trace.note = _merge(trace.note, request.audit)
+                ssh = request.ssh
+                assert ssh is not None
+            trace.enter("policy")
             policy = self.policies.for_request(provisioner, request)
             decision = policy.evaluate_ssh(SSHRequest(
                 cert_type=ssh.cert_type, principals=tuple(ssh.principals), key=key_info(request.public_key),

@@ -30,6 +30,7 @@ class Rules:
             authority_policy={"keys": _dump(auth.policy.keys)} if auth.policy and auth.policy.keys else None,
             authority_claims=INTERNAL_CLAIMS)
         self._templates = load_templates(config)
+        self._ssh_templates = load_templates(config, "ssh")
 
     def _policy(self, name: str | None, policy: Any, claims: Any) -> Policy:
         authority_policy, authority_claims = self._authority
@@ -46,6 +47,12 @@ class Rules:
     def template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None:
         """The provisioner's certificate template; renewals repeat the certificate they replace, untemplated."""
         return self._templates.get(provisioner.name)
+
+    def ssh_template_for(self, provisioner: Provisioner, request: IssuanceRequest) -> Template | None:
+        """The provisioner's SSH template (`options.ssh`); SSHPOP renewals repeat the certificate, untemplated."""
+        if provisioner.type == "SSHPOP":
+            return None
+        return self._ssh_templates.get(provisioner.name)
 
     def ssh_enabled(self, provisioner: Provisioner, request: IssuanceRequest) -> bool:
         """step-ca's `enableSSHCA` claim: the provisioner's where it sets one, else the authority's; off by default."""

@@ -146,6 +146,40 @@ class CertificateTemplate(_Strict):
         return v
 
 
+class SSHCertificateTemplate(_Strict):
+    """What an SSH template renders (step-ca's names); what it leaves out stays as the request had it."""
+
+    type: Literal["user", "host"] | None = None
+    keyId: str | None = None
+    principals: list[str] | None = None
+    extensions: dict[str, str] | None = None
+    criticalOptions: dict[str, str] | None = None
+
+
+def ssh_variables(request: IssuanceRequest, provisioner: str, provisioner_type: str) -> dict[str, Any]:
+    """What an SSH template sees: the request (`type`, `keyId`, `principals`) and the provisioner's data (`token`…)."""
+    ssh = request.ssh
+    assert ssh is not None
+    return {**dict(request.template_data), "type": ssh.cert_type, "keyId": ssh.key_id,
+            "principals": list(ssh.principals), "provisioner": {"name": provisioner, "type": provisioner_type}}
+
+
+def apply_ssh(request: IssuanceRequest, rendered: SSHCertificateTemplate) -> IssuanceRequest:
+    """The request as the template shaped it; the certificate type cannot change (the credential decided it)."""
+    ssh = request.ssh
+    assert ssh is not None
+    if rendered.type is not None and rendered.type != ssh.cert_type:
+        raise BadRequest(f"the provisioner's SSH template changed the certificate type from {ssh.cert_type} to "
+                         f"{rendered.type}; a template cannot")
+    shaped = replace(ssh, key_id=rendered.keyId if rendered.keyId is not None else ssh.key_id,
+                     principals=tuple(rendered.principals) if rendered.principals is not None else ssh.principals,
+                     extensions=rendered.extensions if rendered.extensions is not None else ssh.extensions,
+                     critical_options=rendered.criticalOptions if rendered.criticalOptions is not None
+                     else ssh.critical_options)
+    audit = replace(request.audit, subject=shaped.key_id, sans=tuple(f"principal:{p}" for p in shaped.principals))
+    return replace(request, ssh=shaped, common_name=shaped.key_id, audit=audit)
+
+
 class _Budget:
     """Loop steps and time left for one rendering."""
 
@@ -244,6 +278,22 @@ class Template:
 
     def render(self, variables: Mapping[str, Any]) -> CertificateTemplate:
         """The rendered, validated document; BadRequest saying what went wrong (the request's data may be why)."""
+        document = self.render_json(variables)
+        try:
+            return CertificateTemplate.model_validate(document)
+        except ValidationError as exc:
+            raise BadRequest(f"the provisioner's certificate template rendered {_schema_message(exc)}") from None
+
+    def render_ssh(self, variables: Mapping[str, Any]) -> SSHCertificateTemplate:
+        """The rendered SSH certificate document (step-ca's JSON shape), validated."""
+        document = self.render_json(variables)
+        try:
+            return SSHCertificateTemplate.model_validate(document)
+        except ValidationError as exc:
+            raise BadRequest(f"the provisioner's SSH template rendered {_schema_message(exc)}") from None
+
+    def render_json(self, variables: Mapping[str, Any]) -> Any:
+        """Render within the budget and parse the output as JSON; BadRequest saying what went wrong."""
         budget = _Budget()
 
         def counted_range(*args: int) -> Iterator[int]:
@@ -261,10 +311,7 @@ class Template:
                     raise TemplateError(f"the output exceeds {MAX_OUTPUT} characters")
                 budget.spend()
                 out.append(chunk)
-            document = json.loads("".join(out))
-            return CertificateTemplate.model_validate(document)
-        except ValidationError as exc:
-            raise BadRequest(f"the provisioner's certificate template rendered {_schema_message(exc)}") from None
+            return json.loads("".join(out))
         except json.JSONDecodeError as exc:
             raise BadRequest(f"the provisioner's certificate template rendered not JSON ({exc})") from None
         except (TemplateError, RecursionError) as exc:
@@ -273,14 +320,15 @@ class Template:
             raise BadRequest(f"the provisioner's certificate template failed: {type(exc).__name__}: {exc}") from None
 
 
-def load_templates(config: CAConfig) -> dict[str, Template]:
-    """Every provisioner's template, compiled; ConfigError naming the field when one cannot be used."""
+def load_templates(config: CAConfig, kind: str = "x509") -> dict[str, Template]:
+    """Every provisioner's template (`options.x509`, or `options.ssh` with kind="ssh"), compiled; ConfigError naming
+    the field when one cannot be used."""
     found: dict[str, Template] = {}
     for cfg in config.authority.provisioners:
-        x509_options = cfg.options.x509 if cfg.options is not None else None
+        x509_options = getattr(cfg.options, kind) if cfg.options is not None else None
         if x509_options is None or (x509_options.template is None and x509_options.templateFile is None):
             continue
-        where = f"authority.provisioners[{cfg.name}].options.x509"
+        where = f"authority.provisioners[{cfg.name}].options.{kind}"
         if x509_options.template is not None:
             source, where = x509_options.template, f"{where}.template"
         else:

@@ -36,6 +36,8 @@ def sweep(store: Store, reservation_timeout: str) -> list[int]:
     abandoned = store.certificates.resolve_stale(parse_duration(reservation_timeout))
     for serial in abandoned:
         log.warning("reservation %d was left by an interrupted issuance; marked abandoned", serial)
+    for serial in store.ssh.resolve_stale(parse_duration(reservation_timeout)):
+        log.warning("SSH reservation %d was left by an interrupted issuance; marked abandoned (revocable)", serial)
     now = datetime.now(timezone.utc)
     purged = store.tokens.purge_expired(now)
     if purged:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ from .schema import ssh_certificates as table
 from .tokens import INSERT_TOKEN, token_row, token_used
 
 MAX_SSH_SERIAL = 2**64 - 1
+STALE_REASON = "reservation left by an interrupted issuance (worker crash?)"
 MAX_PRINCIPALS = 256
 RESERVED = CertificateStatus.RESERVED.value
 ISSUED = CertificateStatus.ISSUED.value
@@ -161,6 +162,20 @@ class SSHCertificateStore(Repository):
             conn.execute(table.update().where(table.c.serial == str(serial), table.c.status == RESERVED)
                          .values(status=ABANDONED, status_reason=reason))
 
+    def resolve_stale(self, older_than: timedelta, now: datetime | None = None) -> list[int]:
+        """Abandon reservations older than the cut-off (left by a crash between record and sign, or between sign
+        and `mark_issued`); their bodies stay on record, and `revoke` accepts them, since one may have been signed."""
+        if older_than <= timedelta(0):
+            raise ValueError("older_than must be positive")
+        cutoff = (utc(now, "now") if now is not None else now_utc()) - older_than
+        stale = sa.and_(table.c.status == RESERVED, table.c.reserved_at < cutoff)
+        with self._write("resolving stale SSH reservations") as conn:
+            serials = [s for (s,) in conn.execute(sa.select(table.c.serial).where(stale).with_for_update())]
+            if serials:
+                conn.execute(table.update().where(stale, table.c.serial.in_(serials))
+                             .values(status=ABANDONED, status_reason=STALE_REASON))
+        return sorted(int(s) for s in serials)
+
     def get(self, serial: int) -> SSHCertificateRecord | None:
         check_ssh_serial(serial)
         with self._read("reading an SSH certificate") as conn:
@@ -173,14 +188,15 @@ class SSHCertificateStore(Repository):
         check_text(reason, "reason", MAX_REASON_LENGTH, empty_ok=True)
         when = utc(at, "at") if at is not None else now_utc()
         with self._write("revoking an SSH certificate") as conn:
-            done = conn.execute(table.update().where(table.c.serial == str(serial), table.c.status == ISSUED,
+            done = conn.execute(table.update().where(table.c.serial == str(serial),
+                                                     table.c.status.in_((ISSUED, ABANDONED)),
                                                      table.c.revoked_at.is_(None))
                                 .values(revoked_at=when, revocation_reason=reason)).rowcount
             if done:
                 return True
             row = conn.execute(sa.select(table.c.status, table.c.revoked_at)
                                .where(table.c.serial == str(serial))).one_or_none()
-        if row is None or row.status != ISSUED:
+        if row is None or row.status == RESERVED:
             raise CertificateNotFound(f"no issued SSH certificate with serial {serial}")
         return False
 

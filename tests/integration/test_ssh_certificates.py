@@ -29,6 +29,9 @@ from tests.integration.refusals import counts
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sshd_harness.available() is not None,
                                                     reason=sshd_harness.available() or "")]
 USER = "hsmca-alice"
+RESTRICTED_TEMPLATE = """{"type": {{ type | tojson }}, "keyId": {{ keyId | tojson }},
+ "principals": {{ principals | tojson }}, "extensions": {"permit-pty": ""},
+ "criticalOptions": {"force-command": "echo forced for $(whoami)", "source-address": {{ data["from"] | tojson }}}}"""
 
 
 @dataclass
@@ -51,6 +54,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cfg["authority"]["claims"]["minHostSSHCertDuration"] = "5s"  # the renewal daemon's test renews in seconds
 
     ca.edit_config(deny)
+    # A provisioner whose SSH template restricts what its certificates can do (step-ca's options.ssh).
+    hsmca(ca, "provisioner", "add", "restricted", "--type", "JWK", "--create", "--password-file",
+          str(ca.password_file))
+
+    def template(cfg: dict[str, Any]) -> None:
+        prov = next(p for p in cfg["authority"]["provisioners"] if p["name"] == "restricted")
+        prov["options"] = {"ssh": {"template": RESTRICTED_TEMPLATE, "templateData": {"from": "127.0.0.0/8"}}}
+
+    ca.edit_config(template)
     server = start_server(ca, workers=1)
     sshd_harness.ensure_user(USER)
     try:
@@ -118,7 +130,7 @@ def test_a_user_logs_in_with_certificates_from_hsmca_on_both_sides(world: World,
     event = [e for e in world.ca.audit_events() if e["action"] == "ssh.sign"][-1]
     assert event["decision"] == "allowed" and event["subject"] == "alice@example.com", event
     assert f"principal:{USER}" in event["sans"] and event["details"]["steps"] == [
-        "authorize", "policy", "profile", "lint", "record", "sign", "issued"]
+        "authorize", "template", "policy", "profile", "lint", "record", "sign", "issued"]
 
 
 def test_certificates_the_server_or_client_must_refuse(world: World, host: sshd_harness.Sshd) -> None:
@@ -314,6 +326,20 @@ def test_the_renewal_daemon_keeps_a_host_certificate_current(world: World) -> No
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "renewed" in out and "next renewal at" in out, out
+
+
+def test_an_ssh_template_adds_critical_options_that_sshd_enforces(world: World, host: sshd_harness.Sshd) -> None:
+    key = world.base / "ivan"
+    cli(world, "ssh", "certificate", "ivan", str(key), "--principal", USER, "--no-agent", "--force",
+        "--provisioner", "restricted")
+    cert = key.with_name("ivan-cert.pub")
+    shown = keygen_l(cert)
+    assert "force-command echo forced for $(whoami)" in shown and "source-address 127.0.0.0/8" in shown, shown
+    assert "permit-pty" in shown and "permit-port-forwarding" not in shown
+    done = sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts", "echo what I asked")
+    assert done.returncode == 0 and done.stdout.strip() == f"forced for {USER}", (done.stdout, done.stderr[-800:])
+    event = [e for e in world.ca.audit_events() if e["action"] == "ssh.sign"][-1]
+    assert event["provisioner"] == "restricted" and "template" in event["details"]["steps"], event
 
 
 def test_every_ssh_signature_is_counted_per_backend(world: World) -> None:

@@ -108,6 +108,9 @@ def _profile(**changes: Any) -> Any:
     ({"valid_before": NOW}, "validBefore must be after validAfter"),
     ({"cert_type": "host"}, "a host certificate carries no extensions"),
     ({"critical_options": {"no-such-option": "x"}}, "unknown critical options ['no-such-option']"),
+    ({"critical_options": {"source-address": "10.0.0.0/8,example.com"}}, "'example.com' is not an address"),
+    ({"critical_options": {"force-command": " "}}, "force-command needs a command"),
+    ({"extensions": {"permit-everything": ""}}, "unknown extensions ['permit-everything']"),
 ])
 def test_lint_refuses_what_no_ssh_certificate_may_be(changes: dict[str, Any], reason: str) -> None:
     from appliance.ca.ssh import lint
@@ -135,3 +138,25 @@ def test_any_ssh_sign_body_is_parsed_or_refused_with_a_reason(body: dict[str, An
         parse_sign(body)
     except BadRequest as exc:
         assert exc.message
+
+
+def test_an_ssh_template_shapes_the_request_but_cannot_change_its_type() -> None:
+    from appliance.errors import BadRequest
+    from appliance.names import RequestedNames
+    from appliance.provisioners.request import IssuanceRequest, SSHOptions
+    from appliance.ra.templates import Template, apply_ssh, ssh_variables
+
+    request = IssuanceRequest(provisioner="p", common_name="alice", names=RequestedNames(),
+                              public_key=ed25519.Ed25519PrivateKey.generate().public_key(),
+                              template_data={"token": {"sub": "alice", "groups": ["ops"]}},
+                              ssh=SSHOptions(cert_type="user", key_id="alice", principals=("alice",)))
+    shaped = apply_ssh(request, Template.load(
+        '{"principals": {{ (principals + token.groups) | tojson }}, "criticalOptions": {"force-command": "id"}}',
+        None, "t").render_ssh(ssh_variables(request, "p", "JWK")))
+    assert shaped.ssh is not None and shaped.ssh.principals == ("alice", "ops")
+    assert shaped.ssh.critical_options == {"force-command": "id"} and shaped.audit.sans == ("principal:alice",
+                                                                                          "principal:ops")
+    with pytest.raises(BadRequest, match="changed the certificate type from user to host"):
+        apply_ssh(request, Template.load('{"type": "host"}', None, "t").render_ssh(ssh_variables(request, "p", "J")))
+    with pytest.raises(BadRequest, match="SSH template rendered"):
+        Template.load('{"principals": "alice"}', None, "t").render_ssh(ssh_variables(request, "p", "JWK"))
