@@ -2,9 +2,9 @@
 
 cryptography's `SSHCertificateBuilder.sign()` takes any private key object of the right family, so it signs
 through the same `kms/` adapters X.509 does. It draws a fresh nonce at every call, so the to-be-signed body
-cannot be built twice (once to record, once to sign): the key handed to the builder is a thin wrapper whose
-`sign()` first records the exact body it was given (serial reserved, token spent), then asks the KMS. A crash
-after the signature leaves the reservation with its body on record, as for X.509.
+cannot be built twice (once to record, once to sign): the key handed to the builder is the issuer's proxy
+(ca/tbs.py), whose `sign()` first records the exact body it was given (serial reserved, token spent), then asks
+the KMS. A crash after the signature leaves the reservation with its body on record, as for X.509.
 
 RSA CA keys sign with rsa-sha2-512 (cryptography's choice for RSA, never ssh-rsa/SHA-1).
 """
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization.ssh import (
 
 import kms
 from appliance import metrics
+from appliance.ca import tbs
 from appliance.config import CAConfig
 from appliance.errors import BadRequest, CAError, ServiceUnavailable
 
@@ -166,11 +167,12 @@ class SSHCA:
             builder = builder.add_extension(name.encode(), value.encode())
         backend = metrics.backend_of(key)
 
-        def before(body: bytes) -> None:
-            record(serial, ca_fingerprint, body)
+        def on_sign(body: bytes, real: Callable[[], bytes]) -> bytes:
+            record(serial, ca_fingerprint, body)  # may refuse: then nothing is signed
+            return metrics.timed_signature(backend, real)
 
         try:
-            cert = builder.sign(_recording(key, before, backend))
+            cert = builder.sign(tbs.proxy(key, on_sign))
             cert.verify_cert_signature()  # a faulty signer is caught here, as for X.509
         except kms.BackendUnavailable as exc:
             raise ServiceUnavailable(f"signing backend unavailable: {exc}") from None
@@ -180,81 +182,6 @@ class SSHCA:
             raise CAError(f"SSH signing failed: {exc}") from None
         metrics.ssh_certificate_signed(backend, profile.cert_type)
         return cert
-
-
-def _recording(key: Any, before: Callable[[bytes], None], backend: str) -> Any:
-    """`key` for the builder, recording the body it is asked to sign first (see the module docstring), and timing
-    the KMS's signature as every CA signature is."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return _RecordingEC(key, before, backend)
-    if isinstance(key, rsa.RSAPrivateKey):
-        return _RecordingRSA(key, before, backend)
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return _RecordingEd25519(key, before, backend)
-    raise BadRequest(f"an SSH CA key must be EC, RSA or Ed25519, not {type(key).__name__}")
-
-
-class _Delegate:
-    def __init__(self, key: Any, before: Callable[[bytes], None], backend: str) -> None:
-        self._key, self._before, self._backend = key, before, backend
-
-    def _sign(self, data: Any, *args: Any) -> bytes:
-        self._before(bytes(data))
-        return metrics.timed_signature(self._backend, lambda: self._key.sign(data, *args))
-
-    def public_key(self) -> Any:
-        return self._key.public_key()
-
-    def private_bytes(self, *args: Any, **kwargs: Any) -> bytes:
-        raise TypeError("an SSH CA key never leaves the KMS")
-
-    def __copy__(self) -> Any:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return self
-
-
-class _RecordingEC(_Delegate, ec.EllipticCurvePrivateKey):
-    @property
-    def curve(self) -> ec.EllipticCurve:
-        return self._key.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._key.key_size
-
-    def sign(self, data: Any, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
-        return self._sign(data, signature_algorithm)
-
-    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        raise TypeError("an SSH CA key only signs")
-
-    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        raise TypeError("an SSH CA key never leaves the KMS")
-
-
-class _RecordingRSA(_Delegate, rsa.RSAPrivateKey):
-    @property
-    def key_size(self) -> int:
-        return self._key.key_size
-
-    def sign(self, data: Any, padding: Any, algorithm: Any) -> bytes:
-        return self._sign(data, padding, algorithm)
-
-    def decrypt(self, ciphertext: bytes, padding: Any) -> bytes:
-        raise TypeError("an SSH CA key only signs")
-
-    def private_numbers(self) -> rsa.RSAPrivateNumbers:
-        raise TypeError("an SSH CA key never leaves the KMS")
-
-
-class _RecordingEd25519(_Delegate, ed25519.Ed25519PrivateKey):
-    def sign(self, data: Any) -> bytes:
-        return self._sign(data)
-
-    def private_bytes_raw(self) -> bytes:
-        raise TypeError("an SSH CA key never leaves the KMS")
 
 
 def load_public_key(blob_b64: str) -> SSHCertPublicKeyTypes:

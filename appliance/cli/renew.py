@@ -15,7 +15,7 @@ import click
 from appliance.cli.common import fail
 
 if TYPE_CHECKING:
-    from appliance.client.renewal import Hooks
+    from appliance.client.renewal import Daemon, Hooks
 
 ExistingFile = click.Path(exists=True, dir_okay=False, path_type=Path)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,33 +59,17 @@ def renew(crt_file: Path, key_file: Path, ca_url: str | None, root: Path | None,
     """
     from appliance.client.http import ClientError
     from appliance.client.renewal import (
-        EXIT_UNRENEWABLE,
-        CannotRenew,
         Daemon,
         RenewError,
         load_chain,
         renew_after,
         renew_once,
     )
-    from appliance.serving import logs
 
     url, root_path = _ca(ca_url, root)
     hooks = _hooks(exec_command, pid_file, signal_name)
     if daemon:
-        logs.setup()
-        stop = threading.Event()
-
-        def _stop(signum: int, frame: Any) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        try:
-            Daemon(url, root_path, crt_file, key_file, bearer, hooks, stop).run()
-        except CannotRenew as exc:
-            fail(str(exc), EXIT_UNRENEWABLE)
-        except RenewError as exc:
-            fail(str(exc))
+        run_daemon(lambda stop: Daemon(url, root_path, crt_file, key_file, bearer, hooks, stop))
         return
     try:
         leaf = load_chain(crt_file)[0]
@@ -162,6 +146,27 @@ def rekey(crt_file: Path, key_file: Path, ca_url: str | None, root: Path | None,
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot write {exc.filename}: {exc.strerror}")
+
+
+def run_daemon(make: Callable[[threading.Event], Daemon]) -> None:
+    """Run a renewal daemon until SIGTERM/SIGINT; exit EXIT_UNRENEWABLE when nothing can renew the certificate."""
+    from appliance.client.renewal import EXIT_UNRENEWABLE, CannotRenew, RenewError
+    from appliance.serving import logs
+
+    logs.setup()
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        make(stop).run()
+    except CannotRenew as exc:
+        fail(str(exc), EXIT_UNRENEWABLE)
+    except RenewError as exc:
+        fail(str(exc))
 
 
 def _hooks(exec_command: str | None, pid_file: Path | None, signal_name: str) -> Hooks:

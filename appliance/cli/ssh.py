@@ -278,30 +278,17 @@ def renew(cert_file: Path, key_file: Path, out: Path | None, new_key: Path | Non
           provisioner: str, password_file: Path | None, provisioner_key: Path | None) -> None:
     """Renew (or --rekey) a host certificate with the SSHPOP provisioner: the host signs the request with the key of
     its current certificate, which this CA issued and has not revoked. Same principals and lifetime, from now."""
-    from appliance.cli.renew import _hooks
-    from appliance.client.renewal import EXIT_UNRENEWABLE, CannotRenew, Daemon, RenewError
+    from appliance.cli.renew import _hooks, run_daemon
+    from appliance.client.renewal import Daemon, RenewError
 
     o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
     hooks = _hooks(exec_command, pid_file, signal_name)
     if daemon:
-        import signal
-        import threading
-
-        from appliance.serving import logs
-
         if new_key is not None or out is not None:
             fail("--daemon renews CERT_FILE in place: no --rekey, no --out")
-        logs.setup()
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: stop.set())
-        try:
-            Daemon(o.ca_url, o.root, cert_file, key_file, False, hooks, stop,
-                   load=lambda: _held(cert_file), renew=lambda: _renew_once(o, cert_file, key_file, None, None)).run()
-        except CannotRenew as exc:
-            fail(str(exc), EXIT_UNRENEWABLE)
-        except RenewError as exc:
-            fail(str(exc))
+        run_daemon(lambda stop: Daemon(o.ca_url, o.root, cert_file, key_file, False, hooks, stop,
+                                       load=lambda: _held(cert_file),
+                                       renew=lambda: _renew_once(o, cert_file, key_file, None, None)))
         return
     try:
         _renew_once(o, cert_file, key_file, out, new_key)
