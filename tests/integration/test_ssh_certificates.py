@@ -6,8 +6,10 @@ through one `@cert-authority` line and logs in with a user certificate from hsmc
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     def deny(cfg: dict[str, Any]) -> None:
         cfg["authority"]["policy"] = {"ssh": {"user": {"deny": {"principal": ["root"]}}}}
         cfg["authority"]["claims"]["minHostSSHCertDuration"] = "5s"  # the renewal daemon's test renews in seconds
+        cfg["authority"]["claims"]["minUserSSHCertDuration"] = "5s"  # and a user certificate expires in seconds
 
     ca.edit_config(deny)
     # A provisioner whose SSH template restricts what its certificates can do (step-ca's options.ssh).
@@ -146,6 +149,51 @@ def test_certificates_the_server_or_client_must_refuse(world: World, host: sshd_
     refused = sshd_harness.ssh(host.port, USER, alice, alice.with_name("alice-cert.pub"),
                                world.base / "other_known_hosts")
     assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused.stderr[-1500:]
+
+
+def test_a_user_certificate_from_another_ca_or_expired_is_refused(world: World, host: sshd_harness.Sshd) -> None:
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+    from cryptography.hazmat.primitives.serialization.ssh import SSHCertificateBuilder, SSHCertificateType
+
+    # a certificate for the right user, signed by a CA sshd does not trust
+    rogue_ca = ed25519.Ed25519PrivateKey.generate()
+    user_key = ed25519.Ed25519PrivateKey.generate()
+    now = int(time.time())
+    rogue = (SSHCertificateBuilder().public_key(user_key.public_key()).serial(7).type(SSHCertificateType.USER)
+             .key_id(b"mallory").valid_principals([USER.encode()]).valid_after(now - 60)
+             .valid_before(now + 3600).add_extension(b"permit-pty", b"").sign(rogue_ca))
+    key = world.base / "rogue"
+    key.write_bytes(user_key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
+    key.with_name("rogue-cert.pub").write_bytes(rogue.public_bytes() + b"\n")
+    refused = sshd_harness.ssh(host.port, USER, key, key.with_name("rogue-cert.pub"), world.base / "known_hosts")
+    assert refused.returncode == 255, refused
+    # one of hsmca's, for this user, once it has expired
+    key = world.base / "judy"
+    cli(world, "ssh", "certificate", "judy", str(key), "--principal", USER, "--not-after", "6s", "--no-agent",
+        "--force")
+    cert = key.with_name("judy-cert.pub")
+    assert sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts").returncode == 0
+    time.sleep(7)
+    expired = sshd_harness.ssh(host.port, USER, key, cert, world.base / "known_hosts")
+    assert expired.returncode == 255, expired
+    assert "expired" in host.log().lower() or "not yet valid" in host.log().lower(), host.log()[-1500:]
+
+
+def test_a_user_certificate_goes_into_the_running_ssh_agent(world: World) -> None:
+    agent = subprocess.run(["ssh-agent", "-s", "-a", str(world.base / "agent.sock")], capture_output=True, text=True,
+                           check=True)
+    pid = int(agent.stdout.split("SSH_AGENT_PID=")[1].split(";")[0])
+    try:
+        env = {"SSH_AUTH_SOCK": str(world.base / "agent.sock")}
+        key = world.base / "kate"
+        out = hsmca(world.ca, "ssh", "certificate", "kate", str(key), "--principal", "kate", "--force",
+                    "--ca-url", world.server.url, "--root", str(world.ca.root),
+                    "--password-file", str(world.ca.password_file), env=env)
+        assert "added to the ssh-agent" in out.stderr, out.stderr
+        listed = subprocess.run(["ssh-add", "-l"], capture_output=True, text=True, env={**os.environ, **env})
+        assert "ED25519-CERT" in listed.stdout, listed.stdout
+    finally:
+        os.kill(pid, signal.SIGTERM)
 
 
 def test_rsa_user_key_and_what_ssh_keygen_shows(world: World) -> None:
