@@ -39,7 +39,7 @@ def main() -> None:
     Revocation:   hsmca revoke, hsmca crl
     Provisioners: hsmca provisioner add|update|list|remove|template (JWK, ACME, OIDC, X5C, K8sSA),
                   hsmca acme eab
-    SSH:          hsmca ssh init-ca|certificate|roots
+    SSH:          hsmca ssh init-ca|certificate|renew|rekey|revoke|roots|config|inspect
     Templates:    hsmca template render
     Look inside:  hsmca inspect, hsmca ocsp
     Operations:   hsmca backup, hsmca restore (database, audit trail, configuration), hsmca db migrate

@@ -390,3 +390,28 @@ def inspect(cert_file: Path) -> None:
     click.echo(f"Principals:  {', '.join(p.decode(errors='replace') for p in cert.valid_principals) or '(none)'}")
     for title, items in (("Critical:", cert.critical_options), ("Extensions:", cert.extensions)):
         click.echo(f"{title:12} {', '.join(k.decode(errors='replace') for k in items) or '(none)'}")
+
+
+@ssh.command("rekey")
+@click.argument("cert_file", type=PathType)
+@click.argument("key_file", type=PathType)
+@click.argument("new_key", type=PathType)
+@click.option("--force", "-f", is_flag=True, help="Overwrite NEW_KEY (and its .pub and -cert.pub) if they exist.")
+@ca_options
+def rekey(cert_file: Path, key_file: Path, new_key: Path, force: bool, ca_url: str | None, root: Path | None,
+          provisioner: str, password_file: Path | None, provisioner_key: Path | None) -> None:
+    """Rekey a host certificate with SSHPOP: a new Ed25519 key pair in NEW_KEY (and NEW_KEY.pub), certified with the
+    principals and lifetime of CERT_FILE (proved with KEY_FILE), in NEW_KEY-cert.pub."""
+    from appliance.client.renewal import RenewError
+
+    targets = (new_key, new_key.with_name(new_key.name + ".pub"), new_key.with_name(new_key.name + "-cert.pub"))
+    for path in targets:
+        if path.exists() and not force:
+            fail(f"{path} exists; use --force to overwrite it")
+    o = _resolve(ca_url, root, provisioner, password_file, provisioner_key)
+    try:
+        _renew_once(o, cert_file, key_file, None, new_key)
+    except RenewError as exc:
+        fail(str(exc))
+    except _client_errors() as exc:
+        fail(str(exc))

@@ -196,6 +196,18 @@ def test_a_user_certificate_goes_into_the_running_ssh_agent(world: World) -> Non
         os.kill(pid, signal.SIGTERM)
 
 
+def test_sign_certifies_an_existing_public_key(world: World) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    pub = world.base / "id_ecdsa.pub"
+    pub.write_bytes(key.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH) + b" laptop\n")
+    cli(world, "ssh", "certificate", "laura", str(pub), "--sign", "--principal", "laura", "--force")
+    cert = load_ssh_public_identity(world.base.joinpath("id_ecdsa-cert.pub").read_bytes())
+    assert cert.public_key() == key.public_key() and cert.valid_principals == [b"laura"]  # type: ignore[union-attr]
+    assert not world.base.joinpath("id_ecdsa").exists()  # no key was made
+
+
 def test_rsa_user_key_and_what_ssh_keygen_shows(world: World) -> None:
     key = world.base / "carol"
     cli(world, "ssh", "certificate", "carol", str(key), "--kty", "RSA", "--principal", "carol", "--no-agent",
@@ -319,7 +331,9 @@ def test_sshpop_a_host_renews_and_rekeys_with_its_certificate_and_a_revoked_one_
     assert event["decision"] == "allowed" and event["provisioner"] == "hosts", event
     # rekey: a new key pair, certified with the same principals
     new_key = world.base / "host2-new"
-    cli(world, "ssh", "renew", str(cert), str(key), "--rekey", str(new_key))
+    cli(world, "ssh", "rekey", str(cert), str(key), str(new_key))
+    again = cli(world, "ssh", "rekey", str(cert), str(key), str(new_key), check=False)
+    assert again.returncode == 1 and "exists; use --force" in again.stderr
     rekeyed = load_ssh_public_identity(new_key.with_name("host2-new-cert.pub").read_bytes())
     assert rekeyed.public_key() != first.public_key() and rekeyed.valid_principals == [b"host2.internal"]  # type: ignore[union-attr]
     # the certificate revokes itself; then it cannot renew
