@@ -415,3 +415,47 @@ def rekey(cert_file: Path, key_file: Path, new_key: Path, force: bool, ca_url: s
         fail(str(exc))
     except _client_errors() as exc:
         fail(str(exc))
+
+
+@ssh.command("retire-ca")
+@click.argument("key")
+@CONFIG
+def retire_ca(key: str, config_path: Path | None) -> None:
+    """Stop publishing a rotated-out SSH CA key: KEY is its `ssh-… AAAA…` line or its SHA256:… fingerprint (as
+    `ssh-keygen -l` shows it). It leaves /ssh/roots, /ssh/federation and the KRL; relying parties should have
+    moved to the new key first. The key that signs now cannot be retired (rotate first)."""
+    import hashlib
+
+    from appliance.audit import AuditEvent
+    from appliance.config import ConfigError, default_config_path, load_config, save_config
+    from appliance.ra.authority import Authority
+
+    path = config_path or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+    if config.ssh is None:
+        fail(f"{path} has no ssh block")
+
+    def fp(line: str) -> str:
+        digest = hashlib.sha256(base64.b64decode(line.split()[1])).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+    def matches(line: str) -> bool:
+        return line.split()[:2] == key.split()[:2] or fp(line) == key.strip()
+
+    users = [line for line in config.ssh.federatedUserKeys if not matches(line)]
+    hosts = [line for line in config.ssh.federatedHostKeys if not matches(line)]
+    retired = len(config.ssh.federatedUserKeys) - len(users) + len(config.ssh.federatedHostKeys) - len(hosts)
+    if not retired:
+        fail(f"no federated (rotated-out) SSH CA key matches {key[:80]!r}; `hsmca ssh roots` lists the published ones")
+    config.ssh = config.ssh.model_copy(update={"federatedUserKeys": users, "federatedHostKeys": hosts})
+    authority = Authority.from_config(config)
+    try:
+        authority.record(AuditEvent(action="ssh.ca.retire", decision="allowed", request_id="cli",
+                                    details={"key": key[:200]}))
+    finally:
+        authority.close()
+    save_config(config, path)
+    click.echo(f"Retired {retired} SSH CA key(s); running servers stop publishing them on SIGHUP.")

@@ -474,3 +474,21 @@ def test_hostile_tokens_and_deep_json_are_refused_not_crashed(world: World) -> N
         resp = world.server.post(path, json={"ott": "a.b.c", "serial": "1", "publicKey": blob})
         assert resp.status_code in (400, 401), (path, resp.text)
     assert world.server.get("/health").status_code == 200
+
+
+def test_a_rotated_out_key_is_retired_by_its_fingerprint(world: World) -> None:
+    """After the rotation test: the old EC user key is federated; retiring it takes it out of /ssh/roots."""
+    users = roots(world, "user").splitlines()
+    assert len(users) == 2
+    old = users[1]
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=old + "\n", capture_output=True, text=True,
+                                 check=True).stdout.split()[1]
+    signing = hsmca(world.ca, "ssh", "retire-ca", users[0], check=False)
+    assert signing.returncode == 1 and "no federated (rotated-out) SSH CA key matches" in signing.stderr
+    done = hsmca(world.ca, "ssh", "retire-ca", fingerprint)
+    assert "Retired 1 SSH CA key" in done.stdout
+    seen = world.server.log().count("SIGHUP: ca.json reloaded")
+    world.server.proc.send_signal(signal.SIGHUP)
+    sshd_harness_wait(lambda: world.server.log().count("SIGHUP: ca.json reloaded") > seen, world.server.log)
+    assert roots(world, "user").splitlines() == [users[0]]
+    assert [e for e in world.ca.audit_events() if e["action"] == "ssh.ca.retire"]
