@@ -54,26 +54,25 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("oidc")
-    idp = start_idp(base / "idp", clients=[native_client(CLIENT, SECRET), native_client("other-app", "other")],
-                    users=USERS, keys=[oidc_idp.make_signing_key("key-1")])
-    ca = make_ca(base / "ca")
-    added = hsmca(ca, "provisioner", "add", "sso", "--type", "OIDC", "--client-id", CLIENT, "--client-secret",
-                  SECRET, "--configuration-endpoint", idp.issuer, "--domain", "example.com", "--group", "ops")
-    assert f"(signs in at {idp.issuer})" in added.stdout, added.stdout
-    # A provider that accepts connections and never answers (the kernel completes the handshake for the backlog).
-    stuck = socket.socket()
-    stuck.bind(("127.0.0.1", 0))
-    stuck.listen(64)
-    ca.edit_config(lambda cfg: cfg["authority"]["provisioners"].append({
-        "type": "OIDC", "name": "stuck", "clientID": "stuck-client",
-        "configurationEndpoint": f"http://127.0.0.1:{stuck.getsockname()[1]}"}))
-    server = start_server(ca, workers=1)  # one worker: one key cache, so the provider's counters are exact
-    try:
-        yield World(ca, server, idp)
-    finally:
-        server.stop()
-        idp.stop()
-        stuck.close()
+    # The provider is stopped whatever fails after it started (a failed set-up must not leave node running).
+    with start_idp(base / "idp", clients=[native_client(CLIENT, SECRET), native_client("other-app", "other")],
+                   users=USERS, keys=[oidc_idp.make_signing_key("key-1")]) as idp, socket.socket() as stuck:
+        ca = make_ca(base / "ca")
+        added = hsmca(ca, "provisioner", "add", "sso", "--type", "OIDC", "--client-id", CLIENT, "--client-secret",
+                      SECRET, "--configuration-endpoint", idp.issuer, "--domain", "example.com", "--group", "ops")
+        assert f"(signs in at {idp.issuer})" in added.stdout, added.stdout
+        # A provider that accepts connections and never answers (the kernel completes the handshake for the
+        # backlog).
+        stuck.bind(("127.0.0.1", 0))
+        stuck.listen(64)
+        ca.edit_config(lambda cfg: cfg["authority"]["provisioners"].append({
+            "type": "OIDC", "name": "stuck", "clientID": "stuck-client",
+            "configurationEndpoint": f"http://127.0.0.1:{stuck.getsockname()[1]}"}))
+        server = start_server(ca, workers=1)  # one worker: one key cache, so the provider's counters are exact
+        try:
+            yield World(ca, server, idp)
+        finally:
+            server.stop()
 
 
 def id_token(idp: IdP, client: str, secret: str, login: str) -> str:

@@ -106,8 +106,8 @@ def host(world: World) -> Iterator[sshd_harness.Sshd]:
                                      host_certificate=key.with_name(key.name + "-cert.pub"),
                                      trusted_user_ca_keys=world.base / "user_ca.pub",
                                      revoked_keys=world.base / "revoked.krl")
-    (world.base / "known_hosts").write_text(sshd_harness.known_hosts_line(server.port, roots(world, "host")) + "\n")
     try:
+        (world.base / "known_hosts").write_text(sshd_harness.known_hosts_line(server.port, roots(world, "host")) + "\n")
         yield server
     finally:
         server.stop()
