@@ -158,8 +158,7 @@ class SSHCheckHost:
         principal = _text(body, "principal", 255)
         if not principal:
             raise BadRequest("missing principal")
-        hosts = self.authority.store.ssh.current_hosts()
-        resp.media = {"exists": any(principal in h.principals for h in hosts)}
+        resp.media = {"exists": self.authority.ssh_host_exists(principal)}
 
 
 class SSHHosts:
@@ -170,18 +169,13 @@ class SSHHosts:
         self.authority = authority
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        from datetime import datetime, timezone
-
         from appliance.api.peer import client_certificate
         from appliance.errors import Unauthorized
-        from appliance.provisioners.x5c import check_issued
 
         cert = client_certificate(req)
         if cert is None:
             raise Unauthorized("GET /ssh/hosts needs a client certificate from this CA (mTLS)")
-        check_issued(self.authority.store, cert, datetime.now(timezone.utc))
-        names = dict.fromkeys(p for h in self.authority.store.ssh.current_hosts() for p in h.principals)
-        resp.media = {"hosts": [{"hostname": n} for n in names]}
+        resp.media = {"hosts": [{"hostname": n} for n in self.authority.ssh_hosts(cert)]}
 
 
 class SSHConfig:

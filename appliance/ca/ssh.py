@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_ssh_public_key
 from cryptography.hazmat.primitives.serialization.ssh import (
@@ -184,21 +184,32 @@ class SSHCA:
         return cert
 
 
-def load_public_key(blob_b64: str) -> SSHCertPublicKeyTypes:
+def ssh_line(blob_b64: str) -> str:
+    """`<type> <base64>` for the base64 of an SSH key or certificate blob (what step's JSON carries), so
+    cryptography's loaders read it; ValueError saying why not."""
+    try:
+        blob = base64.b64decode(blob_b64, validate=True)
+    except ValueError as exc:
+        raise ValueError(f"not base64: {exc}") from None
+    length = int.from_bytes(blob[:4], "big")
+    if len(blob) < 4 + length or not 0 < length <= 64:
+        raise ValueError("not an SSH blob (its type name is missing)")
+    try:
+        name = blob[4:4 + length].decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("not an SSH blob (its type name is not ASCII)") from None
+    return f"{name} {blob_b64}"
+
+
+def load_public_key(text: str) -> SSHCertPublicKeyTypes:
     """The subject key of `POST /ssh/sign` (`publicKey`: the base64 of its SSH wire blob, as step sends it), or a
     full `ssh-ed25519 AAAA…` line; BadRequest saying what is wrong."""
-    text = blob_b64.strip()
+    text = text.strip()
     try:
-        if " " in text:
-            key = load_ssh_public_key(text.encode())
-        else:
-            blob = base64.b64decode(text, validate=True)
-            name_length = int.from_bytes(blob[:4], "big")
-            name = blob[4:4 + name_length].decode("ascii")
-            key = load_ssh_public_key(f"{name} {text}".encode())
-    except (ValueError, UnicodeDecodeError, IndexError) as exc:
+        key = load_ssh_public_key((text if " " in text else ssh_line(text)).encode())
+    except ValueError as exc:
         raise BadRequest(f"publicKey is not an SSH public key: {exc}") from None
-    except Exception as exc:  # cryptography's UnsupportedAlgorithm for DSA and odd types
+    except UnsupportedAlgorithm as exc:
         raise BadRequest(f"publicKey: unsupported SSH key type ({exc})") from None
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
         raise BadRequest(f"publicKey must be an ECDSA, RSA or Ed25519 key, not {type(key).__name__}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from appliance.cli.client import _client_errors, _mint, _resolve, ca_options
 from appliance.cli.common import PathType, fail
@@ -108,9 +109,18 @@ def make_ssh_ca(config: Any, spec: str, user_key: str, host_key: str, *, rotate:
 
 
 def _ssh_public_line(key: Any) -> str:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    from appliance.ca.ssh import public_line
 
-    return str(key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode())
+    return public_line(key)
+
+
+def _ssh_line(blob: str) -> str:
+    from appliance.ca.ssh import ssh_line
+
+    try:
+        return ssh_line(blob)
+    except ValueError as exc:
+        fail(f"the CA answered without an SSH key or certificate: {exc}")
 
 
 @ssh.command("certificate")
@@ -153,8 +163,8 @@ def certificate(key_id: str, key_file: Path, host: bool, sign_only: bool, princi
     if sign_only:
         try:
             public_key = load_ssh_public_key(key_file.read_bytes())
-        except (OSError, ValueError) as exc:
-            fail(f"{key_file}: not an SSH public key: {exc}")
+        except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+            fail(f"{key_file}: not an SSH public key this CA certifies: {exc}")
     else:
         for path in (key_file, key_file.with_name(key_file.name + ".pub")):
             if path.exists() and not force:
@@ -177,17 +187,12 @@ def certificate(key_id: str, key_file: Path, host: bool, sign_only: bool, princi
             "validAfter": not_before or "", "validBefore": not_after or ""})
     except _client_errors() as exc:
         fail(str(exc))
-    crt = str(resp.get("crt", ""))
-    try:
-        cert_blob = base64.b64decode(crt, validate=True)
-        name = cert_blob[4:4 + int.from_bytes(cert_blob[:4], "big")].decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        fail("the CA answered without an SSH certificate")
+    line = _ssh_line(str(resp.get("crt", "")))
     if private_key is not None:
         write_atomically(key_file, private_key.private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()),
                          0o600)
         key_file.with_name(key_file.name + ".pub").write_text(_ssh_public_line(public_key) + "\n")
-    cert_path.write_text(f"{name} {crt}\n")
+    cert_path.write_text(line + "\n")
     click.echo(f"Your certificate has been saved in {cert_path}.", err=True)
     if private_key is not None and not host and not no_agent and os.environ.get("SSH_AUTH_SOCK") \
             and shutil.which("ssh-add"):
@@ -211,9 +216,7 @@ def roots(host: bool, ca_url: str | None, root: Path | None, provisioner: str, p
     except _client_errors() as exc:
         fail(str(exc))
     for blob in data.get("hostKey" if host else "userKey") or []:
-        raw = base64.b64decode(blob)
-        name = raw[4:4 + int.from_bytes(raw[:4], "big")].decode("ascii")
-        click.echo(f"{name} {blob}")
+        click.echo(_ssh_line(str(blob)))
 
 
 @ssh.command("revoke")
@@ -228,6 +231,7 @@ def revoke(serial: str, reason: str, sshpop_cert: Path | None, sshpop_key: Path 
     from a JWK provisioner, or signed by the certificate's own key (--sshpop-cert/--sshpop-key). sshd stops
     accepting it once its `RevokedKeys` holds the CA's KRL (`GET /ssh/krl`)."""
     from appliance.client.http import CAClient
+    from appliance.client.renewal import RenewError
 
     if not serial.isdigit():
         fail(f"SERIAL must be the decimal serial `ssh-keygen -L` shows, not {serial!r}")
@@ -243,20 +247,20 @@ def revoke(serial: str, reason: str, sshpop_cert: Path | None, sshpop_key: Path 
                                                              "passive": True})
     except _client_errors() as exc:
         fail(str(exc))
+    except RenewError as exc:
+        fail(str(exc))
     click.echo(f"SSH certificate {serial} is revoked; sshd refuses it once its RevokedKeys holds {o.ca_url}/ssh/krl")
 
 
 def _sshpop(o: Any, cert: Path, key: Path, action: str, subject: str | None = None) -> tuple[Any, str]:
     """A client for the CA and an SSHPOP token for `/1.0/ssh/<action>`, signed with the host's current key."""
     from appliance.client.http import CAClient
-    from appliance.client.tokens import provisioner_of_type, sshpop_token
+    from appliance.client.tokens import find_provisioner, sshpop_token
 
     client = CAClient(o.ca_url, o.root)
-    name = o.provisioner if o.provisioner != "admin" else provisioner_of_type(client, "SSHPOP")
+    name = o.provisioner if o.provisioner != "admin" else str(find_provisioner(client, "", kind="SSHPOP")["name"])
     if subject is None:
-        from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
-
-        subject = str(load_ssh_public_identity(cert.read_bytes()).serial)  # type: ignore[union-attr]
+        subject = str(_held(cert).serial)
     return client, sshpop_token(cert, key, name, subject, f"{client.ca_url}/1.0/ssh/{action}")
 
 
@@ -375,7 +379,7 @@ def inspect(cert_file: Path) -> None:
 
     try:
         cert = load_ssh_public_identity(cert_file.read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         fail(f"{cert_file}: not an SSH certificate: {exc}")
     if not isinstance(cert, SSHCertificate):
         fail(f"{cert_file} holds a public key, not a certificate")

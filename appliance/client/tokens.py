@@ -22,16 +22,18 @@ TOKEN_LIFETIME = 300  # seconds, as the step CLI
 K8S_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")  # where a pod finds its token
 
 
-def find_provisioner(client: CAClient, name: str) -> dict[str, Any]:
+def find_provisioner(client: CAClient, name: str, *, kind: str | None = None) -> dict[str, Any]:
+    """The CA's provisioner named `name` (or, with `kind`, its first one of that type), from `/provisioners`."""
     cursor = ""
     while True:
         page = client.get_json(f"/provisioners?limit=100&cursor={cursor}")
         for p in page.get("provisioners", []):
-            if p.get("name") == name:
+            if (p.get("type") == kind) if kind is not None else (p.get("name") == name):
                 return p
         cursor = page.get("nextCursor") or ""
         if not cursor:
-            raise ClientError(f"the CA has no provisioner named {name!r}")
+            raise ClientError(f"the CA has no {kind} provisioner" if kind else
+                              f"the CA has no provisioner named {name!r}")
 
 
 class WrongProvisionerType(ClientError):
@@ -132,19 +134,6 @@ def k8s_token(path: Path) -> str:
     if value.count(".") != 2:
         raise ClientError(f"{path} does not hold a service-account token (a JWT)")
     return value
-
-
-def provisioner_of_type(client: CAClient, kind: str) -> str:
-    """The name of the CA's first provisioner of this type (an SSHPOP provisioner is usually alone)."""
-    cursor = ""
-    while True:
-        page = client.get_json(f"/provisioners?limit=100&cursor={cursor}")
-        for p in page.get("provisioners", []):
-            if p.get("type") == kind:
-                return str(p.get("name"))
-        cursor = page.get("nextCursor") or ""
-        if not cursor:
-            raise ClientError(f"the CA has no {kind} provisioner")
 
 
 def sshpop_token(cert_file: Path, key_file: Path, provisioner: str, subject: str, audience: str) -> str:

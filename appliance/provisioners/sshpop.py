@@ -15,15 +15,16 @@ revocation needs `sub` to be the certificate's serial.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
 from cryptography.hazmat.primitives.serialization.ssh import SSHCertificate, SSHCertificateType
 
+from appliance.ca.ssh import ssh_line
 from appliance.config import SSHPOPProvisionerConfig
 from appliance.errors import BadRequest, Forbidden, Unauthorized
 from appliance.names import RequestedNames
@@ -56,11 +57,10 @@ def _certificate(header: dict[str, Any]) -> tuple[SSHCertificate, bytes]:
         raise Unauthorized("the token has no sshpop header (the base64 of an SSH certificate)")
     try:
         blob = base64.b64decode(encoded, validate=True)
-        name = blob[4:4 + int.from_bytes(blob[:4], "big")].decode("ascii")
-        cert = load_ssh_public_identity(f"{name} {encoded}".encode())
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        cert = load_ssh_public_identity(ssh_line(encoded).encode())
+    except ValueError as exc:
         raise Unauthorized(f"the sshpop header is not an SSH certificate: {exc}") from None
-    except Exception as exc:  # cryptography's UnsupportedAlgorithm
+    except UnsupportedAlgorithm as exc:
         raise Unauthorized(f"the sshpop header is not an SSH certificate this CA reads: {exc}") from None
     if not isinstance(cert, SSHCertificate):
         raise Unauthorized("the sshpop header holds a public key, not an SSH certificate")

@@ -33,7 +33,7 @@ from appliance.provisioners import AuditNote, Provisioners, TokenCredential
 from appliance.provisioners.base import SSHSignCredential, endpoint_audiences, sign_audiences
 from appliance.provisioners.internal import AUDIT_KEY, OCSP_RESPONDER, SERVER, InternalCredential
 from appliance.provisioners.sshpop import SSHPOPCredential
-from appliance.provisioners.x5c import CertificateCredential, RenewalProvisioner, X5CToken
+from appliance.provisioners.x5c import CertificateCredential, RenewalProvisioner, X5CToken, check_issued
 from appliance.provisioners.x5c import verify as verify_x5c_token
 from appliance.ra import revoke as revocation
 from appliance.ra.pipeline import Issued, Pipeline, RequestContext, write_audit
@@ -148,6 +148,16 @@ class Authority:
             token=request.ott, public_key=request.public_key, audiences=self.ssh_audiences,
             cert_type=request.cert_type, key_id=request.key_id, principals=request.principals,
             valid_after=request.valid_after, valid_before=request.valid_before), ctx)
+
+    def ssh_host_exists(self, principal: str) -> bool:
+        """`/ssh/check-host`: a current host certificate names this principal."""
+        return self.store.ssh.host_has_principal(principal)
+
+    def ssh_hosts(self, client: x509.Certificate) -> list[str]:
+        """`/ssh/hosts`, for a client whose X.509 certificate this CA issued and stands behind: the principals of
+        the current host certificates."""
+        check_issued(self.store, client, datetime.now(timezone.utc))
+        return list(dict.fromkeys(p for h in self.store.ssh.current_hosts() for p in h.principals))
 
     def renew_ssh(self, ott: str, ctx: RequestContext, public_key: SSHCertPublicKeyTypes | None = None
                   ) -> SSHCertificate:

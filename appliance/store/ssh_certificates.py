@@ -8,6 +8,7 @@ token offered with the reservation is burned in the same transaction.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -220,6 +221,19 @@ class SSHCertificateStore(Repository):
                 table.c.valid_after <= when, table.c.valid_before > when).order_by(table.c.issued_at.desc())
                 .limit(limit)).all()
         return [_record(r) for r in rows]
+
+    def host_has_principal(self, principal: str, now: datetime | None = None) -> bool:
+        """Does a current host certificate name `principal`? The principals column is JSON text, so the database
+        narrows by the quoted name (LIKE, escaped) and the few rows found are checked exactly here."""
+        when = utc(now, "now") if now is not None else now_utc()
+        quoted = json.dumps(principal)
+        pattern = "%" + quoted.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._read("reading SSH host certificates") as conn:
+            rows = conn.execute(sa.select(table.c.principals).where(
+                table.c.cert_type == "host", table.c.status == ISSUED, table.c.revoked_at.is_(None),
+                table.c.valid_after <= when, table.c.valid_before > when,
+                sa.cast(table.c.principals, sa.Text).like(pattern, escape="\\")).limit(100)).all()
+        return any(principal in row.principals for row in rows)
 
     def count_by_status(self) -> dict[str, int]:
         with self._read("counting SSH certificates") as conn:

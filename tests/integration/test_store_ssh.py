@@ -70,3 +70,19 @@ def test_a_crashed_reservation_is_abandoned_and_stays_revocable(store: Store) ->
 def test_serials_outside_uint64_are_refused_before_sql(store: Store, serial: int) -> None:
     with pytest.raises((ValueError, TypeError)):
         store.ssh.reserve(reservation(serial))
+
+
+def test_check_host_finds_exactly_the_principal_of_a_current_host_certificate(store: Store) -> None:
+    rec = reservation(99, cert_type="host")
+    store.ssh.reserve(SSHReservation(**{**{f: getattr(rec, f) for f in rec.__slots__},
+                                        "principals": ("web_1%x.internal", 'odd"name\\\\')}))
+    during = T + timedelta(hours=1)
+    assert not store.ssh.host_has_principal("web_1%x.internal", now=during)  # reserved, not issued
+    store.ssh.mark_issued(99, signed(99))
+    assert store.ssh.host_has_principal("web_1%x.internal", now=during)
+    assert store.ssh.host_has_principal('odd"name\\\\', now=during)
+    for near in ("web_1", "webX1%x.internal", "web_1%x", "%", "_"):  # LIKE wildcards are matched literally
+        assert not store.ssh.host_has_principal(near, now=during), near
+    assert not store.ssh.host_has_principal("web_1%x.internal", now=T + timedelta(hours=9))  # expired
+    store.ssh.revoke(99, "")
+    assert not store.ssh.host_has_principal("web_1%x.internal", now=during)
