@@ -21,7 +21,7 @@ from cryptography import x509
 from appliance.audit import AuditEvent, AuditLog
 from appliance.config import CAConfig
 from appliance.errors import BadRequest, CAError, Forbidden, NotFound, Unauthorized
-from appliance.provisioners import Provisioners
+from appliance.provisioners import Provisioners, TokenGrant
 from appliance.provisioners.base import endpoint_audiences
 from appliance.provisioners.x5c import check_issued
 from appliance.ra.pipeline import RequestContext, spend, write_audit
@@ -79,6 +79,17 @@ def check_reason_text(text: str | None) -> str | None:
     return text or None
 
 
+def verified_token(provisioners: Provisioners, ott: str, audiences: frozenset[str]) -> TokenGrant:
+    """The grant of a one-time token for a revocation endpoint (X.509 or SSH), checked by its provisioner; the
+    caller spends it and holds its subject to the serial."""
+    prov = provisioners.for_token(ott)
+    verify = getattr(prov, "verify_token", None)
+    if verify is None:
+        raise Unauthorized(f"provisioner {prov.name!r} ({prov.type}) does not authorize revocation by token")
+    grant: TokenGrant = verify(ott, audiences, datetime.now(timezone.utc))
+    return grant
+
+
 class Revocations:
     """Who may revoke what, and the record a revocation leaves (store row, stamp, audit)."""
 
@@ -89,11 +100,7 @@ class Revocations:
         """A one-time provisioner token for `…/1.0/revoke` whose subject is this serial (step-ca's flow)."""
         provisioner: str | None = None
         try:
-            prov = self.provisioners.for_token(ott)
-            verify = getattr(prov, "verify_token", None)
-            if verify is None:
-                raise Unauthorized(f"provisioner {prov.name!r} ({prov.type}) does not authorize revocation by token")
-            grant = verify(ott, endpoint_audiences(self.config.dnsNames, "revoke"), datetime.now(timezone.utc))
+            grant = verified_token(self.provisioners, ott, endpoint_audiences(self.config.dnsNames, "revoke"))
             provisioner = grant.provisioner
             spend(self.store, grant.token)
             try:

@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 
 from appliance.audit import AuditEvent, AuditLog
 from appliance.ca.ssh import SSHCA, blob_of, fingerprint
-from appliance.errors import BadRequest, CAError, Forbidden, NotFound, Unauthorized
+from appliance.errors import BadRequest, CAError, Forbidden, NotFound
 from appliance.provisioners import Provisioners
 from appliance.ra.pipeline import RequestContext, spend, write_audit
+from appliance.ra.revoke import verified_token
 from appliance.status.krl import build_krl
 from appliance.store import CertificateNotFound, Store, StoreError, as_ca_error
 
@@ -45,11 +46,7 @@ class SSHRevocations:
         """Revoke `serial` on the word of a one-time token whose subject is that serial; True if newly revoked."""
         provisioner: str | None = None
         try:
-            prov = self.provisioners.for_token(ott)
-            verify = getattr(prov, "verify_token", None)
-            if verify is None:
-                raise Unauthorized(f"provisioner {prov.name!r} ({prov.type}) does not authorize revocation by token")
-            grant = verify(ott, self.audiences, datetime.now(timezone.utc))
+            grant = verified_token(self.provisioners, ott, self.audiences)
             provisioner = grant.provisioner
             spend(self.store, grant.token)
             if grant.subject.strip() != str(serial):
